@@ -1,0 +1,51 @@
+# Two entry points: `make run` (whole workflow on the built-in sample data) and `make test`.
+# Both bootstrap a project venv in .venv/ from the fully pinned requirements.lock.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.lungseg-installed
+CORES ?= 2
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: all venv run test lint pytest dag clean lock
+
+all: test
+
+# The venv is rebuilt when the lock file or pyproject.toml changes (stamp older than them).
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check || true
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: venv
+	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile rules/
+	$(BIN)/snakemake --lint --cores 1
+
+pytest: venv
+	$(BIN)/pytest
+
+test: lint pytest
+
+# Rule graph for the README.
+dag: venv
+	$(BIN)/snakemake --rulegraph --cores 1 | dot -Tpng > docs/rulegraph.png
+
+# Freeze the current venv into the lock file (after a deliberate upgrade).
+lock: venv
+	{ sed -n '1,/^# Regenerate/p' requirements.lock; \
+	  $(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu$$//'; \
+	  echo "setuptools==$$($(BIN)/python -c 'import setuptools; print(setuptools.__version__)')"; \
+	} > requirements.lock.new && mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf results logs benchmarks .snakemake

@@ -1,0 +1,22 @@
+# lungseg: LIDC-IDRI -> HDF5 volumes -> tumour-centred crops -> iUNet / U-Net training -> report.
+# All logic lives in the lungseg package (src/lungseg); rules only wire files together.
+from snakemake.utils import min_version, validate
+
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "schemas/config.schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/sample_data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets(),

@@ -1,0 +1,1 @@
+# Stage 0: LIDC-shaped sample data (only when config lidc_root is empty).
