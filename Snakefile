@@ -2,7 +2,6 @@
 # All logic lives in the lungseg package (src/lungseg); rules only wire files together.
 from snakemake.utils import min_version, validate
 
-
 min_version("9.0")
 
 

@@ -1,7 +1,6 @@
 # Helpers and input functions shared by the rules. Logic beyond file wiring lives in src/lungseg.
 from pathlib import Path
 
-
 SAMPLE_ROOT = "results/sample_data"
 
 

@@ -1,4 +1,4 @@
-"""The ``lungseg`` command: one subcommand per workflow stage, so every stage runs without Snakemake.
+"""The ``lungseg`` command: one subcommand per workflow stage (each also runs without Snakemake).
 
 Each stage module provides ``configure_parser(parser)`` (adds its arguments) and
 ``run_cli(args) -> int``. Modules are imported lazily so ``lungseg --help`` stays fast
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lungseg", description=__doc__.splitlines()[0])
     parser.add_argument("--log", help="also write the log to this file")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
+    for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text)
     return parser
 
