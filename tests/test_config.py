@@ -1,0 +1,106 @@
+"""The configuration contract: schema completeness, commented keys, and typos failing fast."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def _object_schemas(node: dict, path: str = "config"):
+    """Yield (path, schema) for every object-typed schema node."""
+    if node.get("type") == "object":
+        yield path, node
+    for key, sub in node.get("properties", {}).items():
+        yield from _object_schemas(sub, f"{path}.{key}")
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        yield from _object_schemas(extra, f"{path}.*")
+    items = node.get("items")
+    if isinstance(items, dict):
+        yield from _object_schemas(items, f"{path}[]")
+
+
+def _properties(node: dict, path: str = "config"):
+    for key, sub in node.get("properties", {}).items():
+        yield f"{path}.{key}", sub
+        yield from _properties(sub, f"{path}.{key}")
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        yield from _properties(extra, f"{path}.*")
+
+
+def test_default_config_is_valid():
+    jsonschema.validate(CONFIG, SCHEMA)
+
+
+@pytest.mark.parametrize(("path", "node"), list(_object_schemas(SCHEMA)))
+def test_every_object_rejects_unknown_keys(path, node):
+    # Open mappings (e.g. model variants by name) constrain their values with a schema instead.
+    assert node.get("additionalProperties") is not True, path
+    assert "additionalProperties" in node, f"{path} lacks additionalProperties"
+
+
+@pytest.mark.parametrize(("path", "node"), list(_properties(SCHEMA)))
+def test_every_key_has_description_and_default(path, node):
+    assert node.get("description"), f"{path} has no description"
+    assert "default" in node, f"{path} has no default"
+
+
+def test_every_config_key_is_commented():
+    """Each key line in config.yaml has a comment on the line before or at its end."""
+    lines = (REPO / "config.yaml").read_text().splitlines()
+    key_line = re.compile(r"^\s*[A-Za-z_][\w-]*:")
+    missing = []
+    for i, line in enumerate(lines):
+        if not key_line.match(line):
+            continue
+        previous = lines[i - 1].strip() if i else ""
+        if "#" not in line and not previous.startswith("#"):
+            missing.append(line.strip())
+    assert not missing, f"config.yaml keys without a comment: {missing}"
+
+
+def _dry_run(workdir: Path, config_text: str) -> subprocess.CompletedProcess[str]:
+    for name in ("Snakefile", "rules", "schemas", "workflow_scripts", "envs", "report"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, workdir / name)
+        elif source.exists():
+            shutil.copy2(source, workdir / name)
+    (workdir / "config.yaml").write_text(config_text)
+    snakemake = Path(sys.executable).with_name("snakemake")
+    return subprocess.run(
+        [str(snakemake), "-n", "--cores", "1"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("good", "typo"),
+    [
+        ("lidc_root:", "lidc_rot:"),
+        ("  seed:", "  sed:"),
+    ],
+)
+def test_misspelled_key_fails_before_any_job_and_names_the_key(tmp_path, good, typo):
+    text = (REPO / "config.yaml").read_text()
+    assert good in text
+    result = _dry_run(tmp_path, text.replace(good, typo, 1))
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert typo.strip().rstrip(":") in output, output[-2000:]
+    assert "Additional properties are not allowed" in output, output[-2000:]
