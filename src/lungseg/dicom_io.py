@@ -1,0 +1,393 @@
+"""DICOM reading: header index, series grouping, slice ordering, quirk detection, HU pixels.
+
+Files are grouped by SeriesInstanceUID, never by folder name (LIDC-IDRI exists both in the old UID
+folder layout and in NBIA's descriptive one). :func:`plan_series` turns one series' headers into
+a decision (status ``ok`` / ``excluded`` / ``skipped`` with a reason) and the ordered slices; the
+index and the conversion both use it, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+log = logging.getLogger(__name__)
+
+#: The only tags the index reads (pixel data is never touched there).
+HEADER_TAGS = [
+    "PatientID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "Modality",
+    "InstanceNumber",
+    "ImageType",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "Rows",
+    "Columns",
+    "PixelSpacing",
+    "SliceThickness",
+]
+
+STATUS_OK = "ok"  # converted, used for training
+STATUS_EXCLUDED = "excluded"  # converted, not used for training (reason says why)
+STATUS_SKIPPED = "skipped"  # not converted (reason says why)
+
+#: Two slices closer than this along the normal (mm) share a position.
+DUPLICATE_TOLERANCE_MM = 0.01
+#: A series needs this many distinct slice positions to form a volume.
+MIN_SLICES = 3
+
+
+class DicomFileError(ValueError):
+    """A file that is not a usable DICOM image (message names the file and the problem)."""
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """What the index needs to know about one DICOM file."""
+
+    path: str
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    modality: str
+    instance_number: int | None
+    image_type: tuple[str, ...]
+    position: tuple[float, float, float] | None  # ImagePositionPatient (x, y, z) mm
+    orientation: tuple[float, ...] | None  # ImageOrientationPatient (row dir, column dir)
+    rows: int
+    columns: int
+    pixel_spacing: tuple[float, float] | None  # (between rows, between columns) mm
+    slice_thickness: float | None
+    transfer_syntax: str
+
+    @property
+    def is_localizer(self) -> bool:
+        return "LOCALIZER" in {part.upper() for part in self.image_type}
+
+
+def _floats(value, count: int) -> tuple[float, ...] | None:
+    if value is None or value == "":
+        return None
+    try:
+        numbers = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return numbers if len(numbers) == count else None
+
+
+def header_from_dataset(ds: Dataset, path: str | os.PathLike[str]) -> SliceHeader:
+    """Extract a :class:`SliceHeader`; raises :class:`DicomFileError` without a series UID."""
+    series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+    if not series_uid:
+        raise DicomFileError(f"{path}: DICOM file without SeriesInstanceUID")
+    meta = getattr(ds, "file_meta", None)
+    thickness = ds.get("SliceThickness")
+    instance = ds.get("InstanceNumber")
+    image_type = ds.get("ImageType") or ()
+    if isinstance(image_type, str):
+        image_type = (image_type,)
+    try:
+        return SliceHeader(
+            path=str(path),
+            patient_id=str(ds.get("PatientID", "") or ""),
+            study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+            series_uid=series_uid,
+            sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
+            modality=str(ds.get("Modality", "") or "").upper(),
+            instance_number=int(instance) if instance not in (None, "") else None,
+            image_type=tuple(str(t) for t in image_type),
+            position=_floats(ds.get("ImagePositionPatient"), 3),
+            orientation=_floats(ds.get("ImageOrientationPatient"), 6),
+            rows=int(ds.get("Rows", 0) or 0),
+            columns=int(ds.get("Columns", 0) or 0),
+            pixel_spacing=_floats(ds.get("PixelSpacing"), 2),
+            slice_thickness=float(thickness) if thickness not in (None, "") else None,
+            transfer_syntax=str(getattr(meta, "TransferSyntaxUID", "") or ""),
+        )
+    except (TypeError, ValueError) as error:
+        raise DicomFileError(f"{path}: malformed DICOM header ({error})") from error
+
+
+def read_header(path: str | os.PathLike[str]) -> SliceHeader:
+    """Read only the header tags the index needs (no pixel data)."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+    except InvalidDicomError as error:
+        raise DicomFileError(f"{path}: not a DICOM file ({error})") from error
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise DicomFileError(f"{path}: unreadable DICOM file ({error})") from error
+    return header_from_dataset(ds, path)
+
+
+def _try_read_header(path: str) -> SliceHeader | str:
+    try:
+        return read_header(path)
+    except DicomFileError as error:
+        return str(error)
+
+
+def iter_files(root: str | os.PathLike[str]) -> Iterator[str]:
+    """Every regular file under ``root``, in a stable (sorted) order; hidden files skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"DICOM folder not found: {root}")
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield os.path.join(folder, name)
+
+
+def scan_folder(
+    root: str | os.PathLike[str], workers: int = 1
+) -> tuple[list[SliceHeader], list[str]]:
+    """Read the headers of every file under ``root``.
+
+    Returns ``(headers, problems)``: ``problems`` holds one message per file that is not a
+    usable DICOM file (non-DICOM, unreadable, no series UID); those files are skipped.
+    """
+    paths = list(iter_files(root))
+    if workers > 1 and len(paths) > 200:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_try_read_header, paths, chunksize=256))
+    else:
+        results = [_try_read_header(p) for p in paths]
+    headers = [r for r in results if isinstance(r, SliceHeader)]
+    problems = [r for r in results if isinstance(r, str)]
+    return headers, problems
+
+
+def group_by_series(headers: Iterable[SliceHeader]) -> dict[str, list[SliceHeader]]:
+    """Headers by SeriesInstanceUID (insertion order of first appearance)."""
+    groups: dict[str, list[SliceHeader]] = defaultdict(list)
+    for header in headers:
+        groups[header.series_uid].append(header)
+    return dict(groups)
+
+
+@dataclass
+class SeriesPlan:
+    """The decision for one series and, when usable, its slices in volume order."""
+
+    series_uid: str
+    patient_id: str
+    study_uid: str
+    modality: str
+    n_files: int
+    status: str = STATUS_OK
+    reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # handled quirks (ok series)
+    slices: list[SliceHeader] = field(default_factory=list)  # kept, z ascending
+    z_positions: list[float] = field(default_factory=list)  # along the normal, mm
+    spacing: tuple[float, float, float] | None = None  # (z, y, x) mm
+    origin: tuple[float, float, float] | None = None  # voxel [0,0,0], patient (z, y, x) mm
+    direction: tuple[float, ...] | None = None  # rows: array axes z, y, x in patient (z, y, x)
+    slice_thickness: float | None = None
+    rows: int = 0
+    columns: int = 0
+    transfer_syntaxes: tuple[str, ...] = ()
+
+    @property
+    def n_slices(self) -> int:
+        return len(self.slices)
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons + self.notes)
+
+    def skip(self, reason: str) -> SeriesPlan:
+        self.status = STATUS_SKIPPED
+        self.reasons.append(reason)
+        self.slices, self.z_positions = [], []
+        return self
+
+
+def _describe_counts(counter: Counter, unit: str = "files") -> str:
+    return ", ".join(f"{value} ({n} {unit})" for value, n in counter.most_common())
+
+
+def _single(values: list, what: str, plan: SeriesPlan) -> bool:
+    """True when all values agree; otherwise marks the plan skipped with a reason."""
+    counts = Counter(values)
+    if len(counts) > 1:
+        plan.skip(f"mixed {what}: {_describe_counts(counts)}")
+        return False
+    return True
+
+
+def plan_series(headers: list[SliceHeader], spacing_tolerance: float = 0.05) -> SeriesPlan:
+    """Decide what to do with one series and order its slices.
+
+    - non-CT modality (CR, DX, ...) -> skipped; localizer images (ImageType LOCALIZER) dropped;
+    - mixed matrix size, pixel spacing or orientation, missing position -> skipped;
+    - duplicate slice positions -> one kept (lowest InstanceNumber, then path), noted;
+    - missing slices or irregular spacing (deviation from the median spacing above
+      ``spacing_tolerance`` as a fraction) -> excluded, with the reason; the volume uses the
+      median spacing.
+    """
+    if not headers:
+        raise ValueError("plan_series needs at least one header")
+    first = headers[0]
+    plan = SeriesPlan(
+        series_uid=first.series_uid,
+        patient_id=first.patient_id,
+        study_uid=first.study_uid,
+        modality=Counter(h.modality for h in headers).most_common(1)[0][0],
+        n_files=len(headers),
+    )
+    if not _single([h.patient_id for h in headers], "PatientID", plan):
+        return plan
+    if plan.modality != "CT" or not _single([h.modality for h in headers], "modality", plan):
+        return plan.skip(f"modality {plan.modality or 'missing'}, not CT")
+    images = [h for h in headers if not h.is_localizer]
+    if len(images) < len(headers):
+        plan.notes.append(f"dropped {len(headers) - len(images)} localizer image(s)")
+    if len(images) < MIN_SLICES:
+        return plan.skip(f"only {len(images)} CT image(s), need {MIN_SLICES}")
+    unplaced = [h for h in images if h.position is None or h.orientation is None]
+    if unplaced:
+        return plan.skip(
+            f"{len(unplaced)} image(s) without ImagePositionPatient/ImageOrientationPatient, "
+            f"e.g. {Path(unplaced[0].path).name}"
+        )
+    if not _single([f"{h.rows}x{h.columns}" for h in images], "matrix sizes", plan):
+        return plan
+    if not _single([h.pixel_spacing for h in images], "pixel spacings", plan):
+        return plan
+    orientations = [tuple(round(v, 4) for v in h.orientation) for h in images]
+    if not _single(orientations, "orientations", plan):
+        return plan
+
+    row_dir = np.array(images[0].orientation[:3])
+    col_dir = np.array(images[0].orientation[3:])
+    normal = np.cross(row_dir, col_dir)
+    along = np.array([float(np.dot(normal, h.position)) for h in images])
+    numbers = [h.instance_number if h.instance_number is not None else 1 << 30 for h in images]
+    order = sorted(range(len(images)), key=lambda i: (along[i], numbers[i], images[i].path))
+
+    kept: list[int] = []
+    for i in order:
+        if kept and abs(along[i] - along[kept[-1]]) < DUPLICATE_TOLERANCE_MM:
+            continue
+        kept.append(i)
+    if len(kept) < len(order):
+        plan.notes.append(f"dropped {len(order) - len(kept)} image(s) at duplicate positions")
+    if len(kept) < MIN_SLICES:
+        return plan.skip(f"only {len(kept)} distinct slice positions, need {MIN_SLICES}")
+
+    plan.slices = [images[i] for i in kept]
+    plan.z_positions = [float(along[i]) for i in kept]
+    gaps = np.diff(plan.z_positions)
+    step = float(np.median(gaps))
+    deviation = np.abs(gaps - step) / step
+    if np.any(deviation > spacing_tolerance):
+        ratio = gaps / step
+        missing = int(np.sum(np.maximum(np.rint(ratio) - 1, 0)[ratio > 1 + spacing_tolerance]))
+        if missing:
+            plan.reasons.append(f"missing slices: about {missing} absent (spacing {step:g} mm)")
+        else:
+            plan.reasons.append(
+                f"irregular slice spacing: {gaps.min():g}..{gaps.max():g} mm, median {step:g}"
+            )
+        plan.status = STATUS_EXCLUDED
+
+    first_slice = plan.slices[0]
+    pixel_spacing = first_slice.pixel_spacing or (1.0, 1.0)
+    plan.spacing = (step, float(pixel_spacing[0]), float(pixel_spacing[1]))
+    x, y, z = first_slice.position
+    plan.origin = (z, y, x)
+    # Array axis (z, y, x) -> unit vectors in patient (z, y, x): normal, column dir, row dir.
+    axes = [normal, col_dir, row_dir]
+    plan.direction = tuple(float(v) for axis in axes for v in axis[::-1])
+    thicknesses = [h.slice_thickness for h in plan.slices if h.slice_thickness is not None]
+    plan.slice_thickness = float(np.median(thicknesses)) if thicknesses else step
+    plan.rows, plan.columns = first_slice.rows, first_slice.columns
+    plan.transfer_syntaxes = tuple(sorted({h.transfer_syntax for h in plan.slices}))
+    return plan
+
+
+def hu_from_dataset(ds: Dataset, path: str | os.PathLike[str]) -> np.ndarray:
+    """One slice in Hounsfield units as int16 ``(rows, columns)``.
+
+    pydicom honours PixelRepresentation (signed/unsigned storage) and decodes compressed
+    transfer syntaxes through pylibjpeg; HU = stored value * RescaleSlope + RescaleIntercept,
+    rounded and clipped to the int16 range.
+    """
+    try:
+        pixels = ds.pixel_array
+    except Exception as error:  # pydicom raises many types for broken pixel data
+        raise DicomFileError(f"{path}: cannot decode pixel data ({error})") from error
+    if pixels.ndim != 2:
+        raise DicomFileError(f"{path}: expected a single 2-D frame, got shape {pixels.shape}")
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    if slope == 1 and intercept.is_integer():
+        hu = pixels.astype(np.int32) + int(intercept)
+    else:
+        hu = np.rint(pixels.astype(np.float32) * slope + intercept)
+    info = np.iinfo(np.int16)
+    return np.clip(hu, info.min, info.max).astype(np.int16)
+
+
+def read_dataset(path: str | os.PathLike[str]) -> Dataset:
+    """A whole DICOM file; :class:`DicomFileError` names the file when that fails."""
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError as error:
+        raise DicomFileError(f"{path}: not a DICOM file ({error})") from error
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise DicomFileError(f"{path}: unreadable DICOM file ({error})") from error
+
+
+def read_hu(path: str | os.PathLike[str]) -> np.ndarray:
+    """One file's slice in HU (see :func:`hu_from_dataset`)."""
+    return hu_from_dataset(read_dataset(path), path)
+
+
+def read_series(
+    paths: Iterable[str | os.PathLike[str]], spacing_tolerance: float = 0.05
+) -> tuple[SeriesPlan, np.ndarray | None]:
+    """Read one series' files once each; return its plan and int16 HU volume ``(z, y, x)``.
+
+    The volume is None when the plan says ``skipped``. Every file is parsed once (header and
+    pixels together), which keeps conversion close to the raw pydicom read speed.
+    """
+    headers: list[SliceHeader] = []
+    slices: dict[str, np.ndarray] = {}
+    for path in paths:
+        ds = read_dataset(path)
+        header = header_from_dataset(ds, path)
+        headers.append(header)
+        if header.modality == "CT" and not header.is_localizer:
+            slices[header.path] = hu_from_dataset(ds, path)
+        del ds
+    if not headers:
+        raise ValueError("read_series got no files")
+    plan = plan_series(headers, spacing_tolerance)
+    if plan.status == STATUS_SKIPPED:
+        return plan, None
+    # np.empty commits pages only when written, and each slice is freed once copied, so the
+    # peak stays near one volume rather than two.
+    volume = np.empty((plan.n_slices, plan.rows, plan.columns), dtype=np.int16)
+    for k, header in enumerate(plan.slices):
+        hu = slices.pop(header.path)
+        if hu.shape != volume.shape[1:]:
+            raise DicomFileError(
+                f"{header.path}: pixel data {hu.shape} differs from header {volume.shape[1:]}"
+            )
+        volume[k] = hu
+    return plan, volume

@@ -1,0 +1,260 @@
+"""DICOM reading and quirks, on real DICOM files written with pydicom for each test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+    generate_uid,
+)
+
+from lungseg.dicom_io import (
+    STATUS_EXCLUDED,
+    STATUS_OK,
+    STATUS_SKIPPED,
+    DicomFileError,
+    group_by_series,
+    plan_series,
+    read_header,
+    read_hu,
+    read_series,
+    scan_folder,
+)
+
+
+def write_slice(
+    path: Path,
+    *,
+    series_uid: str = "1.2.826.0.1.3680043.8.498.1",
+    patient_id: str = "LIDC-IDRI-9001",
+    study_uid: str = "1.2.826.0.1.3680043.8.498.2",
+    z: float = 0.0,
+    instance: int = 1,
+    shape: tuple[int, int] = (8, 8),
+    modality: str = "CT",
+    image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL"),
+    orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0),
+    pixel_spacing: tuple[float, float] = (0.7, 0.7),
+    thickness: float = 2.5,
+    stored: np.ndarray | None = None,
+    signed: bool = True,
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+    compress: str | None = None,
+) -> Path:
+    """Write one DICOM image file the way a CT scanner would."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientID = patient_id
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.Modality = modality
+    ds.ImageType = list(image_type)
+    ds.InstanceNumber = instance
+    ds.ImagePositionPatient = [-100.0, -120.0, z]
+    ds.ImageOrientationPatient = list(orientation)
+    ds.PixelSpacing = list(pixel_spacing)
+    ds.SliceThickness = thickness
+    ds.RescaleSlope = slope
+    ds.RescaleIntercept = intercept
+    if stored is None:
+        base = 1000 + np.arange(shape[0] * shape[1]).reshape(shape) % 50
+        stored = (base + int(z)).astype(np.int16 if signed else np.uint16)
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1 if signed else 0
+    ds.PixelData = stored.tobytes()
+    if compress:
+        ds.compress(compress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_series(folder: Path, zs, **kwargs) -> list[Path]:
+    return [
+        write_slice(folder / f"1-{i + 1:03d}.dcm", z=z, instance=i + 1, **kwargs)
+        for i, z in enumerate(zs)
+    ]
+
+
+def _plan(folder: Path, tolerance: float = 0.05):
+    headers, problems = scan_folder(folder)
+    groups = group_by_series(headers)
+    assert len(groups) == 1, groups.keys()
+    return plan_series(next(iter(groups.values())), tolerance), problems
+
+
+@pytest.mark.parametrize(
+    ("signed", "stored", "slope", "intercept", "expected"),
+    [
+        # signed storage, HU = stored + intercept
+        (True, [-2000, -1, 0, 1200], 1.0, -1024.0, [-3024, -1025, -1024, 176]),
+        # unsigned storage: values above 32767 must not wrap to negative
+        (False, [0, 1024, 40000, 65535], 1.0, -1024.0, [-1024, 0, 32767, 32767]),
+        (False, [0, 1000, 2024, 3000], 1.0, -1024.0, [-1024, -24, 1000, 1976]),
+        # non-unit slope, fractional intercept: rounded to the nearest HU
+        (True, [-100, 0, 100, 1001], 0.5, -1000.5, [-1050, -1000, -950, -500]),
+        # signed data with zero intercept (some scanners store HU directly)
+        (True, [-1024, -500, 0, 3000], 1.0, 0.0, [-1024, -500, 0, 3000]),
+    ],
+)
+def test_hu_for_signed_and_unsigned_storage(tmp_path, signed, stored, slope, intercept, expected):
+    dtype = np.int16 if signed else np.uint16
+    pixels = np.array(stored * 4, dtype=dtype).reshape(4, 4)
+    path = write_slice(
+        tmp_path / "a.dcm", stored=pixels, signed=signed, slope=slope, intercept=intercept
+    )
+    hu = read_hu(path)
+    assert hu.dtype == np.int16
+    np.testing.assert_array_equal(hu, np.array(expected * 4, dtype=np.int16).reshape(4, 4))
+
+
+def test_slices_sorted_by_position_not_by_name_or_instance(tmp_path):
+    zs = [-10.0, -17.5, -12.5, -15.0]  # file order and InstanceNumber order both shuffled
+    for i, z in enumerate(zs):
+        write_slice(tmp_path / f"{9 - i}.dcm", z=z, instance=i + 1)
+    plan, problems = _plan(tmp_path)
+    assert not problems
+    assert plan.status == STATUS_OK and plan.reason == ""
+    assert plan.z_positions == [-17.5, -15.0, -12.5, -10.0]
+    assert plan.spacing == (2.5, 0.7, 0.7)
+    assert plan.origin == (-17.5, -120.0, -100.0)
+    assert plan.direction == (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    plan2, volume = read_series(sorted(tmp_path.iterdir()))
+    assert volume.shape == (4, 8, 8)
+    # synthetic stored value = base + z, so HU of voxel 0 rises with z
+    assert list(volume[:, 0, 0]) == [1000 + int(z) - 1024 for z in sorted(zs)]
+    assert plan2.z_positions == plan.z_positions
+
+
+def test_series_grouped_by_uid_not_by_folder(tmp_path):
+    write_series(tmp_path / "mixed", [0, 2.5, 5], series_uid="1.2.3.1")
+    write_series(tmp_path / "mixed2", [0, 1, 2], series_uid="1.2.3.2")
+    write_slice(tmp_path / "elsewhere" / "x.dcm", z=7.5, series_uid="1.2.3.1")
+    headers, _ = scan_folder(tmp_path)
+    groups = group_by_series(headers)
+    assert sorted(groups) == ["1.2.3.1", "1.2.3.2"]
+    assert plan_series(groups["1.2.3.1"]).z_positions == [0, 2.5, 5, 7.5]
+
+
+def test_non_dicom_and_unreadable_files_are_skipped_and_named(tmp_path):
+    write_series(tmp_path, [0, 2.5, 5])
+    (tmp_path / "notes.txt").write_text("not a dicom file")
+    (tmp_path / "069.xml").write_text("<LidcReadMessage/>")
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes((tmp_path / "1-001.dcm").read_bytes()[:140])
+    headers, problems = scan_folder(tmp_path)
+    assert len(headers) == 3
+    assert len(problems) == 3
+    for name in ("notes.txt", "069.xml", "truncated.dcm"):
+        assert any(name in message for message in problems), (name, problems)
+    with pytest.raises(DicomFileError, match="notes.txt"):
+        read_header(tmp_path / "notes.txt")
+
+
+def test_corrupt_pixel_data_names_the_file(tmp_path):
+    path = write_slice(tmp_path / "a.dcm")
+    ds = pydicom.dcmread(path)
+    ds.PixelData = ds.PixelData[:10]
+    ds.save_as(path)
+    with pytest.raises(DicomFileError, match=r"a\.dcm: cannot decode pixel data"):
+        read_hu(path)
+
+
+@pytest.mark.parametrize("modality", ["CR", "DX"])
+def test_non_ct_series_is_skipped(tmp_path, modality):
+    write_series(tmp_path, [0], modality=modality, shape=(8, 8))
+    plan, _ = _plan(tmp_path)
+    assert plan.status == STATUS_SKIPPED
+    assert f"modality {modality}, not CT" in plan.reason
+    assert read_series(sorted(tmp_path.iterdir()))[1] is None
+
+
+def test_localizer_inside_ct_series_is_dropped(tmp_path):
+    write_series(tmp_path / "s", [0, 2.5, 5, 7.5])
+    write_slice(
+        tmp_path / "s" / "scout.dcm",
+        z=0.0,
+        image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
+        orientation=(0, 1, 0, 0, 0, -1),
+        shape=(8, 12),
+    )
+    plan, _ = _plan(tmp_path)
+    assert plan.status == STATUS_OK
+    assert plan.n_files == 5 and plan.n_slices == 4
+    assert "dropped 1 localizer" in plan.reason
+    _, volume = read_series(sorted((tmp_path / "s").iterdir()))
+    assert volume.shape == (4, 8, 8)
+
+
+def test_duplicate_positions_keep_one(tmp_path):
+    write_series(tmp_path, [0, 2.5, 5, 7.5])
+    write_slice(tmp_path / "dup.dcm", z=5.0, instance=99)
+    plan, _ = _plan(tmp_path)
+    assert plan.status == STATUS_OK
+    assert plan.n_slices == 4 and plan.z_positions == [0, 2.5, 5, 7.5]
+    assert "dropped 1 image(s) at duplicate positions" in plan.reason
+    assert all(Path(h.path).name != "dup.dcm" for h in plan.slices)  # lower InstanceNumber kept
+
+
+@pytest.mark.parametrize(
+    ("zs", "status", "reason"),
+    [
+        ([0, 2.5, 5, 7.5, 10], STATUS_OK, ""),
+        ([0, 2.5, 5, 10, 12.5, 15], STATUS_EXCLUDED, "missing slices: about 1 absent"),
+        ([0, 2.5, 5, 12.5, 15], STATUS_EXCLUDED, "missing slices: about 2 absent"),
+        ([0, 2.5, 5, 6.25, 8.75, 11.25], STATUS_EXCLUDED, "irregular slice spacing"),
+        # tiny float jitter is regular
+        ([0, 2.5001, 5, 7.4999, 10], STATUS_OK, ""),
+    ],
+)
+def test_missing_and_irregular_slices_are_flagged(tmp_path, zs, status, reason):
+    write_series(tmp_path, zs)
+    plan, _ = _plan(tmp_path)
+    assert plan.status == status
+    assert reason in plan.reason
+    assert plan.spacing[0] == pytest.approx(2.5, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("odd", "reason"),
+    [
+        ({"shape": (8, 10)}, "mixed matrix sizes"),
+        ({"orientation": (1, 0, 0, 0, 0.8, 0.6)}, "mixed orientations"),
+        ({"pixel_spacing": (0.8, 0.8)}, "mixed pixel spacings"),
+    ],
+)
+def test_mixed_geometry_is_rejected_with_reason(tmp_path, odd, reason):
+    write_series(tmp_path, [0, 2.5, 5])
+    write_slice(tmp_path / "odd.dcm", z=7.5, instance=4, **odd)
+    plan, _ = _plan(tmp_path)
+    assert plan.status == STATUS_SKIPPED
+    assert reason in plan.reason
+    assert plan.slices == []
+
+
+@pytest.mark.parametrize("syntax", [JPEG2000Lossless, RLELossless])
+def test_compressed_transfer_syntaxes_decode(tmp_path, syntax):
+    stored = np.random.default_rng(0).integers(-1000, 3000, size=(64, 64)).astype(np.int16)
+    plain = write_slice(tmp_path / "plain.dcm", stored=stored)
+    packed = write_slice(tmp_path / "packed.dcm", stored=stored, compress=syntax)
+    assert read_header(packed).transfer_syntax == syntax
+    np.testing.assert_array_equal(read_hu(packed), read_hu(plain))
