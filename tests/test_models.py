@@ -1,0 +1,119 @@
+"""Models: output contract, invertibility, memory-efficient gradients, a tiny overfit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lungseg.models import build_model, cayley_kernel_matrix
+
+torch.set_num_threads(1)
+
+SMALL = {"channels": 4, "levels": 3, "blocks_per_level": 2}
+
+
+def randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Perturb all weights: iUNet couplings start as the identity, which hides bugs."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("arch", "deep_supervision", "levels", "shape", "expected"),
+    [
+        ("unet", False, 3, (2, 1, 16, 16, 8), [(2, 1, 16, 16, 8)]),
+        ("unet", True, 3, (2, 1, 16, 16, 8), [(2, 1, 16, 16, 8), (2, 1, 8, 8, 4), (2, 1, 4, 4, 2)]),
+        ("iunet", False, 3, (1, 1, 8, 16, 8), [(1, 1, 8, 16, 8)]),
+        ("iunet", True, 3, (1, 1, 8, 16, 8), [(1, 1, 8, 16, 8), (1, 1, 4, 8, 4), (1, 1, 2, 4, 2)]),
+        ("iunet", True, 2, (1, 1, 8, 8, 8), [(1, 1, 8, 8, 8), (1, 1, 4, 4, 4)]),
+        ("unet", True, 2, (1, 1, 6, 6, 6), [(1, 1, 6, 6, 6), (1, 1, 3, 3, 3)]),
+    ],
+)
+def test_output_shapes(arch, deep_supervision, levels, shape, expected):
+    settings = {**SMALL, "arch": arch, "levels": levels, "deep_supervision": deep_supervision}
+    model = build_model({**settings, "lr": 1e-3, "epochs": 3})  # training keys are ignored
+    outputs = model(torch.randn(shape))
+    assert isinstance(outputs, list)
+    assert [tuple(o.shape) for o in outputs] == expected
+    assert all(o.dtype == torch.float32 for o in outputs)
+
+
+@pytest.mark.parametrize("arch", ["unet", "iunet"])
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((1, 1, 16, 16, 10), "divisible by 2\\*\\*\\(levels-1\\) = 4"),
+        ((1, 2, 8, 8, 8), "\\(B, 1, D, H, W\\)"),
+    ],
+)
+def test_bad_input_is_named(arch, shape, message):
+    model = build_model({**SMALL, "arch": arch})
+    with pytest.raises(ValueError, match=message):
+        model(torch.zeros(shape))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"channels": 4}, "arch"),
+        ({"arch": "vnet"}, "unknown model arch"),
+        ({"arch": "unet", "levels": 1}, "levels must be >= 2"),
+    ],
+)
+def test_bad_settings_are_named(settings, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(settings)
+
+
+def test_cayley_kernel_matches_iunets_values_with_exact_gradient():
+    from iunets.layers import __calculate_kernel_matrix_cayley__ as iunets_cayley
+
+    weight = torch.randn(3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(cayley_kernel_matrix(weight), iunets_cayley(weight))
+    assert torch.autograd.gradcheck(cayley_kernel_matrix, (weight.requires_grad_(),))
+
+
+def test_invertible_core_inverts():
+    torch.manual_seed(0)
+    model = randomised(build_model({**SMALL, "arch": "iunet"}))
+    x = torch.randn(1, 4, 16, 8, 16)
+    with torch.no_grad():
+        # memcnn frees the storage of a module's input, so feed clones.
+        reconstructed = model.core.inverse(model.core(x.clone()))
+    torch.testing.assert_close(reconstructed, x, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("deep_supervision", [False, True])
+def test_memory_efficient_gradients_equal_plain_backprop(deep_supervision):
+    settings = {**SMALL, "arch": "iunet", "deep_supervision": deep_supervision}
+    efficient = randomised(build_model({**settings, "memory_efficient": True}))
+    plain = build_model({**settings, "memory_efficient": False})
+    plain.load_state_dict(efficient.state_dict())
+    x = torch.randn(1, 1, 16, 16, 8, generator=torch.Generator().manual_seed(1))
+    for model in (efficient, plain):
+        sum((out**2).mean() for out in model(x)).backward()
+    for (name, a), b in zip(efficient.named_parameters(), plain.parameters(), strict=True):
+        assert a.grad is not None, name
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("arch", ["unet", "iunet"])
+def test_overfits_one_sphere(arch):
+    torch.manual_seed(0)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(16.0)] * 3, indexing="ij"))
+    target = (((grid - 7.5) ** 2).sum(0) < 16).float()[None, None]
+    image = target * 2 - 1 + 0.3 * torch.randn(target.shape)
+    model = build_model({"arch": arch, "channels": 4, "levels": 2, "blocks_per_level": 1})
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    for _ in range(50):
+        optimiser.zero_grad()
+        loss = loss_fn(model(image)[0], target)
+        loss.backward()
+        optimiser.step()
+    prediction = (model(image)[0] > 0).float()
+    dice = 2 * (prediction * target).sum() / (prediction.sum() + target.sum())
+    assert dice > 0.9
