@@ -229,6 +229,33 @@ def _single(values: list, what: str, plan: SeriesPlan) -> bool:
     return True
 
 
+def spacing_problem(z_positions: list[float], tolerance: float = 0.05) -> str | None:
+    """Why sorted, distinct slice positions are not evenly spaced, or None when they are.
+
+    A gap that deviates from the median spacing by more than ``tolerance`` (a fraction) is a
+    problem: near a whole multiple of the spacing it counts as missing slices, else irregular.
+    """
+    gaps = np.diff(np.asarray(z_positions, dtype=float))
+    if gaps.size == 0:
+        return None
+    step = float(np.median(gaps))
+    if step <= 0:
+        return f"slice positions not increasing (median spacing {step:g} mm)"
+    ratio = gaps / step
+    if not np.any(np.abs(ratio - 1) > tolerance):
+        return None
+    long_gaps = ratio[ratio > 1 + tolerance]
+    near_whole = np.abs(long_gaps - np.rint(long_gaps)) <= tolerance
+    if (
+        long_gaps.size
+        and np.all(near_whole)
+        and np.all(np.abs(ratio[ratio <= 1 + tolerance] - 1) <= tolerance)
+    ):
+        missing = int(np.sum(np.rint(long_gaps) - 1))
+        return f"missing slices: about {missing} absent (spacing {step:g} mm)"
+    return f"irregular slice spacing: {gaps.min():g}..{gaps.max():g} mm, median {step:g}"
+
+
 def plan_series(headers: list[SliceHeader], spacing_tolerance: float = 0.05) -> SeriesPlan:
     """Decide what to do with one series and order its slices.
 
@@ -291,18 +318,10 @@ def plan_series(headers: list[SliceHeader], spacing_tolerance: float = 0.05) -> 
 
     plan.slices = [images[i] for i in kept]
     plan.z_positions = [float(along[i]) for i in kept]
-    gaps = np.diff(plan.z_positions)
-    step = float(np.median(gaps))
-    deviation = np.abs(gaps - step) / step
-    if np.any(deviation > spacing_tolerance):
-        ratio = gaps / step
-        missing = int(np.sum(np.maximum(np.rint(ratio) - 1, 0)[ratio > 1 + spacing_tolerance]))
-        if missing:
-            plan.reasons.append(f"missing slices: about {missing} absent (spacing {step:g} mm)")
-        else:
-            plan.reasons.append(
-                f"irregular slice spacing: {gaps.min():g}..{gaps.max():g} mm, median {step:g}"
-            )
+    step = float(np.median(np.diff(plan.z_positions)))
+    problem = spacing_problem(plan.z_positions, spacing_tolerance)
+    if problem:
+        plan.reasons.append(problem)
         plan.status = STATUS_EXCLUDED
 
     first_slice = plan.slices[0]

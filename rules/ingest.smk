@@ -1,0 +1,107 @@
+# Stage 1: ingestion. DICOM folder -> series index (checkpoint: the DAG fans out over the series
+# found) -> one HDF5 volume + nodule table per series -> results/nodules.csv; cohort from the
+# annotation database.
+
+
+checkpoint index:
+    input:
+        sample_data_outputs(),
+    output:
+        series="results/index/series.csv",
+        files="results/index/files.csv",
+    log:
+        "logs/index.log",
+    benchmark:
+        "benchmarks/index.tsv"
+    conda:
+        "../envs/lungseg.yaml"
+    threads: config["ingest"]["index_workers"]
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    params:
+        root=raw_root(),
+        spacing_tolerance=config["ingest"]["spacing_tolerance"],
+        exclude_irregular=config["cohort"]["exclude_irregular"],
+    script:
+        "../workflow_scripts/index.py"
+
+
+rule convert:
+    input:
+        files="results/index/files.csv",
+    output:
+        volume="results/volumes/{patient_id}/{series_uid}.h5",
+        nodules="results/volumes/{patient_id}/{series_uid}.nodules.csv",
+    log:
+        "logs/convert/{patient_id}/{series_uid}.log",
+    benchmark:
+        "benchmarks/convert/{patient_id}/{series_uid}.tsv"
+    wildcard_constraints:
+        patient_id=r"[^/]+",
+        series_uid=r"[0-9.]+",
+    conda:
+        "../envs/lungseg.yaml"
+    threads: 1
+    resources:
+        mem_mb=convert_mem_mb,
+        runtime=20,
+    params:
+        consensus_level=config["ingest"]["consensus_level"],
+        compression=config["ingest"]["compression"],
+        spacing_tolerance=config["ingest"]["spacing_tolerance"],
+    script:
+        "../workflow_scripts/convert.py"
+
+
+rule nodules:
+    input:
+        series="results/index/series.csv",
+        tables=volume_nodule_tables,
+    output:
+        "results/nodules.csv",
+    log:
+        "logs/nodules.log",
+    conda:
+        "../envs/lungseg.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        criteria=cohort_criteria_args(),
+    script:
+        "../workflow_scripts/nodules.py"
+
+
+rule cohort:
+    input:
+        series="results/index/series.csv",
+    output:
+        scans="results/cohort/scans.csv",
+        nodules="results/cohort/nodules.csv",
+        excluded="results/cohort/excluded_scans.csv",
+        missing="results/cohort/missing_on_disk.csv",
+    log:
+        "logs/cohort.log",
+    benchmark:
+        "benchmarks/cohort.tsv"
+    conda:
+        "../envs/lungseg.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        scope=config["cohort"]["scope"],
+        criteria=cohort_criteria_args(),
+    script:
+        "../workflow_scripts/cohort.py"
+
+
+# Named target: the index, every volume and the merged nodule table.
+rule volumes:
+    input:
+        volumes=volume_files,
+        nodules="results/nodules.csv",
+    localrule: True

