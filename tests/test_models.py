@@ -86,10 +86,15 @@ def test_invertible_core_inverts():
     torch.testing.assert_close(reconstructed, x, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("invertible_resampling", [False, True])
 @pytest.mark.parametrize("deep_supervision", [False, True])
-def test_memory_efficient_gradients_equal_plain_backprop(deep_supervision):
+def test_memory_efficient_gradients_equal_plain_backprop(deep_supervision, invertible_resampling):
     settings = {**SMALL, "arch": "iunet", "deep_supervision": deep_supervision}
-    efficient = randomised(build_model({**settings, "memory_efficient": True}))
+    efficient = randomised(
+        build_model(
+            {**settings, "memory_efficient": True, "invertible_resampling": invertible_resampling}
+        )
+    )
     plain = build_model({**settings, "memory_efficient": False})
     plain.load_state_dict(efficient.state_dict())
     x = torch.randn(1, 1, 16, 16, 8, generator=torch.Generator().manual_seed(1))

@@ -34,6 +34,7 @@ class ModelSettings:
     blocks_per_level: int = 2
     deep_supervision: bool = False
     memory_efficient: bool = True
+    invertible_resampling: bool = True
 
     @classmethod
     def from_dict(cls, settings: dict[str, Any]) -> ModelSettings:
@@ -72,6 +73,7 @@ def build_model(settings: dict[str, Any]) -> nn.Module:
         blocks_per_level=chosen.blocks_per_level,
         deep_supervision=chosen.deep_supervision,
         memory_efficient=chosen.memory_efficient,
+        invertible_resampling=chosen.invertible_resampling,
     )
 
 
@@ -168,6 +170,24 @@ def use_exact_cayley_gradient(core: nn.Module) -> None:
             module.__calculate_kernel_matrix__ = cayley_kernel_matrix
 
 
+def reconstruct_resampling_inputs(core: nn.Module, keep_upsampling_input: bool) -> None:
+    """Let memcnn reconstruct the inputs of iUNet's learnable up- and downsampling layers.
+
+    Stock iunets 0.1 runs learnable resampling with plain autograd, which keeps each layer's
+    input alive from the forward to the backward pass (a quarter of a full-resolution
+    activation at level 0, less below). The layers are orthogonal convolutions, exactly
+    invertible, so memcnn can free those inputs and rebuild them in the backward pass.
+    """
+    from memcnn import InvertibleModuleWrapper
+
+    for layers, keep_input in (
+        (core.downsampling_layers, False),
+        (core.upsampling_layers, keep_upsampling_input),
+    ):
+        for index, wrapper in enumerate(layers):
+            layers[index] = InvertibleModuleWrapper(wrapper._fn, keep_input=keep_input)
+
+
 class InvertibleUNet3D(nn.Module):
     """Lifting conv -> iunets ``iUNet`` (memory-efficient backprop) -> output head(s)."""
 
@@ -178,6 +198,7 @@ class InvertibleUNet3D(nn.Module):
         blocks_per_level: int,
         deep_supervision: bool,
         memory_efficient: bool = True,
+        invertible_resampling: bool = True,
     ):
         super().__init__()
         from iunets import iUNet  # imported here: iunets pulls in memcnn, slow to import
@@ -194,6 +215,9 @@ class InvertibleUNet3D(nn.Module):
             verbose=0,
         )
         use_exact_cayley_gradient(self.core)
+        if memory_efficient and invertible_resampling:
+            # Multi-scale heads read the input of each upsampling layer: that one must stay.
+            reconstruct_resampling_inputs(self.core, keep_upsampling_input=deep_supervision)
         head_levels = range(levels) if deep_supervision else range(1)
         self.heads = nn.ModuleList(
             nn.Conv3d(self.core.channels[level], 1, 1) for level in head_levels
