@@ -18,10 +18,17 @@ def raw_root():
 def final_targets():
     """Everything `rule all` builds."""
     targets = []
-    if using_sample_data():
-        targets.append(f"{SAMPLE_ROOT}/done.txt")
+    targets += sample_data_outputs()
     targets += ["results/nodules.csv", "results/cohort/scans.csv"]
     return targets
+
+
+# --- sample data ---
+def sample_data_outputs():
+    """The sample patients' folders the index must wait for; empty when lidc_root is set."""
+    if not using_sample_data():
+        return []
+    return [f"{SAMPLE_ROOT}/LIDC-IDRI/{p}" for p in config["sample_data"]["patients"]]
 
 
 # --- ingest ---
