@@ -27,6 +27,8 @@ NOISE_BLUR_PX = 0.8
 #: standard deviation of white noise after a 2-D Gaussian blur of NOISE_BLUR_PX: 1/(2 sqrt(pi) s)
 NOISE_GAIN = 1.0 / (2.0 * np.sqrt(np.pi) * NOISE_BLUR_PX)
 HALF = 256.0  # half the slice width in pixels
+#: largest enlargement of the lungs to take in a nodule (beyond it a pocket of lung is cut)
+MAX_LUNG_SCALE = 1.25
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,9 @@ def _blend_ellipse(
 
 def _lung_profile(t: float) -> float:
     """Lung size along z (0 below the lungs, 1 at the widest, tapering to the apex)."""
-    base = np.clip((t + 0.08) / 0.25, 0.0, 1.0)
-    apex = np.sqrt(np.clip((1.04 - t) / 0.55, 0.0, 1.0))
-    return float(np.clip(base, 0, 1) * min(apex, 1.0))
+    base = np.clip((t - 0.04) / 0.2, 0.0, 1.0)
+    apex = np.sqrt(np.clip((0.99 - t) / 0.45, 0.0, 1.0))
+    return float(base * min(apex, 1.0))
 
 
 def _vessel_tree(rng: np.random.Generator, hilum: np.ndarray, side: float, reach: np.ndarray):
@@ -180,7 +182,7 @@ def _prepare_nodule(
         core_mask = inside > max(0.45 * inside.max(), 1.0)
         weight = ndimage.gaussian_filter(core_mask.astype(np.float32), sigma=(0.35, 0.8, 0.8))
         hu += weight * (core - rim)
-    pocket_sigma = (0.6, 1.5 / spacing, 1.5 / spacing)
+    pocket_sigma = (0.3, 1.0 / spacing, 1.0 / spacing)
     lung = np.clip(ndimage.gaussian_filter((agreement > 0).astype(np.float32), pocket_sigma), 0, 1)
     lung = np.clip(lung * 6.0, 0.0, 1.0)
     return _Window(int(lo[0]), int(lo[1]), int(lo[2]), alpha, hu, lung)
@@ -198,6 +200,31 @@ def _paste(
         _blend(region, weight[k - window.z0], plane)
 
 
+def _lung_sizes(
+    scan: ScanInfo, windows: list[_Window], lungs: tuple[tuple[float, ...], ...]
+) -> np.ndarray:
+    """Scale of the lung ellipses on every slice: a chest-like z profile, enlarged where needed
+    so that each nodule (plus a 3 mm margin) lies inside a lung."""
+    zvals = np.asarray(scan.slice_zvals)
+    extent = max(zvals[-1] - zvals[0], 1.0)
+    sizes = np.array([_lung_profile(t) for t in (zvals - zvals[0]) / extent])
+    needed = np.zeros_like(sizes)
+    margin = 3.0 / (HALF * scan.pixel_spacing)
+    for window in windows:
+        for dz, plane in enumerate(window.lung):
+            rows, cols = np.nonzero(plane > 0.5)
+            u = (cols + window.x0 - HALF + 0.5) / HALF
+            v = (rows + window.y0 - HALF + 0.5) / HALF
+            for cu, cv, au, av in lungs:
+                side = (u * cu) > 0
+                if side.any():
+                    rho = np.sqrt(((u[side] - cu) / au) ** 2 + ((v[side] - cv) / av) ** 2)
+                    k = window.z0 + dz
+                    needed[k] = max(needed[k], rho.max() + margin / min(au, av))
+    needed = ndimage.maximum_filter1d(np.minimum(needed, MAX_LUNG_SCALE), size=5)
+    return np.maximum(sizes, needed)
+
+
 def render_scan(
     scan: ScanInfo, nodules: list[Nodule], rng: np.random.Generator
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
@@ -205,53 +232,53 @@ def render_scan(
     n_slices = scan.n_slices
     shape = (n_slices, 2 * int(HALF), 2 * int(HALF))
     spacing = scan.pixel_spacing
+    fov_mm = 2 * HALF * spacing
     zvals = np.asarray(scan.slice_zvals)
     centres = (np.arange(shape[1], dtype=np.float32) - HALF + 0.5) / HALF
     grid = (centres[None, :], centres[:, None])  # u (columns), v (rows)
     u, v = grid
     outside_fov = (u**2 + v**2) > 1.0
 
-    # Lungs cover the scan's nodules; otherwise the lower 85 % of the scan, like a chest CT.
-    extent = zvals[-1] - zvals[0] if n_slices > 1 else 1.0
-    lung_lo, lung_hi = zvals[0] + 0.12 * extent, zvals[-1] - 0.02 * extent
-    if nodules:
-        nodule_z = [zvals[min(n.bbox[0], n_slices - 1)] for n in nodules]
-        lung_lo = min(lung_lo, min(nodule_z) - 10.0)
-        lung_hi = max(lung_hi, max(nodule_z) + 10.0)
-    lung_span = max(lung_hi - lung_lo, 1.0)
-
-    # Per-scan anatomy variation.
-    body_au, body_av = rng.uniform(0.8, 0.9), rng.uniform(0.56, 0.66)
-    fat_mm = rng.uniform(6.0, 22.0)
+    # Per-scan anatomy. Lung ellipses match where LIDC nodules lie in the field of view.
+    vc = 0.05
+    body_au, body_av = rng.uniform(0.9, 0.96), rng.uniform(0.7, 0.78)
+    fat = rng.uniform(5.0, 15.0) / (fov_mm / 2)
+    wall_au, wall_av = body_au - fat, body_av - 0.8 * fat
+    cavity_au, cavity_av = wall_au - 0.05, wall_av - 0.05
+    lung_scale = rng.uniform(0.95, 1.02)
+    lungs = tuple(
+        (side * 0.42, vc, 0.36 * lung_scale, 0.58 * lung_scale) for side in (-1.0, 1.0)
+    )
     rib_period = rng.uniform(22.0, 30.0)
     rib_phase = rng.uniform(0.0, rib_period)
     blood = BLOOD_CONTRAST if scan.contrast_used else BLOOD
+    spine_v = vc + cavity_av - 0.04
 
-    fov_mm = 2 * HALF * spacing
-    hilum_z = lung_lo + 0.6 * lung_span
-    reach = np.array([40.0, 30.0, 24.0, 18.0, 13.0, 10.0, 7.0])
-    segments = []
-    for side in (-1.0, 1.0):
-        hilum = np.array([hilum_z, 0.0, side * 0.16 * fov_mm / 2])
-        segments += _vessel_tree(rng, hilum, side, reach * min(lung_span / 250.0, 1.4))
-    vessels = _rasterise_vessels(scan, segments, shape)
     windows = [_prepare_nodule(n, shape, spacing, rng) for n in nodules]
+    sizes = _lung_sizes(scan, windows, lungs)
+    lung_slices = np.nonzero(sizes > 0)[0]
+    lung_lo = zvals[lung_slices[0]] if len(lung_slices) else zvals[0]
+    lung_hi = zvals[lung_slices[-1]] if len(lung_slices) else zvals[-1]
+    lung_span = max(lung_hi - lung_lo, 1.0)
+    hilum_z = lung_lo + 0.6 * lung_span
+    reach = np.array([40.0, 30.0, 24.0, 18.0, 13.0, 10.0, 7.0]) * min(lung_span / 250.0, 1.4)
+    segments = []
+    for cu, _cv, _au, _av in lungs:
+        hilum = np.array([hilum_z, 0.0, np.sign(cu) * 0.18 * fov_mm / 2])
+        segments += _vessel_tree(rng, hilum, float(np.sign(cu)), reach)
+    vessels = _rasterise_vessels(scan, segments, shape)
     noise_sd = NOISE_HU_AT_2_5_MM * np.sqrt(2.5 / max(scan.slice_thickness, 0.5))
 
     for k in range(n_slices):
         z = zvals[k]
         t = (z - lung_lo) / lung_span
-        size = _lung_profile(t)
+        size = float(sizes[k])
         image = np.full(shape[1:], AIR, dtype=np.float32)
-        vc = 0.04
-        body = _ellipse_alpha(u, v, 0.0, vc, body_au, body_av)
-        _blend(image, body, FAT)
-        fat = fat_mm / (fov_mm / 2)
-        wall = _ellipse_alpha(u, v, 0.0, vc, body_au - fat, body_av - fat * 0.8)
-        _blend(image, wall, MUSCLE)
-        cavity_au, cavity_av = body_au - fat - 0.07, body_av - fat * 0.8 - 0.06
-        _blend(image, _ellipse_alpha(u, v, 0.0, vc, cavity_au, cavity_av), SOFT)
-        # Ribs: short arcs just inside the chest wall whose z position drifts around the body.
+        _blend(image, _ellipse_alpha(u, v, 0.0, vc, body_au, body_av), FAT)
+        _blend(image, _ellipse_alpha(u, v, 0.0, vc, wall_au, wall_av), MUSCLE)
+        cavity = _ellipse_alpha(u, v, 0.0, vc, cavity_au, cavity_av)
+        _blend(image, cavity, SOFT)
+        # Ribs: short arcs in the chest wall whose z position drifts around the body.
         for angle in np.linspace(-2.6, 2.6, 18):
             phase = (z + rib_phase + 14.0 * np.cos(angle)) % rib_period
             if phase > 9.0:
@@ -260,37 +287,32 @@ def render_scan(
             rv = vc - np.cos(angle) * (cavity_av + 0.025)
             _blend_ellipse(image, grid, (ru, rv, 0.03, 0.022), BONE_CORTEX)
             _blend_ellipse(image, grid, (ru, rv, 0.018, 0.011), BONE_MARROW)
-        # Spine, sternum.
-        spine_v = vc + cavity_av - 0.06
+        # Spine, spinal canal, sternum.
         _blend_ellipse(image, grid, (0.0, spine_v, 0.09, 0.08), BONE_CORTEX)
         _blend_ellipse(image, grid, (0.0, spine_v, 0.075, 0.065), BONE_MARROW)
         _blend_ellipse(image, grid, (0.0, spine_v + 0.1, 0.035, 0.03), SOFT)
         _blend_ellipse(image, grid, (0.0, vc - cavity_av + 0.01, 0.06, 0.018), BONE_MARROW)
-        # Lungs: two ellipses beside the mediastinum, denser towards the back.
+        # Mediastinum (heart low, aorta higher up) is drawn first and kept out of the lungs.
+        heart = np.zeros(shape[1:], dtype=np.float32)
+        if t < 0.55:
+            heart = _ellipse_alpha(u, v, 0.1, vc - 0.15, 0.24, 0.22)
+            _blend(image, heart, blood)
+        if t > 0.35:
+            _blend_ellipse(image, grid, (-0.02, spine_v - 0.16, 0.055, 0.055), blood)
+        # Lungs: ellipses inside the ribs, denser towards the back, with vessels.
         lung = np.zeros(shape[1:], dtype=np.float32)
         if size > 0:
-            for side in (-1.0, 1.0):
-                lung_ellipse = (
-                    side * 0.44 * cavity_au,
-                    vc - 0.02,
-                    0.4 * cavity_au * size,
-                    0.82 * cavity_av * max(size, 0.5),
-                )
-                np.maximum(lung, _ellipse_alpha(u, v, *lung_ellipse), out=lung)
+            for cu, cv, au, av in lungs:
+                np.maximum(lung, _ellipse_alpha(u, v, cu, cv, au * size, av * size), out=lung)
+            np.minimum(lung, cavity, out=lung)
+            np.minimum(lung, 1.0 - heart, out=lung)
         for window in windows:
             if window.z0 <= k < window.z0 + window.lung.shape[0]:
                 _paste(lung, window, k, window.lung, "max")
         _blend(image, lung, LUNG + 60.0 * (v + 1.0))
         _blend(image, lung * (vessels[k] * np.float32(1 / 255)), blood)
-        # Mediastinum: heart low, aorta and trachea higher up.
-        if size > 0:
-            heart = (0.1, vc - 0.08, 0.26 * size, 0.24 * size)
-            if t < 0.55:
-                _blend_ellipse(image, grid, heart, blood)
-            if t > 0.35:
-                _blend_ellipse(image, grid, (-0.02, spine_v - 0.14, 0.055, 0.055), blood)
-            if t > 0.6:
-                _blend_ellipse(image, grid, (0.0, spine_v - 0.3, 0.045, 0.04), AIR)
+        if t > 0.6:
+            _blend_ellipse(image, grid, (0.0, spine_v - 0.32, 0.045, 0.04), AIR)  # trachea
         for window in windows:
             if window.z0 <= k < window.z0 + window.alpha.shape[0]:
                 _paste(image, window, k, window.hu, "blend", weight=window.alpha)
