@@ -91,3 +91,17 @@ def cohort_criteria_args():
     if not cohort["exclude_irregular"]:
         args.append("--keep-irregular")
     return args
+
+# --- benchmark ---
+def benchmark_mem_mb():
+    """The benchmark's memory budget plus room for the parent process."""
+    return int(config["benchmark"]["memory_budget_gb"] * 1024) + 1024
+
+
+def benchmark_runtime_min():
+    return config["benchmark"]["runtime_min"]
+
+
+def benchmark_gpus():
+    """One GPU when the benchmark is configured for CUDA, else none."""
+    return 1 if config["benchmark"]["device"] == "cuda" else 0

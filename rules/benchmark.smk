@@ -1,0 +1,24 @@
+# Memory and speed benchmark of one training step (unet vs iunet vs stock iunet); named target
+# `benchmark`, not part of `all`. Bigger sizes: --configfile config/benchmark_full.yaml.
+
+
+rule benchmark:
+    output:
+        table="results/benchmarks/memory.csv",
+        fit="results/benchmarks/memory_fit.csv",
+        plot="results/plots/memory.png",
+    log:
+        "logs/benchmark.log",
+    benchmark:
+        "benchmarks/benchmark.tsv"
+    conda:
+        "../envs/lungseg.yaml"
+    threads: config["benchmark"]["threads"]
+    resources:
+        mem_mb=benchmark_mem_mb(),
+        runtime=benchmark_runtime_min(),
+        gpu=benchmark_gpus(),
+    params:
+        settings=config["benchmark"],
+    script:
+        "../workflow_scripts/benchmark.py"
