@@ -14,6 +14,7 @@ validate(config, "schemas/config.schema.yaml")
 include: "rules/common.smk"
 include: "rules/sample_data.smk"
 include: "rules/ingest.smk"
+include: "rules/train.smk"
 include: "rules/benchmark.smk"
 
 

@@ -92,6 +92,44 @@ def cohort_criteria_args():
         args.append("--keep-irregular")
     return args
 
+
+# --- train ---
+def model_names():
+    """The model variants: keys of config["models"], the values of the {model} wildcard."""
+    return list(config["models"])
+
+
+def model_wildcard_pattern():
+    """Regex matching exactly the configured variant names."""
+    import re
+
+    return "|".join(re.escape(name) for name in model_names())
+
+
+def model_settings(wildcards):
+    """A variant's merged settings: config["training"] (less resources), then its overrides.
+
+    Null or unset keys of a variant inherit the training value. These are the train job's params,
+    so editing one variant reruns only that variant's training.
+    """
+    shared = {k: v for k, v in config["training"].items() if k != "resources"}
+    overrides = config["models"][wildcards.model] or {}
+    return {**shared, **{k: v for k, v in overrides.items() if v is not None}}
+
+
+def train_resource(name):
+    """A train job resource (threads, mem_mb, runtime, gpu) from config["training"]["resources"]."""
+    return config["training"]["resources"][name]
+
+
+def train_outputs():
+    """Metrics and best checkpoint of every variant."""
+    return expand(
+        ["results/models/{model}/metrics.csv", "results/models/{model}/best.pt"],
+        model=model_names(),
+    )
+
+
 # --- benchmark ---
 def benchmark_mem_mb():
     """The benchmark's memory budget plus room for the parent process."""

@@ -1,0 +1,460 @@
+"""Train one model variant on the tumour-centred crops; load and apply a trained model.
+
+The :class:`Trainer` follows nnU-Net's trainer skeleton in few lines: ``train_step``,
+``validation_step``, ``on_epoch_end`` (metrics row, checkpoints, summary line). After every
+epoch it rewrites ``metrics.csv`` and ``last.pt`` atomically, and ``best.pt`` when the validation
+Dice improved. ``last.pt`` holds everything the next epoch depends on (model, loss and optimiser
+state, RNG states, metrics history), so a killed run started again with the same settings and
+data resumes there and ends with exactly the metrics of an uninterrupted run (on CPU; on GPU up to
+the usual non-determinism of some CUDA kernels).
+
+For the evaluation stage: :func:`load_model` and :func:`predict` (same intensity normalisation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import resource
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from tqdm import tqdm
+
+from lungseg.atomic import atomic_path, write_csv_atomic
+from lungseg.data import CropSet, augment, batches, load_crop_sets, normalise_hu
+from lungseg.losses import build_loss
+from lungseg.metrics import dice
+from lungseg.models import ModelSettings, build_model
+
+logger = logging.getLogger(__name__)
+
+METRICS_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_dice",
+    "val_loss",
+    "val_dice",
+    "seconds",
+    "peak_memory_mb",
+]
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Training keys of a variant's settings (model keys: :class:`lungseg.models.ModelSettings`;
+    loss keys: :func:`lungseg.losses.build_loss`). Defaults mirror config.yaml's ``training``."""
+
+    epochs: int = 30
+    batch_size: int = 4
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    hu_min: float = -1000.0
+    hu_max: float = 400.0
+    flip: bool = True
+    intensity_jitter: float = 0.05
+    amp: bool = True
+
+    @classmethod
+    def from_dict(cls, settings: dict[str, Any]) -> TrainingSettings:
+        known = {f.name for f in fields(cls)}
+        chosen = cls(**{k: v for k, v in settings.items() if k in known})
+        for name in ("epochs", "batch_size"):
+            if int(getattr(chosen, name)) < 1:
+                raise ValueError(
+                    f"training setting {name} must be >= 1, got {getattr(chosen, name)}"
+                )
+        if chosen.hu_max <= chosen.hu_min:
+            raise ValueError(
+                f"training needs hu_min < hu_max, got {chosen.hu_min}, {chosen.hu_max}"
+            )
+        return chosen
+
+
+def dice_per_crop(logits: torch.Tensor, target: torch.Tensor) -> list[float]:
+    """Dice of ``logits > 0`` (probability > 0.5) and the target, one value per crop."""
+    predicted = (logits.detach().float() > 0).cpu().numpy()
+    truth = (target > 0.5).cpu().numpy()
+    return [dice(p, t) for p, t in zip(predicted, truth, strict=True)]
+
+
+def choose_device(requested: str = "auto") -> torch.device:
+    """``cuda`` when present (or requested), else ``cpu``."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)  # numpy's global RNG is not used anywhere
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: max allocated since the last reset; CPU: the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class LogStream:
+    """A file-like object for tqdm that sends each refreshed progress bar to the log."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.last = ""
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        line = self.text.replace("\n", "\r").split("\r")
+        self.text = ""
+        current = next((part.strip() for part in reversed(line) if part.strip()), "")
+        # tqdm redraws the final state on close; log each bar position once.
+        if current and current.split("[")[0] != self.last.split("[")[0]:
+            logger.info(current)
+            self.last = current
+
+
+class Trainer:
+    """One variant's training: model, loss (with its learned weights), optimiser, RNG streams."""
+
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        data: dict[str, CropSet],
+        out_dir: str | Path,
+        device: torch.device,
+        data_fingerprint: str = "",
+    ):
+        self.settings = dict(settings)
+        self.options = TrainingSettings.from_dict(settings)
+        self.data = data
+        self.out_dir = Path(out_dir)
+        self.device = device
+        self.data_fingerprint = data_fingerprint
+        seed_everything(self.options.seed)
+        self.model = build_model(settings).to(device)
+        self.loss = build_loss(settings).to(device)
+        self.optimizer = torch.optim.AdamW(
+            [*self.model.parameters(), *self.loss.parameters()],
+            lr=self.options.lr,
+            weight_decay=self.options.weight_decay,
+        )
+        # Shuffling and augmentation draw from their own stream, saved in checkpoints.
+        self.generator = torch.Generator().manual_seed(self.options.seed + 1)
+        self.autocast = self.options.amp and device.type == "cuda"
+        self.history: list[dict[str, float]] = []
+        self.best_val_dice = -1.0
+
+    # -- steps ---------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor, masks: torch.Tensor):
+        # bfloat16 autocast needs no gradient scaler; memcnn runs invertible blocks in float32.
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.model(images)
+        loss = self.loss(logits, masks)
+        dice = dice_per_crop(logits[0], masks)
+        return loss, dice
+
+    def train_step(self, images: torch.Tensor, masks: torch.Tensor):
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, dice = self.forward(images, masks)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), dice
+
+    @torch.no_grad()
+    def validation_step(self, images: torch.Tensor, masks: torch.Tensor):
+        return self.forward(images, masks)
+
+    def run_subset(self, subset: str, epoch: int) -> tuple[float, float]:
+        """One pass over a subset: mean loss (per crop) and mean Dice per crop."""
+        crops = self.data[subset]
+        training = subset == "train"
+        self.model.train(training)
+        order = batches(len(crops), self.options.batch_size, self.generator if training else None)
+        loss_sum, dices = 0.0, []
+        progress = tqdm(
+            order,
+            desc=f"epoch {epoch}/{self.options.epochs} {subset}",
+            file=LogStream(),
+            mininterval=10,
+            ascii=True,
+        )
+        for rows in progress:
+            images, masks = crops.images[rows], crops.masks[rows]
+            if training:
+                images, masks = augment(
+                    images,
+                    masks,
+                    self.generator,
+                    self.options.flip,
+                    self.options.intensity_jitter,
+                )
+            images, masks = images.to(self.device), masks.to(self.device)
+            step = self.train_step if training else self.validation_step
+            loss, dice = step(images, masks)
+            loss_sum += float(loss) * len(rows)
+            dices += dice
+        progress.close()
+        return loss_sum / len(crops), float(np.mean(dices))
+
+    # -- epochs --------------------------------------------------------------------------------
+    def fit(self) -> pd.DataFrame:
+        """Train the remaining epochs; returns the full metrics table."""
+        for epoch in range(len(self.history) + 1, self.options.epochs + 1):
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+            start = time.perf_counter()
+            train_loss, train_dice = self.run_subset("train", epoch)
+            val_loss, val_dice = self.run_subset("val", epoch)
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_dice": train_dice,
+                "val_loss": val_loss,
+                "val_dice": val_dice,
+                "seconds": time.perf_counter() - start,
+                "peak_memory_mb": peak_memory_mb(self.device),
+            }
+            self.on_epoch_end(row)
+        return self.metrics()
+
+    def on_epoch_end(self, row: dict[str, float]) -> None:
+        self.history.append(row)
+        improved = row["val_dice"] > self.best_val_dice
+        if improved:
+            self.best_val_dice = row["val_dice"]
+            self.save(self.out_dir / "best.pt")
+        self.save(self.out_dir / "last.pt")
+        write_csv_atomic(self.out_dir / "metrics.csv", self.metrics())
+        logger.info(
+            "epoch %d/%d: train loss %.4f dice %.3f | val loss %.4f dice %.3f | %.1f s, "
+            "peak %.0f MB%s",
+            row["epoch"],
+            self.options.epochs,
+            row["train_loss"],
+            row["train_dice"],
+            row["val_loss"],
+            row["val_dice"],
+            row["seconds"],
+            row["peak_memory_mb"],
+            " | new best" if improved else "",
+        )
+
+    def metrics(self) -> pd.DataFrame:
+        return pd.DataFrame(self.history, columns=METRICS_COLUMNS)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "settings": self.settings,
+            "data_fingerprint": self.data_fingerprint,
+            "epoch": len(self.history),
+            "history": self.history,
+            "best_val_dice": self.best_val_dice,
+            "model": self.model.state_dict(),
+            "loss": self.loss.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "generator": self.generator.get_state(),
+            },
+            "versions": {"torch": torch.__version__},
+        }
+
+    def save(self, path: Path) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(self.state(), tmp)
+
+    def resume_from(self, checkpoint: dict[str, Any]) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.loss.load_state_dict(checkpoint["loss"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.history = [dict(row) for row in checkpoint["history"]]
+        self.best_val_dice = float(checkpoint["best_val_dice"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        self.generator.set_state(checkpoint["rng"]["generator"])
+
+
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint written by :class:`Trainer`, with a clear error for anything else."""
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path}: not a readable lungseg checkpoint ({error})") from error
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a lungseg checkpoint of format {CHECKPOINT_FORMAT}")
+    return checkpoint
+
+
+def resumable(path: Path, settings: dict[str, Any], fingerprint: str) -> dict[str, Any] | None:
+    """``last.pt`` if it belongs to an unfinished run with these settings and data, else None."""
+    if not path.exists():
+        return None
+    try:
+        checkpoint = read_checkpoint(path)
+    except ValueError as error:
+        logger.warning("ignoring %s", error)
+        return None
+    epochs = TrainingSettings.from_dict(settings).epochs
+    if checkpoint["settings"] != settings:
+        logger.info("%s: other settings, training from scratch", path)
+    elif checkpoint["data_fingerprint"] != fingerprint:
+        logger.info("%s: other crops or split, training from scratch", path)
+    elif checkpoint["epoch"] >= epochs:
+        logger.info("%s: a finished run, training again from scratch", path)
+    else:
+        return checkpoint
+    return None
+
+
+def train(
+    crops_h5: str | Path,
+    crops_csv: str | Path,
+    split_csv: str | Path,
+    out_dir: str | Path,
+    settings: dict[str, Any],
+    threads: int = 1,
+    device: str = "auto",
+) -> pd.DataFrame:
+    """Train one variant; writes ``metrics.csv``, ``last.pt``, ``best.pt`` to ``out_dir``.
+
+    Resumes from ``out_dir/last.pt`` when it is an unfinished run of the same settings and data.
+    """
+    torch.set_num_threads(max(1, int(threads)))
+    chosen_device = choose_device(device)
+    if chosen_device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+    options = TrainingSettings.from_dict(settings)
+    levels = ModelSettings.from_dict(settings).levels
+    data, fingerprint = load_crop_sets(
+        crops_h5, crops_csv, split_csv, options.hu_min, options.hu_max
+    )
+    crop_shape = tuple(data["train"].images.shape[2:])
+    if any(size % 2 ** (levels - 1) for size in crop_shape):
+        raise ValueError(
+            f"{crops_h5}: crop size {crop_shape} is not divisible by 2**(levels-1) = "
+            f"{2 ** (levels - 1)} (levels={levels}); change the crop size or the model levels"
+        )
+    logger.info(
+        "training %s on %s: %d train / %d val crops of %s, settings %s",
+        settings.get("arch"),
+        chosen_device,
+        len(data["train"]),
+        len(data["val"]),
+        crop_shape,
+        json.dumps(settings, sort_keys=True),
+    )
+    trainer = Trainer(settings, data, out_dir, chosen_device, fingerprint)
+    checkpoint = resumable(Path(out_dir) / "last.pt", settings, fingerprint)
+    if checkpoint is not None:
+        trainer.resume_from(checkpoint)
+        logger.info(
+            "resuming after epoch %d from %s", checkpoint["epoch"], Path(out_dir) / "last.pt"
+        )
+    metrics = trainer.fit()
+    logger.info(
+        "best val Dice %.3f (epoch %d)", metrics["val_dice"].max(), metrics["val_dice"].idxmax() + 1
+    )
+    return metrics
+
+
+# -- inference, for the evaluation stage -------------------------------------------------------
+def load_model(checkpoint_path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """The trained model of a checkpoint (in eval mode, on ``device``) and its settings."""
+    checkpoint = read_checkpoint(checkpoint_path, device)
+    settings = dict(checkpoint["settings"])
+    model = build_model(settings)
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval(), settings
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module,
+    images_hu: np.ndarray,
+    settings: dict[str, Any],
+    batch_size: int = 4,
+) -> np.ndarray:
+    """Foreground probabilities ``(N, D, H, W)`` float32 for int16 HU crops ``(N, D, H, W)``.
+
+    Applies the training intensity window (``hu_min``/``hu_max`` of ``settings``) and reads the
+    full-resolution output; runs on the model's device in float32.
+    """
+    if images_hu.ndim != 4:
+        raise ValueError(f"expected HU crops of shape (N, D, H, W), got {images_hu.shape}")
+    options = TrainingSettings.from_dict(settings)
+    device = next(model.parameters()).device
+    model.eval()
+    probabilities = np.empty(images_hu.shape, dtype=np.float32)
+    for start in range(0, len(images_hu), batch_size):
+        chunk = normalise_hu(images_hu[start : start + batch_size], options.hu_min, options.hu_max)
+        logits = model(torch.from_numpy(chunk).unsqueeze(1).to(device))[0]
+        probabilities[start : start + batch_size] = (
+            torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+        )
+    return probabilities
+
+
+# -- command line --------------------------------------------------------------------------------
+def read_settings(text: str) -> dict[str, Any]:
+    """Settings from JSON text or from a JSON/YAML file."""
+    if text.lstrip().startswith("{"):
+        value = json.loads(text)
+    else:
+        path = Path(text)
+        if not path.exists():
+            raise ValueError(f"--settings: {text!r} is neither JSON nor an existing file")
+        value = yaml.safe_load(path.read_text())
+    if not isinstance(value, dict):
+        raise ValueError(f"--settings must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--crops", required=True, help="crops.h5 (image, mask)")
+    parser.add_argument("--crops-table", required=True, help="crops.csv (row i = crop i)")
+    parser.add_argument("--split", required=True, help="split.csv (nodule_id, subset)")
+    parser.add_argument("--out-dir", required=True, help="writes metrics.csv, last.pt, best.pt")
+    parser.add_argument(
+        "--settings",
+        required=True,
+        help="the variant's merged settings: JSON text or a JSON/YAML file",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+def run_cli(args: argparse.Namespace, command: str) -> int:
+    train(
+        args.crops,
+        args.crops_table,
+        args.split,
+        args.out_dir,
+        read_settings(args.settings),
+        threads=args.threads,
+        device=args.device,
+    )
+    return 0
+
+
+__all__ = ["Trainer", "TrainingSettings", "load_model", "predict", "train"]
