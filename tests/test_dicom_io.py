@@ -112,6 +112,8 @@ def _plan(folder: Path, tolerance: float = 0.05):
         (False, [0, 1000, 2024, 3000], 1.0, -1024.0, [-1024, -24, 1000, 1976]),
         # non-unit slope, fractional intercept: rounded to the nearest HU
         (True, [-100, 0, 100, 1001], 0.5, -1000.5, [-1050, -1000, -950, -500]),
+        # signed storage near the int16 limits: the shift would overflow, so HU clip
+        (True, [-32768, 0, 100, 32767], 1.0, -1024.0, [-32768, -1024, -924, 31743]),
         # signed data with zero intercept (some scanners store HU directly)
         (True, [-1024, -500, 0, 3000], 1.0, 0.0, [-1024, -500, 0, 3000]),
     ],

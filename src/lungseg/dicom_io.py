@@ -339,27 +339,49 @@ def plan_series(headers: list[SliceHeader], spacing_tolerance: float = 0.05) -> 
     return plan
 
 
-def hu_from_dataset(ds: Dataset, path: str | os.PathLike[str]) -> np.ndarray:
-    """One slice in Hounsfield units as int16 ``(rows, columns)``.
-
-    pydicom honours PixelRepresentation (signed/unsigned storage) and decodes compressed
-    transfer syntaxes through pylibjpeg; HU = stored value * RescaleSlope + RescaleIntercept,
-    rounded and clipped to the int16 range.
-    """
+def _decode(ds: Dataset, path: str | os.PathLike[str]) -> np.ndarray:
     try:
         pixels = ds.pixel_array
     except Exception as error:  # pydicom raises many types for broken pixel data
         raise DicomFileError(f"{path}: cannot decode pixel data ({error})") from error
     if pixels.ndim != 2:
         raise DicomFileError(f"{path}: expected a single 2-D frame, got shape {pixels.shape}")
+    return pixels
+
+
+def hu_into(ds: Dataset, path: str | os.PathLike[str], out: np.ndarray) -> None:
+    """Decode one slice and write it in Hounsfield units into ``out`` (int16, same shape).
+
+    pydicom honours PixelRepresentation (signed/unsigned storage) and decodes compressed
+    transfer syntaxes through pylibjpeg; HU = stored value * RescaleSlope + RescaleIntercept,
+    rounded and clipped to the int16 range. The common case (slope 1, integer intercept, no
+    overflow) is one int16 addition straight into the volume: conversion speed is I/O-bound.
+    """
+    pixels = _decode(ds, path)
+    if pixels.shape != out.shape:
+        raise DicomFileError(f"{path}: pixel data {pixels.shape} differs from {out.shape}")
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    info = np.iinfo(np.int16)
+    if slope == 1 and intercept.is_integer() and pixels.dtype in (np.int16, np.uint16):
+        low, high = int(pixels.min()), int(pixels.max())
+        shift = int(intercept)
+        if high <= info.max and info.min <= low + shift and high + shift <= info.max:
+            np.add(pixels.view(np.int16), np.int16(shift), out=out)
+            return
     if slope == 1 and intercept.is_integer():
         hu = pixels.astype(np.int32) + int(intercept)
     else:
         hu = np.rint(pixels.astype(np.float32) * slope + intercept)
-    info = np.iinfo(np.int16)
-    return np.clip(hu, info.min, info.max).astype(np.int16)
+    np.clip(hu, info.min, info.max, out=hu)
+    out[...] = hu
+
+
+def hu_from_dataset(ds: Dataset, path: str | os.PathLike[str]) -> np.ndarray:
+    """One slice in Hounsfield units as a new int16 ``(rows, columns)`` array."""
+    out = np.empty((int(ds.Rows), int(ds.Columns)), dtype=np.int16)
+    hu_into(ds, path, out)
+    return out
 
 
 def read_dataset(path: str | os.PathLike[str]) -> Dataset:
@@ -382,31 +404,23 @@ def read_series(
 ) -> tuple[SeriesPlan, np.ndarray | None]:
     """Read one series' files once each; return its plan and int16 HU volume ``(z, y, x)``.
 
-    The volume is None when the plan says ``skipped``. Every file is parsed once (header and
-    pixels together), which keeps conversion close to the raw pydicom read speed.
+    The volume is None when the plan says ``skipped``. Every file is parsed once; its pixel
+    data is decoded straight into the volume once the slice order is known, so the peak memory
+    is about the encoded files plus one volume.
     """
+    datasets: dict[str, Dataset] = {}
     headers: list[SliceHeader] = []
-    slices: dict[str, np.ndarray] = {}
     for path in paths:
         ds = read_dataset(path)
         header = header_from_dataset(ds, path)
         headers.append(header)
-        if header.modality == "CT" and not header.is_localizer:
-            slices[header.path] = hu_from_dataset(ds, path)
-        del ds
+        datasets[header.path] = ds
     if not headers:
         raise ValueError("read_series got no files")
     plan = plan_series(headers, spacing_tolerance)
     if plan.status == STATUS_SKIPPED:
         return plan, None
-    # np.empty commits pages only when written, and each slice is freed once copied, so the
-    # peak stays near one volume rather than two.
     volume = np.empty((plan.n_slices, plan.rows, plan.columns), dtype=np.int16)
     for k, header in enumerate(plan.slices):
-        hu = slices.pop(header.path)
-        if hu.shape != volume.shape[1:]:
-            raise DicomFileError(
-                f"{header.path}: pixel data {hu.shape} differs from header {volume.shape[1:]}"
-            )
-        volume[k] = hu
+        hu_into(datasets.pop(header.path), header.path, volume[k])
     return plan, volume

@@ -272,18 +272,24 @@ def paint_nodules(plan: SeriesPlan, consensus_level: float) -> tuple[np.ndarray,
     from lungseg import lidc  # pylidc takes seconds to import; only convert needs it
 
     shape = (plan.n_slices, plan.rows, plan.columns)
-    mask = np.zeros(shape, dtype=np.uint16)
-    info = lidc.scan_info(plan.series_uid)
-    if info is None:
-        log.info("series %s is not in the annotation database: no nodules", plan.series_uid)
-        return mask, pd.DataFrame(columns=NODULE_COLUMNS)
-    problem = annotation_problem(plan, info.slice_zvals)
-    if problem:
+    empty = np.zeros(shape, dtype=np.uint8), pd.DataFrame(columns=NODULE_COLUMNS)
+    try:
+        nodules = lidc.nodules_for_series(plan.series_uid, patient_z(plan), shape, consensus_level)
+    except (LookupError, ValueError):
+        info = lidc.scan_info(plan.series_uid)
+        if info is None:
+            log.info("series %s is not in the annotation database: no nodules", plan.series_uid)
+            return empty
+        # Slices the annotations need are absent (the index excluded this series already).
+        problem = annotation_problem(plan, info.slice_zvals)
+        if not problem:
+            raise
         log.warning("series %s: %s; nodules not painted", plan.series_uid, problem)
         plan.notes.append(f"{problem}; nodules not painted")
-        return mask, pd.DataFrame(columns=NODULE_COLUMNS)
+        return empty
+    mask = np.zeros(shape, dtype=np.uint8 if len(nodules) < 256 else np.uint16)
     rows = []
-    for nodule in lidc.nodules_for_series(plan.series_uid, patient_z(plan), shape, consensus_level):
+    for nodule in nodules:
         z0, z1, y0, y1, x0, x1 = nodule.bbox
         mask[z0:z1, y0:y1, x0:x1][nodule.local_mask] = nodule.label
         rows.append(nodule_row(plan, nodule))

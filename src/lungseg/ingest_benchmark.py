@@ -1,0 +1,260 @@
+"""Ingestion benchmarks (not timed tests): HDF5 codecs, conversion throughput, DAG build time.
+
+    python -m lungseg.ingest_benchmark codecs SERIES_FOLDER
+    python -m lungseg.ingest_benchmark throughput SERIES_FOLDER
+    python -m lungseg.ingest_benchmark dag --n-series 1018
+
+Figures go to stdout as a Markdown table (and ``--out`` as CSV); docs/ingestion.md records them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pydicom
+
+from lungseg.dicom_io import iter_files, read_series
+from lungseg.hdf5_io import write_volume
+
+REPO = Path(__file__).resolve().parents[2]
+#: (name, codec, level) compared by ``codecs``
+CODECS = [
+    ("none", "none", None),
+    ("lzf+shuffle", "lzf", None),
+    ("gzip-1+shuffle", "gzip", 1),
+    ("gzip-4+shuffle", "gzip", 4),
+    ("blosc-zstd-1", "blosc-zstd", 1),
+    ("blosc-zstd-3", "blosc-zstd", 3),
+    ("blosc-zstd-5", "blosc-zstd", 5),
+]
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def _best_of(repeats: int, func) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def benchmark_codecs(series_folder: Path, repeats: int = 3) -> pd.DataFrame:
+    """Write/read time and size of one real-shaped volume (image + empty-ish mask) per codec."""
+    _, image = read_series(sorted(iter_files(series_folder)))
+    mask = np.zeros(image.shape, dtype=np.uint8)
+    mask[image.shape[0] // 2, 200:220, 200:220] = 1
+    raw_mb = (image.nbytes + mask.nbytes) / 1e6
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, codec, level in CODECS:
+            path = Path(tmp) / f"{name}.h5"
+            write_s = _best_of(
+                repeats, lambda c=codec, lv=level, p=path: write_volume(p, image, mask, {}, c, lv)
+            )
+
+            def read(p=path):
+                with h5py.File(p, "r") as f:
+                    f["image"][...]
+                    f["mask"][...]
+
+            read_s = _best_of(repeats, read)
+            crop_s = _best_of(repeats, lambda p=path: _read_crops(p, image.shape))
+            size_mb = path.stat().st_size / 1e6
+            rows.append(
+                {
+                    "codec": name,
+                    "ratio": round(raw_mb / size_mb, 2),
+                    "size_MB": round(size_mb, 1),
+                    "write_MB/s": round(raw_mb / write_s, 1),
+                    "read_MB/s": round(raw_mb / read_s, 1),
+                    "10_crops_64^3_ms": round(crop_s * 1000, 1),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _read_crops(path: Path, shape: tuple[int, int, int], n: int = 10, size: int = 64) -> None:
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "r") as f:
+        for _ in range(n):
+            z, y, x = (int(rng.integers(0, max(1, s - size))) for s in shape)
+            f["image"][z : z + size, y : y + size, x : x + size]
+
+
+def _raw_read(paths: list[str]) -> int:
+    return sum(pydicom.dcmread(path).pixel_array.nbytes for path in paths)
+
+
+def benchmark_throughput(series_folder: Path, repeats: int = 3) -> pd.DataFrame:
+    """MB of DICOM per second on one core: pydicom alone vs the full ``lungseg convert``.
+
+    The conversion runs in a child process (one core, like a Snakemake job) so that its peak
+    resident memory can be measured; pylidc's import is excluded from both timings.
+    """
+    paths = sorted(iter_files(series_folder))
+    dicom_mb = sum(os.path.getsize(p) for p in paths) / 1e6
+    _raw_read(paths)  # warm the page cache
+    raw_s = _best_of(repeats, lambda: _raw_read(paths))
+    rows = [{"what": "pydicom dcmread + pixel_array", "seconds": raw_s}]
+    child = subprocess.run(
+        [sys.executable, "-m", "lungseg.ingest_benchmark", "_convert", str(series_folder)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "BLOSC_NTHREADS": "1"},
+    )
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    for key, what in [
+        ("read_s", "read_series (pydicom + HU + ordering)"),
+        ("total_s", "convert_series (read + nodules + blosc-zstd write)"),
+    ]:
+        rows.append({"what": what, "seconds": result[key]})
+    frame = pd.DataFrame(rows)
+    frame["MB/s"] = (dicom_mb / frame["seconds"]).round(1)
+    frame["vs_pydicom"] = (raw_s / frame["seconds"]).map("{:.0%}".format)
+    frame["seconds"] = frame["seconds"].round(2)
+    frame.attrs.update(
+        dicom_mb=round(dicom_mb, 1),
+        n_files=len(paths),
+        peak_rss_mb=result["peak_rss_mb"],
+        shape=result["shape"],
+    )
+    return frame
+
+
+def _convert_child(series_folder: Path, repeats: int = 3) -> None:
+    """Child process of :func:`benchmark_throughput`: time one conversion, report peak RSS."""
+    from lungseg import lidc  # noqa: F401  (import cost is not conversion time)
+    from lungseg.ingest import convert_series
+
+    paths = sorted(iter_files(series_folder))
+    read_s = _best_of(repeats, lambda: read_series(paths))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        plan_holder = []
+        total_s = _best_of(
+            repeats,
+            lambda: plan_holder.append(convert_series(paths, out / "v.h5", out / "v.csv")),
+        )
+        plan = plan_holder[-1]
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    shape = [plan.n_slices, plan.rows, plan.columns]
+    print(
+        json.dumps(
+            {"read_s": read_s, "total_s": total_s, "peak_rss_mb": peak_kb // 1024, "shape": shape}
+        )
+    )
+
+
+def fake_index(out_dir: Path, n_series: int, slices: int = 200) -> None:
+    """A ``series.csv``/``files.csv`` pair shaped like the full collection (no DICOM files)."""
+    rng = np.random.default_rng(0)
+    rows, files = [], []
+    for i in range(n_series):
+        uid = f"1.3.6.1.4.1.14519.5.2.1.6279.6001.{rng.integers(10**11, 10**12)}{i:04d}"
+        patient = f"LIDC-IDRI-{i % 1010 + 1:04d}"
+        rows.append(
+            {
+                "patient_id": patient,
+                "study_uid": uid + ".1",
+                "series_uid": uid,
+                "modality": "CT",
+                "n_files": slices,
+                "n_slices": slices,
+                "status": "ok",
+                "reason": "",
+                "slice_thickness": 2.5,
+                "slice_spacing": 2.5,
+                "rows": 512,
+                "columns": 512,
+                "annotated": True,
+            }
+        )
+        files.extend((uid, f"/data/{patient}/{uid}/1-{k:03d}.dcm") for k in range(1, slices + 1))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(out_dir / "series.csv", index=False)
+    pd.DataFrame(files, columns=["series_uid", "path"]).to_csv(out_dir / "files.csv", index=False)
+
+
+def benchmark_dag(n_series: int = 1018, repeats: int = 2) -> pd.DataFrame:
+    """Wall time of ``snakemake -n volumes`` over a generated index of ``n_series`` series."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name in ("Snakefile", "rules", "schemas", "workflow_scripts", "envs", "config.yaml"):
+            source = REPO / name
+            if source.is_dir():
+                shutil.copytree(source, work / name)
+            elif source.exists():
+                shutil.copy2(source, work / name)
+        raw = work / "raw"
+        raw.mkdir()
+        fake_index(work / "results" / "index", n_series)
+        command = [
+            sys.executable, "-m", "snakemake", "-n", "volumes", "--cores", "1", "--quiet",
+            "--workflow-profile", "none", "--config", f"lidc_root={raw}",
+        ]  # fmt: skip
+        for _ in range(repeats):
+            start = time.perf_counter()
+            result = subprocess.run(command, cwd=work, capture_output=True, text=True)
+            seconds = time.perf_counter() - start
+            if result.returncode != 0:
+                raise RuntimeError(result.stderr[-3000:])
+            rows.append({"n_series": n_series, "snakemake -n seconds": round(seconds, 1)})
+            summary = [line for line in result.stdout.splitlines() if "convert" in line]
+            rows[-1]["convert jobs"] = summary[0].split()[-1] if summary else "?"
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lungseg.ingest_benchmark", description=__doc__)
+    sub = parser.add_subparsers(dest="what", required=True)
+    for name in ("codecs", "throughput", "_convert"):
+        p = sub.add_parser(name)
+        p.add_argument("series_folder", type=Path, help="folder with one DICOM series")
+        p.add_argument("--repeats", type=int, default=3)
+        p.add_argument("--out", type=Path, help="also write the table as CSV")
+    p = sub.add_parser("dag")
+    p.add_argument("--n-series", type=int, default=1018)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--out", type=Path, help="also write the table as CSV")
+    args = parser.parse_args(argv)
+    if args.what == "_convert":
+        _convert_child(args.series_folder, args.repeats)
+        return 0
+    if args.what == "codecs":
+        frame = benchmark_codecs(args.series_folder, args.repeats)
+    elif args.what == "throughput":
+        frame = benchmark_throughput(args.series_folder, args.repeats)
+    else:
+        frame = benchmark_dag(args.n_series, args.repeats)
+    print(_markdown(frame))
+    if frame.attrs:
+        print(json.dumps(frame.attrs))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(args.out, index=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
