@@ -251,7 +251,7 @@ def plan(
     levels: int,
     blocks_per_level: int,
 ) -> list[list[Point]]:
-    """The series to measure: each variant over ``sizes``, then over ``depth_blocks``."""
+    """The series to measure: each variant over ``sizes``, then over ``depth_blocks`` (if any)."""
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown benchmark variants {unknown}; known: {sorted(VARIANTS)}")
@@ -265,7 +265,7 @@ def plan(
         series.append(
             [Point("size", variant, s, channels, levels, blocks_per_level) for s in by_volume]
         )
-    for variant in variants:
+    for variant in variants if depth_blocks else []:
         series.append(
             [
                 Point("depth", variant, tuple(depth_size), channels, levels, blocks)
@@ -288,11 +288,13 @@ def to_table(rows: list[dict]) -> pd.DataFrame:
     frame["bytes_per_voxel"] = frame["step_mb"] * MIB / frame["voxels"]
     frame["seconds_per_step"] = frame.pop("seconds")
     keys = ["series", "blocks_per_level", "size_d", "size_h", "size_w"]
-    unet = frame[frame["variant"] == "unet"].set_index(keys)
-    joined = frame.join(unet[["step_mb", "seconds_per_step"]], on=keys, rsuffix="_unet")
-    frame["memory_vs_unet"] = joined["step_mb"] / joined["step_mb_unet"]
-    frame["time_vs_unet"] = joined["seconds_per_step"] / joined["seconds_per_step_unet"]
-    frame["note"] = frame["note"].fillna("")
+    unet = frame.loc[frame["variant"] == "unet", [*keys, "step_mb", "seconds_per_step"]]
+    joined = frame.merge(unet, on=keys, how="left", suffixes=("", "_unet"))
+    frame["memory_vs_unet"] = (joined["step_mb"] / joined["step_mb_unet"]).to_numpy()
+    frame["time_vs_unet"] = (
+        joined["seconds_per_step"] / joined["seconds_per_step_unet"]
+    ).to_numpy()
+    frame["note"] = frame["note"].astype(object).where(frame["note"].notna(), "")
     return frame[COLUMNS].round(4)
 
 
@@ -354,7 +356,8 @@ def plot_memory(frame: pd.DataFrame, budget_gb: float, path: Path) -> None:
         ax_depth.set_title(f"depth at {size.size_d}x{size.size_h}x{size.size_w}")
     ax_depth.set(xscale="log", xlabel="blocks per level", ylabel="step memory above model (MiB)")
     for axis in (ax_memory, ax_time, ax_depth):
-        axis.legend()
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend()
         axis.grid(alpha=0.3)
     figure.tight_layout()
     with atomic_path(path) as tmp:
@@ -414,7 +417,7 @@ def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--size", action="append", dest="sizes", help="repeatable", **size)
     parser.add_argument("--depth-size", default=[48, 48, 48], **size)
-    parser.add_argument("--depth-blocks", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--depth-blocks", type=int, nargs="*", default=[1, 2, 4, 8])
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--levels", type=int, default=4)
     parser.add_argument("--blocks-per-level", type=int, default=2)

@@ -1,0 +1,116 @@
+"""Benchmark: real subprocess measurements on tiny networks, the budget guard, table and plot."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lungseg.benchmark import (
+    COLUMNS,
+    GIB,
+    Point,
+    plan,
+    predict_peak_bytes,
+    run_benchmark,
+    run_series,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("done", "voxels", "expected"),
+    [
+        ([], 100, None),
+        ([{"status": "ok", "voxels": 10, "peak_bytes": 1000}], 100, None),
+        (
+            [
+                {"status": "ok", "voxels": 10, "peak_bytes": 1000},
+                {"status": "ok", "voxels": 20, "peak_bytes": 1500},
+            ],
+            100,
+            5500.0,
+        ),
+        (
+            [
+                {"status": "ok", "voxels": 10, "peak_bytes": 1000},
+                {"status": "ok", "voxels": 20, "peak_bytes": 900},
+            ],
+            100,
+            900.0,
+        ),
+    ],
+)
+def test_predict_peak_bytes(done, voxels, expected):
+    assert predict_peak_bytes(done, voxels) == expected
+
+
+def test_plan_sorts_sizes_and_rejects_bad_ones():
+    series = plan(["unet", "iunet"], [[16, 16, 16], [8, 8, 8]], [8, 8, 8], [4, 1], 4, 2, 1)
+    assert [p.size for p in series[0]] == [(8, 8, 8), (16, 16, 16)]
+    assert [p.blocks_per_level for p in series[2]] == [1, 4]
+    assert len(series) == 4
+    with pytest.raises(ValueError, match="divisible by 4"):
+        plan(["unet"], [[8, 8, 6]], [8, 8, 8], [1], 4, 3, 1)
+    with pytest.raises(ValueError, match="unknown benchmark variants"):
+        plan(["vnet"], [[8, 8, 8]], [8, 8, 8], [1], 4, 2, 1)
+
+
+def test_benchmark_writes_table_fit_and_plot(tmp_path):
+    frame = run_benchmark(
+        output_csv=tmp_path / "memory.csv",
+        output_plot=tmp_path / "memory.png",
+        output_fit=tmp_path / "memory_fit.csv",
+        variants=["unet", "iunet"],
+        sizes=[[16, 16, 16], [8, 8, 8]],
+        depth_size=[8, 8, 8],
+        depth_blocks=[],
+        channels=4,
+        levels=2,
+        blocks_per_level=1,
+        memory_budget_gb=4,
+        fit_budgets_gb=[24],
+        device="cpu",
+        steps=1,
+    )
+    table = pd.read_csv(tmp_path / "memory.csv")
+    assert list(table.columns) == COLUMNS
+    assert (table["status"] == "ok").all(), table["note"].tolist()
+    assert (table["peak_mb"] > table["step_mb"]).all() and (table["step_mb"] > 0).all()
+    assert table["voxels"].tolist() == [512, 4096, 512, 4096]
+    unet = table[table["variant"] == "unet"]
+    assert (unet["memory_vs_unet"] == 1).all()
+    iunet = table[table["variant"] == "iunet"].reset_index()
+    ratio = iunet["step_mb"] / unet.reset_index()["step_mb"]
+    assert iunet["memory_vs_unet"].tolist() == pytest.approx(ratio.tolist(), abs=1e-3)
+    fit = pd.read_csv(tmp_path / "memory_fit.csv")
+    assert set(fit["variant"]) == {"unet", "iunet"} and (fit["max_voxels"] > 0).all()
+    assert (tmp_path / "memory.png").read_bytes()[:4] == b"\x89PNG"
+    rows = [{**r, "peak_bytes": r["peak_mb"] * 2**20} for r in frame.to_dict("records")]
+    assert predict_peak_bytes(rows[:2], 8 * 4096) > rows[1]["peak_bytes"]
+
+
+def test_point_over_budget_is_recorded_not_crashed():
+    # A budget below the bare interpreter's RSS: the child's guard must refuse the model.
+    points = [Point("size", "iunet", size, 4, 2, 1) for size in [(16, 16, 16), (32, 32, 32)]]
+    rows = run_series(points, "cpu", int(0.1 * GIB), steps=1, threads=1, timeout_s=120)
+    assert [row["status"] for row in rows] == ["did_not_fit", "did_not_fit"]
+    assert "guard" in rows[0]["note"]
+    assert "smaller point" in rows[1]["note"]
+
+
+@pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake not on PATH")
+def test_snakemake_schedules_only_the_benchmark_rule(tmp_path):
+    done = subprocess.run(
+        ["snakemake", "-n", "benchmark", "--cores", "1", "--workflow-profile", "none", "-q"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "benchmark" in done.stdout
+    assert "train" not in done.stdout
