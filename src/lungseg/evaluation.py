@@ -1,0 +1,285 @@
+"""Evaluate a trained model on the validation crops; summarise all models by nodule size.
+
+Per validation nodule (:func:`evaluate_model`): the best checkpoint's probabilities, thresholded,
+compared with the consensus mask in millimetres (:mod:`lungseg.metrics`). Voxels of *other*
+nodules in the crop (``other`` in crops.h5) are removed from the prediction first: finding a
+neighbouring nodule is not an error on this one. The probabilities are kept in
+``predictions.h5`` so the figures never run a model.
+
+Summary (:func:`summarise`): one row per model and size bucket (``all`` first), mean, median and
+standard deviation of each metric; HD95 statistics over the nodules where it is defined (both
+masks non-empty), with the number of empty predictions alongside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from lungseg.atomic import atomic_path, write_csv_atomic
+from lungseg.metrics import SURFACE_TOLERANCE_MM, segmentation_metrics
+
+logger = logging.getLogger(__name__)
+
+#: Columns of results/models/{model}/evaluation.csv, in order.
+EVALUATION_COLUMNS = [
+    "nodule_id",
+    "patient_id",
+    "dice",
+    "iou",
+    "hd95_mm",
+    "surface_dice_1mm",
+    "predicted_volume_mm3",
+    "true_volume_mm3",
+    "diameter_mm",
+    "n_readers",
+    "size_bucket",
+]
+METRIC_COLUMNS = ["dice", "iou", "hd95_mm", "surface_dice_1mm"]
+CROP_COLUMNS = ["nodule_id", "patient_id", "spacing_z", "spacing_y", "spacing_x", "diameter_mm"]
+#: Default bucket edges (mm): < 6 (Lung-RADS' lowest solid category), 6-10, 10-20, >= 20.
+DEFAULT_BUCKET_EDGES_MM = (6.0, 10.0, 20.0)
+
+
+def size_bucket_labels(edges_mm: Sequence[float]) -> list[str]:
+    """Readable labels of the buckets cut at ``edges_mm``: ``<6 mm, 6-10 mm, ..., >=20 mm``."""
+    edges = [float(e) for e in edges_mm]
+    if any(b <= a for a, b in zip(edges, edges[1:], strict=False)) or any(e <= 0 for e in edges):
+        raise ValueError(f"size bucket edges must be positive and increasing, got {edges}")
+    if not edges:
+        return ["all sizes"]
+    text = [f"{e:g}" for e in edges]
+    middle = [f"{a}-{b} mm" for a, b in zip(text, text[1:], strict=False)]
+    return [f"<{text[0]} mm", *middle, f">={text[-1]} mm"]
+
+
+def size_bucket(diameters_mm: Sequence[float], edges_mm: Sequence[float]) -> list[str]:
+    """The bucket label of each diameter (left-closed intervals: 6.0 mm is in 6-10 mm)."""
+    labels = size_bucket_labels(edges_mm)
+    positions = np.searchsorted(np.asarray(edges_mm, dtype=float), diameters_mm, side="right")
+    return [labels[i] for i in positions]
+
+
+def read_validation_crops(
+    crops_h5: str | Path, crops_csv: str | Path, split_csv: str | Path
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The validation rows of crops.csv and their ``image``, ``mask``, ``other`` arrays."""
+    from lungseg.data import read_subset_indices  # torch import: only when evaluating
+
+    table = pd.read_csv(crops_csv)
+    missing = [c for c in [*CROP_COLUMNS, "n_readers"] if c not in table.columns]
+    if missing:
+        raise ValueError(f"{crops_csv}: missing column(s) {missing}")
+    rows = read_subset_indices(crops_csv, split_csv)["val"]
+    arrays = {}
+    with h5py.File(crops_h5, "r") as file:
+        for name in ("image", "mask", "other"):
+            if name not in file:
+                raise ValueError(f"{crops_h5}: no dataset {name!r}")
+            if len(file[name]) != len(table):
+                raise ValueError(
+                    f"{crops_h5}: {name!r} has {len(file[name])} crops, {crops_csv} "
+                    f"{len(table)} rows"
+                )
+            arrays[name] = file[name][rows]  # rows ascending: h5py reads them directly
+    return table.iloc[rows].reset_index(drop=True), arrays
+
+
+def score_predictions(
+    probabilities: np.ndarray,
+    truth: np.ndarray,
+    other: np.ndarray,
+    crops: pd.DataFrame,
+    threshold: float = 0.5,
+    bucket_edges_mm: Sequence[float] = DEFAULT_BUCKET_EDGES_MM,
+) -> pd.DataFrame:
+    """Per-nodule metrics (``EVALUATION_COLUMNS``) of thresholded probabilities vs the masks."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+    if not probabilities.shape == truth.shape == other.shape or len(truth) != len(crops):
+        raise ValueError(
+            f"probabilities {probabilities.shape}, masks {truth.shape}, other {other.shape} and "
+            f"{len(crops)} table rows do not match"
+        )
+    records = []
+    for i, row in enumerate(crops.itertuples(index=False)):
+        spacing = (row.spacing_z, row.spacing_y, row.spacing_x)
+        predicted = (probabilities[i] >= threshold) & (other[i] == 0)
+        scores = segmentation_metrics(predicted, truth[i] > 0, spacing, SURFACE_TOLERANCE_MM)
+        records.append(
+            {
+                "nodule_id": row.nodule_id,
+                "patient_id": row.patient_id,
+                **scores,
+                "diameter_mm": row.diameter_mm,
+                "n_readers": row.n_readers,
+            }
+        )
+    frame = pd.DataFrame.from_records(records, columns=EVALUATION_COLUMNS[:-1])
+    frame["size_bucket"] = size_bucket(frame["diameter_mm"].to_numpy(), bucket_edges_mm)
+    return frame[EVALUATION_COLUMNS].round(6)
+
+
+def write_predictions(path: str | Path, nodule_ids: Sequence[str], probabilities, threshold):
+    """predictions.h5: ``probability`` float16 ``(N, D, H, W)``, ``nodule_id``, attr threshold."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as file:
+        file.create_dataset(
+            "probability",
+            data=probabilities.astype(np.float16),
+            chunks=(1, *probabilities.shape[1:]),
+            compression="gzip",
+        )
+        file.create_dataset(
+            "nodule_id", data=np.array(nodule_ids, dtype=object), dtype=h5py.string_dtype()
+        )
+        file.attrs["threshold"] = float(threshold)
+
+
+def read_predictions(path: str | Path) -> tuple[list[str], np.ndarray, float]:
+    """Nodule ids, float32 probabilities and threshold of a predictions.h5."""
+    with h5py.File(path, "r") as file:
+        if "probability" not in file or "nodule_id" not in file:
+            raise ValueError(f"{path}: not a predictions file (needs probability, nodule_id)")
+        ids = [v.decode() if isinstance(v, bytes) else str(v) for v in file["nodule_id"][()]]
+        return ids, file["probability"][()].astype(np.float32), float(file.attrs["threshold"])
+
+
+def evaluate_model(
+    checkpoint: str | Path,
+    crops_h5: str | Path,
+    crops_csv: str | Path,
+    split_csv: str | Path,
+    out_csv: str | Path,
+    predictions_h5: str | Path | None = None,
+    threshold: float = 0.5,
+    bucket_edges_mm: Sequence[float] = DEFAULT_BUCKET_EDGES_MM,
+    batch_size: int = 4,
+    device: str = "auto",
+    threads: int = 1,
+) -> pd.DataFrame:
+    """Run ``checkpoint`` on the validation crops; write per-nodule metrics (and probabilities)."""
+    import torch
+
+    from lungseg.training import choose_device, load_model, predict
+
+    torch.set_num_threads(max(1, int(threads)))
+    crops, arrays = read_validation_crops(crops_h5, crops_csv, split_csv)
+    model, settings = load_model(checkpoint, str(choose_device(device)))
+    probabilities = predict(model, arrays["image"], settings, batch_size)
+    frame = score_predictions(
+        probabilities, arrays["mask"], arrays["other"], crops, threshold, bucket_edges_mm
+    )
+    write_csv_atomic(out_csv, frame)
+    if predictions_h5:
+        write_predictions(predictions_h5, list(crops["nodule_id"]), probabilities, threshold)
+    logger.info(
+        "%s: %d validation nodules, Dice mean %.3f median %.3f, HD95 median %.2f mm",
+        checkpoint,
+        len(frame),
+        frame["dice"].mean(),
+        frame["dice"].median(),
+        frame["hd95_mm"].median(),
+    )
+    return frame
+
+
+def summarise(
+    evaluations: Mapping[str, pd.DataFrame],
+    bucket_edges_mm: Sequence[float] = DEFAULT_BUCKET_EDGES_MM,
+) -> pd.DataFrame:
+    """One row per model and size bucket (``all``, then each bucket in size order, empty ones
+    included with ``n_nodules`` 0): ``model, size_bucket, n_nodules, n_empty_predictions`` and
+    ``<metric>_mean/_median/_std`` (std with ``ddof=1``; nan for fewer than two nodules)."""
+    rows = []
+    for model, frame in evaluations.items():
+        missing = [c for c in EVALUATION_COLUMNS if c not in frame.columns]
+        if missing:
+            raise ValueError(f"evaluation of model {model!r}: missing column(s) {missing}")
+        buckets = size_bucket(frame["diameter_mm"].to_numpy(), bucket_edges_mm)
+        groups = [("all", frame)] + [
+            (label, frame[np.array(buckets) == label])
+            for label in size_bucket_labels(bucket_edges_mm)
+        ]
+        for label, group in groups:
+            row = {
+                "model": model,
+                "size_bucket": label,
+                "n_nodules": len(group),
+                "n_empty_predictions": int((group["predicted_volume_mm3"] == 0).sum()),
+            }
+            for metric in METRIC_COLUMNS:
+                values = group[metric].astype(float)  # pandas skips nan (undefined HD95)
+                row[f"{metric}_mean"] = values.mean()
+                row[f"{metric}_median"] = values.median()
+                row[f"{metric}_std"] = values.std(ddof=1)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarise_files(
+    models: Sequence[str],
+    evaluation_csvs: Sequence[str | Path],
+    out_csv: str | Path,
+    bucket_edges_mm: Sequence[float] = DEFAULT_BUCKET_EDGES_MM,
+) -> pd.DataFrame:
+    """:func:`summarise` of the per-model evaluation tables, written to ``out_csv``."""
+    if len(models) != len(evaluation_csvs):
+        raise ValueError(f"{len(models)} model names but {len(evaluation_csvs)} evaluation files")
+    summary = summarise(
+        {m: pd.read_csv(p) for m, p in zip(models, evaluation_csvs, strict=True)}, bucket_edges_mm
+    )
+    write_csv_atomic(out_csv, summary)
+    return summary
+
+
+def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
+    sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+    model = sub.add_parser("model", help="evaluate one checkpoint on the validation crops")
+    model.add_argument("--checkpoint", required=True, help="best.pt of rule train")
+    model.add_argument("--crops", required=True, help="crops.h5 (image, mask, other)")
+    model.add_argument("--crops-table", required=True, help="crops.csv (row i = crop i)")
+    model.add_argument("--split", required=True, help="split.csv (nodule_id, subset)")
+    model.add_argument("--out", required=True, help="per-nodule evaluation.csv")
+    model.add_argument("--predictions", help="also write the probabilities (predictions.h5)")
+    model.add_argument("--threshold", type=float, default=0.5, help="probability -> mask")
+    model.add_argument("--batch-size", type=int, default=4)
+    model.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    model.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    summary = sub.add_parser("summary", help="summary table of several models' evaluations")
+    summary.add_argument("--models", nargs="+", required=True, help="model names")
+    summary.add_argument("--evaluations", nargs="+", required=True, help="their evaluation.csv")
+    summary.add_argument("--out", required=True, help="summary CSV")
+    for step in (model, summary):
+        step.add_argument(
+            "--size-buckets",
+            type=float,
+            nargs="*",
+            default=list(DEFAULT_BUCKET_EDGES_MM),
+            help="diameter bucket edges in mm (default: %(default)s)",
+        )
+
+
+def run_cli(args: argparse.Namespace, command: str) -> int:
+    if args.step == "summary":
+        summarise_files(args.models, args.evaluations, args.out, args.size_buckets)
+        return 0
+    evaluate_model(
+        args.checkpoint,
+        args.crops,
+        args.crops_table,
+        args.split,
+        args.out,
+        predictions_h5=args.predictions,
+        threshold=args.threshold,
+        bucket_edges_mm=args.size_buckets,
+        batch_size=args.batch_size,
+        device=args.device,
+        threads=args.threads,
+    )
+    return 0
