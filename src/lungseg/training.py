@@ -276,7 +276,7 @@ class Trainer:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "generator": self.generator.get_state(),
             },
-            "versions": {"torch": torch.__version__},
+            "versions": {"torch": str(torch.__version__)},
         }
 
     def save(self, path: Path) -> None:
