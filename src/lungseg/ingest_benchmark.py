@@ -125,6 +125,8 @@ def benchmark_throughput(series_folder: Path, repeats: int = 3) -> pd.DataFrame:
     result = json.loads(child.stdout.strip().splitlines()[-1])
     for key, what in [
         ("read_s", "read_series (pydicom + HU + ordering)"),
+        ("nodules_s", "paint_nodules (pylidc clusters + consensus masks)"),
+        ("write_s", "write_volume (blosc-zstd HDF5, atomic)"),
         ("total_s", "convert_series (read + nodules + blosc-zstd write)"),
     ]:
         rows.append({"what": what, "seconds": result[key]})
@@ -144,23 +146,29 @@ def benchmark_throughput(series_folder: Path, repeats: int = 3) -> pd.DataFrame:
 def _convert_child(series_folder: Path, repeats: int = 3) -> None:
     """Child process of :func:`benchmark_throughput`: time one conversion, report peak RSS."""
     from lungseg import lidc  # noqa: F401  (import cost is not conversion time)
-    from lungseg.ingest import convert_series
+    from lungseg.ingest import convert_series, paint_nodules
 
     paths = sorted(iter_files(series_folder))
     read_s = _best_of(repeats, lambda: read_series(paths))
+    plan, image = read_series(paths)
+    nodules_s = _best_of(repeats, lambda: paint_nodules(plan, 0.5))
+    mask, _ = paint_nodules(plan, 0.5)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        plan_holder = []
-        total_s = _best_of(
-            repeats,
-            lambda: plan_holder.append(convert_series(paths, out / "v.h5", out / "v.csv")),
-        )
-        plan = plan_holder[-1]
+        write_s = _best_of(repeats, lambda: write_volume(out / "w.h5", image, mask, {}))
+        total_s = _best_of(repeats, lambda: convert_series(paths, out / "v.h5", out / "v.csv"))
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     shape = [plan.n_slices, plan.rows, plan.columns]
     print(
         json.dumps(
-            {"read_s": read_s, "total_s": total_s, "peak_rss_mb": peak_kb // 1024, "shape": shape}
+            {
+                "read_s": read_s,
+                "nodules_s": nodules_s,
+                "write_s": write_s,
+                "total_s": total_s,
+                "peak_rss_mb": peak_kb // 1024,
+                "shape": shape,
+            }
         )
     )
 
