@@ -11,11 +11,16 @@ configfile: "config.yaml"
 validate(config, "schemas/config.schema.yaml")
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/sample_data.smk"
 include: "rules/ingest.smk"
 include: "rules/train.smk"
 include: "rules/benchmark.smk"
+include: "rules/evaluate.smk"
+include: "rules/plots.smk"
 
 
 rule all:

@@ -20,6 +20,7 @@ def final_targets():
     targets = []
     targets += sample_data_outputs()
     targets += ["results/nodules.csv", "results/cohort/scans.csv"]
+    targets += ["results/evaluation.csv", *plot_outputs()]
     return targets
 
 
@@ -143,3 +144,43 @@ def benchmark_runtime_min():
 def benchmark_gpus():
     """One GPU when the benchmark is configured for CUDA, else none."""
     return 1 if config["benchmark"]["device"] == "cuda" else 0
+
+
+# --- evaluation and plots ---
+def evaluated_models():
+    """Names of the model variants (config `models`), in config order."""
+    return list(config["models"])
+
+
+def evaluation_model_pattern():
+    """Wildcard pattern matching exactly the configured model names."""
+    import re
+
+    return "|".join(re.escape(name) for name in evaluated_models())
+
+
+def evaluation_device():
+    """Device of the evaluate jobs: cuda when they are given a GPU, else the configured one."""
+    if config["evaluation"]["resources"]["gpu"]:
+        return "cuda"
+    return config["evaluation"]["device"]
+
+
+def evaluation_tables():
+    """Every model's per-nodule evaluation.csv."""
+    return [f"results/models/{m}/evaluation.csv" for m in evaluated_models()]
+
+
+def model_metrics_tables():
+    """Every model's per-epoch metrics.csv (rule train)."""
+    return [f"results/models/{m}/metrics.csv" for m in evaluated_models()]
+
+
+def plot_outputs():
+    """All figures of rules plots, plot_examples and plot_comparison."""
+    figures = ["results/plots/dice_comparison.png"]
+    for model in evaluated_models():
+        figures += [
+            f"results/plots/{kind}_{model}.png" for kind in ("dice", "loss", "examples")
+        ]
+    return figures
