@@ -1,0 +1,231 @@
+"""Patient-level train/validation split (or k folds), seeded and stratified by nodule size.
+
+All nodules of one patient land in the same subset (fold), so no patient is seen in training and
+validation. Within that constraint the assignment is balanced per size stratum: patients are
+taken largest first (seeded random order among equals) and each goes to the subset whose
+per-stratum nodule counts fall furthest short of their targets (a greedy like scikit-learn's
+``StratifiedGroupKFold``, with arbitrary target fractions). The split reads only ``nodules.csv``: changing the crops never
+changes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lungseg.atomic import write_csv_atomic
+
+logger = logging.getLogger(__name__)
+
+#: Columns of nodules.csv the crops and the split read.
+REQUIRED_COLUMNS = (
+    "nodule_id",
+    "patient_id",
+    "series_uid",
+    "label",
+    "n_readers",
+    "centroid_z",
+    "centroid_y",
+    "centroid_x",
+    "bbox_z0",
+    "bbox_z1",
+    "bbox_y0",
+    "bbox_y1",
+    "bbox_x0",
+    "bbox_x1",
+    "diameter_mm",
+    "series_status",
+    "in_cohort",
+)
+SUBSETS = ("train", "val")
+DEFAULT_SIZE_BINS_MM = (6.0, 10.0, 20.0)
+
+
+def _as_bool(values: pd.Series) -> pd.Series:
+    """``in_cohort`` as bool whether pandas read it as bool or as text."""
+    if values.dtype == bool:
+        return values
+    text = values.astype(str).str.strip().str.lower()
+    known = text.isin(["true", "false", "1", "0"])
+    if not known.all():
+        raise ValueError(f"in_cohort must be true/false, got {sorted(set(text[~known]))[:3]}")
+    return text.isin(["true", "1"])
+
+
+def training_nodules(nodules_csv: str | Path) -> pd.DataFrame:
+    """The rows of nodules.csv used for training: ``series_status == ok`` and ``in_cohort``.
+
+    Raises ``ValueError`` naming the file when columns are missing, ids repeat or nothing is left.
+    """
+    path = Path(nodules_csv)
+    if not path.is_file():
+        raise FileNotFoundError(f"nodule table not found: {path}")
+    nodules = pd.read_csv(path, dtype={"series_uid": str, "patient_id": str, "nodule_id": str})
+    missing = [c for c in REQUIRED_COLUMNS if c not in nodules.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}")
+    repeated = nodules["nodule_id"][nodules["nodule_id"].duplicated()].tolist()
+    if repeated:
+        raise ValueError(f"{path}: repeated nodule_id(s) {repeated[:5]}")
+    try:
+        in_cohort = _as_bool(nodules["in_cohort"])
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    selected = nodules[(nodules["series_status"] == "ok") & in_cohort]
+    if selected.empty:
+        raise ValueError(
+            f"{path}: no nodule has series_status == ok and in_cohort == true "
+            f"({len(nodules)} rows); nothing to crop or split"
+        )
+    return selected.sort_values("nodule_id", kind="stable").reset_index(drop=True)
+
+
+def size_strata(diameters_mm: pd.Series, bins_mm: Sequence[float]) -> pd.Series:
+    """Size stratum label of each diameter, e.g. ``<6``, ``6-10``, ``>=20`` for bins (6, 10, 20)."""
+    edges = sorted(float(b) for b in bins_mm)
+    names = [f"<{edges[0]:g}"] if edges else ["all"]
+    names += [f"{lo:g}-{hi:g}" for lo, hi in zip(edges, edges[1:], strict=False)]
+    names += [f">={edges[-1]:g}"] if edges else []
+    index = np.searchsorted(edges, diameters_mm.to_numpy(dtype=float), side="right")
+    return pd.Series([names[i] for i in index], index=diameters_mm.index, dtype=str)
+
+
+def assign_groups(
+    counts: np.ndarray, fractions: Sequence[float], rng: np.random.Generator
+) -> np.ndarray:
+    """Bucket of each group (patient) so that per-stratum counts approach ``fractions``.
+
+    ``counts[g, s]``: items (nodules) of group g in stratum s. Groups are visited in a random order
+    (``rng``); each goes to the bucket where it adds the least squared excess over the buckets'
+    target counts, relative to the bucket's size (ties: the least filled bucket). Groups are taken
+    largest first, in random order among equals. Every bucket gets at least one group.
+    """
+    n_groups, _ = counts.shape
+    fractions = np.asarray(fractions, dtype=float)
+    n_buckets = len(fractions)
+    if n_groups < n_buckets:
+        raise ValueError(f"{n_groups} patient(s) cannot fill {n_buckets} subsets/folds")
+    targets = fractions[:, None] * counts.sum(axis=0)[None, :]  # (bucket, stratum)
+    filled = np.zeros_like(targets)
+    members = np.zeros(n_buckets, dtype=int)
+    bucket_of = np.full(n_groups, -1, dtype=int)
+    # Random order, then largest groups first (stable): big groups are placed while every
+    # bucket still has room and small ones even out the rest.
+    order = rng.permutation(n_groups)
+    order = order[np.argsort(-counts.sum(axis=1)[order], kind="stable")]
+    scale = np.maximum(targets.sum(axis=1), 1e-9)  # relative to the bucket's size
+    for position, group in enumerate(order):
+        add = counts[group]
+        # (c + a - t)^2 - (c - t)^2 summed over strata: the growth of the squared deviation.
+        cost = ((filled + add - targets) ** 2 - (filled - targets) ** 2).sum(axis=1) / scale
+        fill = filled.sum(axis=1) / scale
+        empty = np.flatnonzero(members == 0)
+        # When as many groups are left as buckets are empty, the rest must fill them.
+        must_fill = len(empty) >= n_groups - position
+        candidates = empty if must_fill else np.arange(n_buckets)
+        best = min(candidates, key=lambda b: (cost[b], fill[b], b))
+        bucket_of[group] = best
+        filled[best] += add
+        members[best] += 1
+    return bucket_of
+
+
+def split_nodules(
+    nodules: pd.DataFrame,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    size_bins_mm: Sequence[float] = DEFAULT_SIZE_BINS_MM,
+    folds: int = 0,
+    val_fold: int = 0,
+) -> pd.DataFrame:
+    """``nodule_id, patient_id, subset[, fold], size_stratum, diameter_mm`` of every nodule.
+
+    ``folds`` < 2: one train/val split with ``val_fraction`` of the nodules (by patient) in val.
+    ``folds`` >= 2: k patient-level folds of equal size; ``fold`` is each nodule's fold and subset
+    ``val`` marks fold ``val_fold`` (``val_fraction`` is then unused).
+    """
+    if folds >= 2:
+        if not 0 <= val_fold < folds:
+            raise ValueError(f"val_fold must lie in 0..{folds - 1}, got {val_fold}")
+        fractions = [1.0 / folds] * folds
+    else:
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+        fractions = [1.0 - val_fraction, val_fraction]
+    table = nodules[["nodule_id", "patient_id", "diameter_mm"]].copy()
+    table["size_stratum"] = size_strata(table["diameter_mm"], size_bins_mm)
+    counts_frame = pd.crosstab(table["patient_id"], table["size_stratum"]).sort_index()
+    patients = counts_frame.index.to_numpy()
+    buckets = assign_groups(counts_frame.to_numpy(), fractions, np.random.default_rng(seed))
+    bucket_of = dict(zip(patients, buckets, strict=True))
+    bucket = table["patient_id"].map(bucket_of).astype(int)
+    if folds >= 2:
+        table["subset"] = np.where(bucket == val_fold, "val", "train")
+        table["fold"] = bucket
+    else:
+        table["subset"] = np.asarray(SUBSETS)[bucket.to_numpy()]
+    columns = ["nodule_id", "patient_id", "subset", *(["fold"] if folds >= 2 else [])]
+    return table[[*columns, "size_stratum", "diameter_mm"]].reset_index(drop=True)
+
+
+def log_balance(split: pd.DataFrame) -> None:
+    """Log nodules and patients per subset and size stratum."""
+    nodules = pd.crosstab(split["size_stratum"], split["subset"], margins=True)
+    patients = split.groupby("subset")["patient_id"].nunique()
+    logger.info("nodules per size stratum and subset:\n%s", nodules.to_string())
+    logger.info("patients per subset: %s", patients.to_dict())
+
+
+def write_split(
+    nodules_csv: str | Path,
+    out_csv: str | Path,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    size_bins_mm: Sequence[float] = DEFAULT_SIZE_BINS_MM,
+    folds: int = 0,
+    val_fold: int = 0,
+) -> pd.DataFrame:
+    """Split the training nodules of ``nodules_csv`` and write ``out_csv`` atomically."""
+    split = split_nodules(
+        training_nodules(nodules_csv), val_fraction, seed, size_bins_mm, folds, val_fold
+    )
+    log_balance(split)
+    write_csv_atomic(out_csv, split)
+    return split
+
+
+def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--nodules", required=True, help="results/nodules.csv")
+    parser.add_argument("--out", required=True, help="split table to write (split.csv)")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.2, help="share of nodules in val (by patient)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the patient order")
+    parser.add_argument(
+        "--size-bins",
+        type=float,
+        nargs="*",
+        default=list(DEFAULT_SIZE_BINS_MM),
+        metavar="MM",
+        help="diameter thresholds (mm) of the size strata",
+    )
+    parser.add_argument("--folds", type=int, default=0, help="k >= 2: k patient-level folds")
+    parser.add_argument("--val-fold", type=int, default=0, help="with --folds: the val fold")
+
+
+def run_cli(args: argparse.Namespace, command: str) -> int:
+    write_split(
+        args.nodules,
+        args.out,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        size_bins_mm=args.size_bins,
+        folds=args.folds,
+        val_fold=args.val_fold,
+    )
+    return 0
