@@ -246,9 +246,7 @@ def render_scan(
     wall_au, wall_av = body_au - fat, body_av - 0.8 * fat
     cavity_au, cavity_av = wall_au - 0.05, wall_av - 0.05
     lung_scale = rng.uniform(0.95, 1.02)
-    lungs = tuple(
-        (side * 0.42, vc, 0.36 * lung_scale, 0.58 * lung_scale) for side in (-1.0, 1.0)
-    )
+    lungs = tuple((side * 0.42, vc, 0.36 * lung_scale, 0.58 * lung_scale) for side in (-1.0, 1.0))
     rib_period = rng.uniform(22.0, 30.0)
     rib_phase = rng.uniform(0.0, rib_period)
     blood = BLOOD_CONTRAST if scan.contrast_used else BLOOD
