@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "nodules": ("lungseg.ingest", "merge per-volume nodule tables into results/nodules.csv"),
     "cohort": ("lungseg.cohort", "select scans and nodules from the annotation database"),
     "crops": ("lungseg.crops", "cut tumour-centred crops from the volumes"),
+    "crops-overview": ("lungseg.crops_figures", "overview figure of the crops (mid-slices)"),
     "split": ("lungseg.split", "patient-level train/validation split"),
     "train": ("lungseg.training", "train one model variant on the crops"),
     "evaluate": ("lungseg.evaluation", "evaluate a trained model on the validation crops"),
