@@ -379,3 +379,35 @@ def test_cohort_scans_absent_or_unusable_on_disk_are_reported(sample_lidc, conve
     assert report.loc[gone, "index_reason"] == "series not found on disk"
     assert report.loc[broken, "index_status"] == "excluded"
     assert len(report) == 2
+
+
+def test_missing_annotated_slice_excludes_series_and_convert_survives(
+    sample_lidc, converted, tmp_path
+):
+    """A slice the readers drew on is absent: excluded at index time; convert writes the
+    volume without that series' nodules instead of failing the run."""
+    import pydicom
+
+    scan = sample_lidc.scans[1]
+    table = pd.read_csv(str(converted["volumes"][scan.series_uid])[: -len(".h5")] + ".nodules.csv")
+    z_drop = sorted(scan.slice_zvals)[int(table["bbox_z0"].iloc[0])]
+    folder = next(
+        p.parent for p in sample_lidc.lidc_root.rglob("*.dcm") if scan.patient_id in str(p)
+    )
+    copy = tmp_path / "raw" / scan.patient_id
+    shutil.copytree(folder, copy)
+    for path in copy.iterdir():
+        if float(pydicom.dcmread(path, stop_before_pixels=True).ImagePositionPatient[2]) == z_drop:
+            path.unlink()
+    series = write_index(tmp_path / "raw", tmp_path / "series.csv", tmp_path / "files.csv")
+    row = series.iloc[0]
+    assert row["status"] == "excluded"
+    assert (
+        f"1 of {scan.n_slices} slice positions of the annotation database absent" in row["reason"]
+    )
+    plan = convert_series(
+        series_paths(tmp_path / "files.csv", scan.series_uid), tmp_path / "v.h5", tmp_path / "v.csv"
+    )
+    _, mask, attrs = read_volume(tmp_path / "v.h5")
+    assert not mask.any() and pd.read_csv(tmp_path / "v.csv").empty
+    assert "nodules not painted" in attrs["notes"] and plan.n_slices == scan.n_slices - 1
