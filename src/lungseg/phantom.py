@@ -23,9 +23,6 @@ AIR, FAT, SOFT, MUSCLE, LUNG = -1000.0, -100.0, 40.0, 50.0, -860.0
 BONE_CORTEX, BONE_MARROW, BLOOD, BLOOD_CONTRAST = 700.0, 220.0, 40.0, 170.0
 #: noise standard deviation (HU) of a 2.5 mm slice; thinner slices are noisier
 NOISE_HU_AT_2_5_MM = 18.0
-NOISE_BLUR_PX = 0.8
-#: standard deviation of white noise after a 2-D Gaussian blur of NOISE_BLUR_PX: 1/(2 sqrt(pi) s)
-NOISE_GAIN = 1.0 / (2.0 * np.sqrt(np.pi) * NOISE_BLUR_PX)
 HALF = 256.0  # half the slice width in pixels
 #: largest enlargement of the lungs to take in a nodule (beyond it a pocket of lung is cut)
 MAX_LUNG_SCALE = 1.25
@@ -55,19 +52,38 @@ def _blend(image: np.ndarray, alpha: np.ndarray, hu: float | np.ndarray) -> None
     image += alpha * (hu - image)
 
 
+def _ellipse_window(
+    shape: tuple[int, ...], grid: tuple[np.ndarray, np.ndarray], ellipse: tuple
+) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """An ellipse's occupancy computed only inside its bounding window: (window, alpha)."""
+    cu, cv, au, av = ellipse
+    c0 = max(int((cu - au) * HALF + HALF) - 2, 0)
+    c1 = min(int((cu + au) * HALF + HALF) + 3, shape[1])
+    r0 = max(int((cv - av) * HALF + HALF) - 2, 0)
+    r1 = min(int((cv + av) * HALF + HALF) + 3, shape[0])
+    if c1 <= c0 or r1 <= r0:
+        return None
+    u, v = grid[0][:, c0:c1], grid[1][r0:r1, :]
+    return (slice(r0, r1), slice(c0, c1)), _ellipse_alpha(u, v, cu, cv, au, av)
+
+
 def _blend_ellipse(
     image: np.ndarray, grid: tuple[np.ndarray, np.ndarray], ellipse: tuple, hu: float
 ) -> None:
-    """Blend a small ellipse into ``image``, computing only inside its bounding window."""
-    cu, cv, au, av = ellipse
-    c0 = max(int((cu - au) * HALF + HALF) - 2, 0)
-    c1 = min(int((cu + au) * HALF + HALF) + 3, image.shape[1])
-    r0 = max(int((cv - av) * HALF + HALF) - 2, 0)
-    r1 = min(int((cv + av) * HALF + HALF) + 3, image.shape[0])
-    if c1 <= c0 or r1 <= r0:
-        return
-    u, v = grid[0][:, c0:c1], grid[1][r0:r1, :]
-    _blend(image[r0:r1, c0:c1], _ellipse_alpha(u, v, cu, cv, au, av), hu)
+    """Blend a small ellipse of constant HU into ``image``."""
+    found = _ellipse_window(image.shape, grid, ellipse)
+    if found is not None:
+        _blend(image[found[0]], found[1], hu)
+
+
+def _max_ellipse(
+    occupancy: np.ndarray, grid: tuple[np.ndarray, np.ndarray], ellipse: tuple
+) -> None:
+    """Add an ellipse to an occupancy map (maximum)."""
+    found = _ellipse_window(occupancy.shape, grid, ellipse)
+    if found is not None:
+        region = occupancy[found[0]]
+        np.maximum(region, found[1], out=region)
 
 
 def _lung_profile(t: float) -> float:
@@ -267,15 +283,24 @@ def render_scan(
     vessels = _rasterise_vessels(scan, segments, shape)
     noise_sd = NOISE_HU_AT_2_5_MM * np.sqrt(2.5 / max(scan.slice_thickness, 0.5))
 
+    # Everything that does not change along z, drawn once.
+    static = np.full(shape[1:], AIR, dtype=np.float32)
+    _blend(static, _ellipse_alpha(u, v, 0.0, vc, body_au, body_av), FAT)
+    _blend(static, _ellipse_alpha(u, v, 0.0, vc, wall_au, wall_av), MUSCLE)
+    cavity = _ellipse_alpha(u, v, 0.0, vc, cavity_au, cavity_av)
+    _blend(static, cavity, SOFT)
+    _blend_ellipse(static, grid, (0.0, spine_v, 0.09, 0.08), BONE_CORTEX)
+    _blend_ellipse(static, grid, (0.0, spine_v, 0.075, 0.065), BONE_MARROW)
+    _blend_ellipse(static, grid, (0.0, spine_v + 0.1, 0.035, 0.03), SOFT)  # spinal canal
+    _blend_ellipse(static, grid, (0.0, vc - cavity_av + 0.01, 0.06, 0.018), BONE_MARROW)
+    heart = _ellipse_alpha(u, v, 0.1, vc - 0.15, 0.24, 0.22)
+    lung_hu = (LUNG + 60.0 * (v + 1.0)) * np.ones_like(u)  # denser towards the back
+
     for k in range(n_slices):
         z = zvals[k]
         t = (z - lung_lo) / lung_span
         size = float(sizes[k])
-        image = np.full(shape[1:], AIR, dtype=np.float32)
-        _blend(image, _ellipse_alpha(u, v, 0.0, vc, body_au, body_av), FAT)
-        _blend(image, _ellipse_alpha(u, v, 0.0, vc, wall_au, wall_av), MUSCLE)
-        cavity = _ellipse_alpha(u, v, 0.0, vc, cavity_au, cavity_av)
-        _blend(image, cavity, SOFT)
+        image = static.copy()
         # Ribs: short arcs in the chest wall whose z position drifts around the body.
         for angle in np.linspace(-2.6, 2.6, 18):
             phase = (z + rib_phase + 14.0 * np.cos(angle)) % rib_period
@@ -285,36 +310,32 @@ def render_scan(
             rv = vc - np.cos(angle) * (cavity_av + 0.025)
             _blend_ellipse(image, grid, (ru, rv, 0.03, 0.022), BONE_CORTEX)
             _blend_ellipse(image, grid, (ru, rv, 0.018, 0.011), BONE_MARROW)
-        # Spine, spinal canal, sternum.
-        _blend_ellipse(image, grid, (0.0, spine_v, 0.09, 0.08), BONE_CORTEX)
-        _blend_ellipse(image, grid, (0.0, spine_v, 0.075, 0.065), BONE_MARROW)
-        _blend_ellipse(image, grid, (0.0, spine_v + 0.1, 0.035, 0.03), SOFT)
-        _blend_ellipse(image, grid, (0.0, vc - cavity_av + 0.01, 0.06, 0.018), BONE_MARROW)
         # Mediastinum (heart low, aorta higher up) is drawn first and kept out of the lungs.
-        heart = np.zeros(shape[1:], dtype=np.float32)
-        if t < 0.55:
-            heart = _ellipse_alpha(u, v, 0.1, vc - 0.15, 0.24, 0.22)
+        has_heart = t < 0.55
+        if has_heart:
             _blend(image, heart, blood)
         if t > 0.35:
             _blend_ellipse(image, grid, (-0.02, spine_v - 0.16, 0.055, 0.055), blood)
-        # Lungs: ellipses inside the ribs, denser towards the back, with vessels.
+        # Lungs: ellipses inside the ribs, with vessels.
         lung = np.zeros(shape[1:], dtype=np.float32)
         if size > 0:
             for cu, cv, au, av in lungs:
-                np.maximum(lung, _ellipse_alpha(u, v, cu, cv, au * size, av * size), out=lung)
+                _max_ellipse(lung, grid, (cu, cv, au * size, av * size))
             np.minimum(lung, cavity, out=lung)
-            np.minimum(lung, 1.0 - heart, out=lung)
+            if has_heart:
+                np.minimum(lung, 1.0 - heart, out=lung)
         for window in windows:
             if window.z0 <= k < window.z0 + window.lung.shape[0]:
                 _paste(lung, window, k, window.lung, "max")
-        _blend(image, lung, LUNG + 60.0 * (v + 1.0))
+        _blend(image, lung, lung_hu)
         _blend(image, lung * (vessels[k] * np.float32(1 / 255)), blood)
         if t > 0.6:
             _blend_ellipse(image, grid, (0.0, spine_v - 0.32, 0.045, 0.04), AIR)  # trachea
         for window in windows:
             if window.z0 <= k < window.z0 + window.alpha.shape[0]:
                 _paste(image, window, k, window.hu, "blend", weight=window.alpha)
-        noise = rng.standard_normal(shape[1:], dtype=np.float32)
-        # Blurring white noise correlates it like a CT kernel; rescale to the wanted sd.
-        image += ndimage.gaussian_filter(noise, NOISE_BLUR_PX) * np.float32(noise_sd / NOISE_GAIN)
+        # Scanner-like noise: white noise summed over 2 x 2 pixels is spatially correlated.
+        white = rng.standard_normal((shape[1] + 1, shape[2] + 1), dtype=np.float32)
+        noise = white[:-1, :-1] + white[1:, :-1] + white[:-1, 1:] + white[1:, 1:]
+        image += noise * np.float32(noise_sd / 2.0)
         yield k, image, outside_fov
