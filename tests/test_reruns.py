@@ -1,0 +1,115 @@
+"""Reruns of only what changed, checked with `snakemake -n` / `--summary` on one finished run.
+
+One tiny local run (tests/workflow_helpers.py: 2 sample scans, 2 models, 1 epoch) is built once in
+a temporary copy of the repository; each test then asks Snakemake what a change would rerun.
+Config changes go through --configfile (merged over config.yaml, the run is left as it was);
+script edits are undone in `finally`. Default rerun triggers (mtime, params, input, code,
+software-env) stay on.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from workflow_helpers import finished_local_run, snakemake
+
+pytestmark = pytest.mark.slow
+
+JOB_HEADER = re.compile(r"^(?:localrule|rule|checkpoint) (\w+):$")
+# Rules downstream of one model's training (per model) and of all models.
+MODEL_DOWNSTREAM = {"train", "evaluate", "plots", "plot_examples"}
+SUMMARY_RULES = {"evaluate_summary", "all"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, sample_lidc) -> Path:
+    return finished_local_run(tmp_path_factory, sample_lidc.lidc_root)
+
+
+def planned_jobs(workdir: Path, *args: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, wildcards) of every job `snakemake -n` would run."""
+    out = snakemake(workdir, "-n", "--cores", "1", *args, timeout=180).stdout
+    jobs: list[tuple[str, dict[str, str]]] = []
+    for line in out.splitlines():
+        header = JOB_HEADER.match(line)
+        if header:
+            jobs.append((header.group(1), {}))
+        elif jobs and line.strip().startswith("wildcards:"):
+            pairs = line.split(":", 1)[1].split(",")
+            jobs[-1][1].update(pair.strip().split("=", 1) for pair in pairs)
+    return jobs
+
+
+def with_config(workdir: Path, name: str, updates: dict) -> tuple[str, str]:
+    """--configfile arguments for a config change merged over the run's config.yaml."""
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(updates))
+    return "--configfile", str(path)
+
+
+def rules_of(jobs) -> set[str]:
+    return {rule for rule, _ in jobs}
+
+
+def test_touching_nothing_schedules_nothing(run):
+    assert planned_jobs(run) == []
+    summary = snakemake(run, "--summary", "--cores", "1", timeout=180).stdout
+    rows = [line.split("\t") for line in summary.splitlines() if line.startswith("results/")]
+    assert rows, summary[-2000:]
+    plans = {row[0]: row[-1] for row in rows}
+    assert set(plans.values()) == {"no update"}, plans
+
+
+def test_changing_one_model_reruns_only_that_model_and_its_plots(run):
+    models = list(yaml.safe_load((run / "config.yaml").read_text())["models"])
+    changed = models[0]
+    jobs = planned_jobs(run, *with_config(run, "one_model", {"models": {changed: {"lr": 0.01}}}))
+    assert ("train", {"model": changed}) in jobs
+    assert rules_of(jobs) <= MODEL_DOWNSTREAM | SUMMARY_RULES
+    for rule, wildcards in jobs:
+        if rule in MODEL_DOWNSTREAM:
+            assert wildcards == {"model": changed}, (rule, wildcards)
+    assert {"plots", "evaluate"} <= rules_of(jobs)
+
+
+def test_changing_crop_size_reruns_crops_and_training_but_no_conversion(run):
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    size = config["crops"]["size"]
+    bigger = [s * 2 for s in size] if isinstance(size, list) else size * 2
+    jobs = planned_jobs(run, *with_config(run, "crop_size", {"crops": {"size": bigger}}))
+    rules = rules_of(jobs)
+    assert {"crops", "train", "plots"} <= rules
+    assert rules.isdisjoint({"index", "convert", "nodules", "cohort", "sample_data"}), rules
+    trained = {w["model"] for rule, w in jobs if rule == "train"}
+    assert trained == set(config["models"])
+    if "split" in rules:  # allowed only when the split reads the crops
+        assert "results/crops/" in (run / "rules/split.smk").read_text()
+
+
+def test_changing_consensus_level_reruns_conversion(run):
+    series = (run / "results/index/series.csv").read_text().splitlines()[1:]
+    converted = [line for line in series if ",ok," in line or ",excluded," in line]
+    jobs = planned_jobs(run, *with_config(run, "consensus", {"ingest": {"consensus_level": 0.75}}))
+    rules = rules_of(jobs)
+    assert sum(rule == "convert" for rule, _ in jobs) == len(converted)
+    assert "index" not in rules and "sample_data" not in rules, rules
+    assert "nodules" in rules
+
+
+@pytest.mark.parametrize(
+    ("script", "rules_using_it"),
+    [("plots.py", {"plots"}), ("evaluate_summary.py", {"evaluate_summary"})],
+)
+def test_editing_a_workflow_script_reruns_only_its_rules(run, script, rules_using_it):
+    path = run / "workflow_scripts" / script
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# edited by test_reruns\n")
+        jobs = planned_jobs(run)
+    finally:
+        path.write_text(original)
+    assert rules_of(jobs) - {"all"} == rules_using_it
+    assert planned_jobs(run) == []
