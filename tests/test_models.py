@@ -86,14 +86,12 @@ def test_invertible_core_inverts():
     torch.testing.assert_close(reconstructed, x, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("invertible_resampling", [False, True])
+@pytest.mark.parametrize("lean_memory", [False, True])
 @pytest.mark.parametrize("deep_supervision", [False, True])
-def test_memory_efficient_gradients_equal_plain_backprop(deep_supervision, invertible_resampling):
+def test_memory_efficient_gradients_equal_plain_backprop(deep_supervision, lean_memory):
     settings = {**SMALL, "arch": "iunet", "deep_supervision": deep_supervision}
     efficient = randomised(
-        build_model(
-            {**settings, "memory_efficient": True, "invertible_resampling": invertible_resampling}
-        )
+        build_model({**settings, "memory_efficient": True, "lean_memory": lean_memory})
     )
     plain = build_model({**settings, "memory_efficient": False})
     plain.load_state_dict(efficient.state_dict())
@@ -122,3 +120,15 @@ def test_overfits_one_sphere(arch):
     prediction = (model(image)[0] > 0).float()
     dice = 2 * (prediction * target).sum() / (prediction.sum() + target.sum())
     assert dice > 0.9
+
+
+@pytest.mark.parametrize(
+    ("lean_memory", "expected"), [(True, "LeanInvertibleWrapper"), (False, None)]
+)
+def test_lean_memory_swaps_every_memcnn_wrapper(lean_memory, expected):
+    model = build_model({**SMALL, "arch": "iunet", "lean_memory": lean_memory})
+    wrappers = {type(m).__name__ for m in model.core.modules() if hasattr(m, "keep_input")}
+    if expected:
+        assert wrappers == {expected}
+    else:
+        assert wrappers == {"InvertibleModuleWrapper"}

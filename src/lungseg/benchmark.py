@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 #: variant -> (model settings beyond width/levels/blocks, return freed memory to the OS)
 VARIANTS: dict[str, tuple[dict, bool]] = {
     "unet": ({"arch": "unet"}, True),
-    "iunet": ({"arch": "iunet", "invertible_resampling": True}, True),
-    "iunet_stock": ({"arch": "iunet", "invertible_resampling": False}, False),
+    "iunet": ({"arch": "iunet", "lean_memory": True}, True),
+    "iunet_stock": ({"arch": "iunet", "lean_memory": False}, False),
 }
 COLUMNS = [
     "series",

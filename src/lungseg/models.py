@@ -34,7 +34,7 @@ class ModelSettings:
     blocks_per_level: int = 2
     deep_supervision: bool = False
     memory_efficient: bool = True
-    invertible_resampling: bool = True
+    lean_memory: bool = True
 
     @classmethod
     def from_dict(cls, settings: dict[str, Any]) -> ModelSettings:
@@ -73,7 +73,7 @@ def build_model(settings: dict[str, Any]) -> nn.Module:
         blocks_per_level=chosen.blocks_per_level,
         deep_supervision=chosen.deep_supervision,
         memory_efficient=chosen.memory_efficient,
-        invertible_resampling=chosen.invertible_resampling,
+        lean_memory=chosen.lean_memory,
     )
 
 
@@ -178,18 +178,23 @@ def reconstruct_resampling_inputs(core: nn.Module, keep_upsampling_input: bool) 
     activation at level 0, less below). The layers are orthogonal convolutions, exactly
     invertible, so memcnn can free those inputs and rebuild them in the backward pass.
     """
-    from memcnn import InvertibleModuleWrapper
+    from lungseg.invertible import LeanInvertibleWrapper
 
     for layers, keep_input in (
         (core.downsampling_layers, False),
         (core.upsampling_layers, keep_upsampling_input),
     ):
         for index, wrapper in enumerate(layers):
-            layers[index] = InvertibleModuleWrapper(wrapper._fn, keep_input=keep_input)
+            layers[index] = LeanInvertibleWrapper(wrapper._fn, keep_input=keep_input)
 
 
 class InvertibleUNet3D(nn.Module):
-    """Lifting conv -> iunets ``iUNet`` (memory-efficient backprop) -> output head(s)."""
+    """Lifting conv -> iunets ``iUNet`` (memory-efficient backprop) -> output head(s).
+
+    ``lean_memory`` (with ``memory_efficient``) adds lungseg's savings on top of stock iunets:
+    resampling layers reconstructed instead of stored, and memcnn's backward replaced by
+    :class:`lungseg.invertible.LeanInvertibleFunction`. Gradients are unchanged (tested).
+    """
 
     def __init__(
         self,
@@ -198,10 +203,13 @@ class InvertibleUNet3D(nn.Module):
         blocks_per_level: int,
         deep_supervision: bool,
         memory_efficient: bool = True,
-        invertible_resampling: bool = True,
+        lean_memory: bool = True,
     ):
         super().__init__()
-        from iunets import iUNet  # imported here: iunets pulls in memcnn, slow to import
+        # Imported here: iunets and memcnn are slow to import and only iUNets need them.
+        from iunets import iUNet
+
+        from lungseg.invertible import use_lean_backward
 
         self.levels = levels
         self.deep_supervision = deep_supervision
@@ -215,9 +223,10 @@ class InvertibleUNet3D(nn.Module):
             verbose=0,
         )
         use_exact_cayley_gradient(self.core)
-        if memory_efficient and invertible_resampling:
+        if memory_efficient and lean_memory:
             # Multi-scale heads read the input of each upsampling layer: that one must stay.
             reconstruct_resampling_inputs(self.core, keep_upsampling_input=deep_supervision)
+            use_lean_backward(self.core)
         head_levels = range(levels) if deep_supervision else range(1)
         self.heads = nn.ModuleList(
             nn.Conv3d(self.core.channels[level], 1, 1) for level in head_levels
