@@ -8,7 +8,7 @@ STAMP := $(VENV)/.lungseg-installed
 CORES ?= 2
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all venv run test lint pytest dag clean lock
+.PHONY: all venv system-deps run test lint pytest dag clean lock
 
 all: test
 
@@ -30,7 +30,12 @@ lint: venv
 	$(BIN)/snakefmt --check Snakefile rules/
 	$(BIN)/snakemake --lint --cores 1
 
-pytest: venv
+# SLURM + munge for the cluster test (tests/test_slurm.py); apt-get, only when missing and root.
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then scripts/install-slurm.sh; \
+	else echo "system-deps: not root or no apt-get; SLURM test skips unless SLURM is installed"; fi
+
+pytest: venv system-deps
 	$(BIN)/pytest
 
 test: lint pytest

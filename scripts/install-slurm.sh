@@ -25,4 +25,4 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge
-echo "install-slurm: installed $(sinfo --version 2>/dev/null || echo slurm)"
+echo "install-slurm: installed slurmctld $(dpkg-query -W -f '${Version}' slurmctld)"
