@@ -219,7 +219,7 @@ def summarise(
                 row[f"{metric}_median"] = values.median()
                 row[f"{metric}_std"] = values.std(ddof=1)
             rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).round(6)
 
 
 def summarise_files(
