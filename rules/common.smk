@@ -21,6 +21,7 @@ def final_targets():
     targets += sample_data_outputs()
     targets += ["results/nodules.csv", "results/cohort/scans.csv"]
     targets += ["results/evaluation.csv", *plot_outputs()]
+    targets += crops_outputs()
     return targets
 
 
@@ -92,6 +93,49 @@ def cohort_criteria_args():
     if not cohort["exclude_irregular"]:
         args.append("--keep-irregular")
     return args
+
+
+# --- crops and split ---
+def crops_outputs():
+    """Crops, their overview figure and the split (also built through training)."""
+    return [
+        "results/crops/crops.csv",
+        "results/split/split.csv",
+        "results/plots/crops_overview.png",
+    ]
+
+
+def crops_args():
+    """config["crops"] as `lungseg crops` arguments (a null spacing is "none": native)."""
+    crops = config["crops"]
+    spacing = crops["target_spacing"] or [None, None, None]
+    return [
+        "--size",
+        *[str(n) for n in crops["size"]],
+        "--target-spacing",
+        *["none" if s is None else str(s) for s in spacing],
+        "--mask-interpolation",
+        crops["mask_interpolation"],
+        "--compression",
+        crops["compression"],
+    ]
+
+
+def split_args():
+    """config["split"] as `lungseg split` arguments."""
+    split = config["split"]
+    return [
+        "--val-fraction",
+        str(split["val_fraction"]),
+        "--seed",
+        str(split["seed"]),
+        "--size-bins",
+        *[str(b) for b in split["size_bins_mm"]],
+        "--folds",
+        str(split["folds"]),
+        "--val-fold",
+        str(split["val_fold"]),
+    ]
 
 
 # --- train ---

@@ -1,0 +1,67 @@
+# Stage: tumour-centred crops of the training nodules and the patient-level split
+# (docs/crops_and_split.md). The split reads only results/nodules.csv, so changing the crops
+# (size, spacing) reruns crops and training but neither conversion nor the split.
+
+
+rule crops:
+    input:
+        nodules="results/nodules.csv",
+        volumes=volume_files,
+    output:
+        crops="results/crops/crops.h5",
+        table="results/crops/crops.csv",
+    log:
+        "logs/crops.log",
+    benchmark:
+        "benchmarks/crops.tsv"
+    conda:
+        "../envs/lungseg.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=60,
+    params:
+        volumes_dir="results/volumes",
+        options=crops_args(),
+    script:
+        "../workflow_scripts/crops.py"
+
+
+rule split:
+    input:
+        nodules="results/nodules.csv",
+    output:
+        "results/split/split.csv",
+    log:
+        "logs/split.log",
+    conda:
+        "../envs/lungseg.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        options=split_args(),
+    script:
+        "../workflow_scripts/split.py"
+
+
+rule crops_overview:
+    input:
+        crops="results/crops/crops.h5",
+        table="results/crops/crops.csv",
+        split="results/split/split.csv",
+    output:
+        "results/plots/crops_overview.png",
+    log:
+        "logs/crops_overview.log",
+    conda:
+        "../envs/lungseg.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        max_crops=config["crops"]["overview_max"],
+    script:
+        "../workflow_scripts/crops_overview.py"
