@@ -24,8 +24,8 @@ BONE_CORTEX, BONE_MARROW, BLOOD, BLOOD_CONTRAST = 700.0, 220.0, 40.0, 170.0
 #: noise standard deviation (HU) of a 2.5 mm slice; thinner slices are noisier
 NOISE_HU_AT_2_5_MM = 18.0
 HALF = 256.0  # half the slice width in pixels
-#: largest enlargement of the lungs to take in a nodule (beyond it a pocket of lung is cut)
-MAX_LUNG_SCALE = 1.25
+#: largest enlargement of the lung ellipses to take in a nodule (they stay inside the ribs)
+MAX_LUNG_SCALE = 1.6
 
 
 @dataclass(frozen=True)
@@ -216,6 +216,26 @@ def _paste(
         _blend(region, weight[k - window.z0], plane)
 
 
+def _nodule_points(window: _Window) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Per slice of a nodule window: ``(k, u, v)`` of the pixels its lung pocket covers."""
+    for dz, plane in enumerate(window.lung):
+        rows, cols = np.nonzero(plane > 0.5)
+        if len(rows):
+            u = (cols + window.x0 - HALF + 0.5) / HALF
+            v = (rows + window.y0 - HALF + 0.5) / HALF
+            yield window.z0 + dz, u, v
+
+
+def _cavity_growth(windows: list[_Window], vc: float, au: float, av: float, margin: float) -> float:
+    """Factor by which the chest cavity must grow so that every nodule lies inside it."""
+    rho = [
+        np.sqrt((u / au) ** 2 + ((v - vc) / av) ** 2).max() + margin / min(au, av)
+        for window in windows
+        for _k, u, v in _nodule_points(window)
+    ]
+    return max([1.0, *rho])
+
+
 def _lung_sizes(
     scan: ScanInfo, windows: list[_Window], lungs: tuple[tuple[float, ...], ...]
 ) -> np.ndarray:
@@ -227,15 +247,11 @@ def _lung_sizes(
     needed = np.zeros_like(sizes)
     margin = 3.0 / (HALF * scan.pixel_spacing)
     for window in windows:
-        for dz, plane in enumerate(window.lung):
-            rows, cols = np.nonzero(plane > 0.5)
-            u = (cols + window.x0 - HALF + 0.5) / HALF
-            v = (rows + window.y0 - HALF + 0.5) / HALF
+        for k, u, v in _nodule_points(window):
             for cu, cv, au, av in lungs:
                 side = (u * cu) > 0
                 if side.any():
                     rho = np.sqrt(((u[side] - cu) / au) ** 2 + ((v[side] - cv) / av) ** 2)
-                    k = window.z0 + dz
                     needed[k] = max(needed[k], rho.max() + margin / min(au, av))
     needed = ndimage.maximum_filter1d(np.minimum(needed, MAX_LUNG_SCALE), size=5)
     return np.maximum(sizes, needed)
@@ -259,8 +275,13 @@ def render_scan(
     vc = 0.05
     body_au, body_av = rng.uniform(0.9, 0.96), rng.uniform(0.7, 0.78)
     fat = rng.uniform(5.0, 15.0) / (fov_mm / 2)
-    wall_au, wall_av = body_au - fat, body_av - 0.8 * fat
-    cavity_au, cavity_av = wall_au - 0.05, wall_av - 0.05
+    cavity_au, cavity_av = body_au - fat - 0.05, body_av - 0.8 * fat - 0.05
+    windows = [_prepare_nodule(n, shape, spacing, rng) for n in nodules]
+    # A wider chest where a nodule would otherwise sit in the chest wall (3 mm margin).
+    grow = _cavity_growth(windows, vc, cavity_au, cavity_av, 3.0 / (HALF * spacing))
+    cavity_au, cavity_av = cavity_au * grow, cavity_av * grow
+    wall_au, wall_av = cavity_au + 0.05, cavity_av + 0.05
+    body_au, body_av = wall_au + fat, wall_av + 0.8 * fat
     lung_scale = rng.uniform(0.95, 1.02)
     lungs = tuple((side * 0.42, vc, 0.36 * lung_scale, 0.58 * lung_scale) for side in (-1.0, 1.0))
     rib_period = rng.uniform(22.0, 30.0)
@@ -268,7 +289,6 @@ def render_scan(
     blood = BLOOD_CONTRAST if scan.contrast_used else BLOOD
     spine_v = vc + cavity_av - 0.04
 
-    windows = [_prepare_nodule(n, shape, spacing, rng) for n in nodules]
     sizes = _lung_sizes(scan, windows, lungs)
     lung_slices = np.nonzero(sizes > 0)[0]
     lung_lo = zvals[lung_slices[0]] if len(lung_slices) else zvals[0]
