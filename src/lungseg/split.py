@@ -4,8 +4,8 @@ All nodules of one patient land in the same subset (fold), so no patient is seen
 validation. Within that constraint the assignment is balanced per size stratum: patients are
 taken largest first (seeded random order among equals) and each goes to the subset whose
 per-stratum nodule counts fall furthest short of their targets (a greedy like scikit-learn's
-``StratifiedGroupKFold``, with arbitrary target fractions). The split reads only ``nodules.csv``: changing the crops never
-changes it.
+``StratifiedGroupKFold``, with arbitrary target fractions). The split reads only
+``nodules.csv``: changing the crops never changes it.
 """
 
 from __future__ import annotations
