@@ -49,32 +49,25 @@ def read_series_table(path, mtime):
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
-def indexed_series(status=("ok", "excluded")):
-    """Rows of the index (after the checkpoint ran) whose status is in `status`."""
+def index_version():
+    """(path, mtime) of the index's series.csv; raises until the checkpoint has run."""
     series_csv = checkpoints.index.get().output.series
-    series = read_series_table(series_csv, Path(series_csv).stat().st_mtime)
-    return series[series["status"].isin(status)]
+    return series_csv, Path(series_csv).stat().st_mtime
 
 
 def volume_files(wildcards=None):
     """Every converted volume (status ok or excluded): results/volumes/<patient>/<series>.h5."""
+    series = read_series_table(*index_version())
+    series = series[series["status"].isin(("ok", "excluded"))]
     return [
-        f"results/volumes/{row.patient_id}/{row.series_uid}.h5"
-        for row in indexed_series().itertuples()
+        f"results/volumes/{patient}/{uid}.h5"
+        for patient, uid in zip(series["patient_id"], series["series_uid"])
     ]
 
 
 def volume_nodule_tables(wildcards=None):
     """The per-volume nodule tables, one per converted series."""
     return [path[: -len(".h5")] + ".nodules.csv" for path in volume_files()]
-
-
-def convert_mem_mb(wildcards):
-    """Memory of one convert job from the series' slice count (measured, docs/ingestion.md)."""
-    series = indexed_series()
-    row = series[series["series_uid"] == wildcards.series_uid]
-    n_slices = int(row["n_slices"].iloc[0]) if len(row) else 600
-    return 400 + 2 * n_slices
 
 
 def cohort_criteria_args():

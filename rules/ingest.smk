@@ -44,7 +44,9 @@ rule convert:
         "../envs/lungseg.yaml"
     threads: 1
     resources:
-        mem_mb=convert_mem_mb,
+        # peak RSS ~ 300 MB + 1.5 MB per 512x512 slice (docs/ingestion.md); LIDC's largest
+        # series has 764 slices
+        mem_mb=1500,
         runtime=20,
     params:
         consensus_level=config["ingest"]["consensus_level"],
