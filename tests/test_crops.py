@@ -91,8 +91,12 @@ def test_native_crops_are_centred_padded_and_equal_the_volume_cut(tmp_path, size
     nodules_csv, volumes, image, mask = write_case(
         tmp_path, NATIVE_SHAPE, NATIVE_SPACING, NATIVE_CENTRES, NATIVE_RADII
     )
-    table = write_crops(nodules_csv, volumes, tmp_path / "c.h5", tmp_path / "c.csv", size=size)
+    table = write_crops(
+        nodules_csv, volumes, tmp_path / "c.h5", tmp_path / "c.csv", size, (None, None, None)
+    )
     crops = read_crops(tmp_path / "c.h5")
+    with h5py.File(tmp_path / "c.h5", "r") as file:
+        assert file.attrs["image_interpolation"] == "none"  # copied, not interpolated
     nodules = pd.read_csv(nodules_csv)
     assert len(table) == len(nodules) == 4
     assert crops["image"].shape == (4, *size) and crops["image"].dtype == np.int16

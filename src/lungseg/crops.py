@@ -309,6 +309,8 @@ def write_crops(
     """
     if mask_interpolation not in MASK_INTERPOLATIONS:
         raise ValueError(f"mask_interpolation must be one of {MASK_INTERPOLATIONS}")
+    if target_spacing is not None and all(t is None for t in target_spacing):
+        target_spacing = None  # every axis native
     nodules = training_nodules(nodules_csv)
     size = tuple(int(s) for s in size)
     shape = (len(nodules), *size)
@@ -382,14 +384,13 @@ def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def run_cli(args: argparse.Namespace, command: str) -> int:
-    target = args.target_spacing
     write_crops(
         args.nodules,
         args.volumes_dir,
         args.out,
         args.table_out,
         size=args.size,
-        target_spacing=None if target is None or all(t is None for t in target) else target,
+        target_spacing=args.target_spacing,
         mask_interpolation=args.mask_interpolation,
         compression=args.compression,
     )
