@@ -119,7 +119,7 @@ def _slice_dataset(
     ds.SliceThickness = f"{scan.slice_thickness:g}"
     ds.KVP = "120"
     ds.ConvolutionKernel = "STANDARD"
-    ds.PatientPosition = "FFS"
+    ds.PatientPosition = "HFS"
     ds.StudyInstanceUID = scan.study_uid
     ds.SeriesInstanceUID = scan.series_uid
     ds.StudyID = ""
