@@ -122,7 +122,7 @@ def dry_run_jobs(workdir: Path, *args: str) -> Counter:
             match = re.fullmatch(r"\s*(\w+)\s+(\d+)\s*", line)
             if match and match.group(1) != "total":
                 jobs[match.group(1)] = int(match.group(2))
-            elif match is None and line.strip() and not set(line.strip()) <= set("-"):
+            elif match is None and line.strip() and not set(line.replace(" ", "")) <= set("-"):
                 in_table = False
     return jobs
 
