@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
 log = logging.getLogger(__name__)
 
@@ -79,43 +81,60 @@ class SliceHeader:
         return "LOCALIZER" in {part.upper() for part in self.image_type}
 
 
-def _floats(value, count: int) -> tuple[float, ...] | None:
-    if value is None or value == "":
+#: tag numbers of the text-valued header tags, looked up once
+_TAGS = {keyword: tag_for_keyword(keyword) for keyword in HEADER_TAGS}
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """A text element's value without pydicom's per-element conversion (the index reads
+    hundreds of thousands of headers; converting DS/IS/UI values dominated its time).
+    Multiple values come back joined by backslashes, as stored."""
+    elem = ds.get_item(_TAGS[keyword])
+    if elem is None or elem.value is None:
+        return ""
+    value = elem.value
+    if isinstance(value, bytes):
+        return value.decode("latin-1").strip(" \x00")
+    if isinstance(value, (list, tuple, MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _floats(text: str, count: int) -> tuple[float, ...] | None:
+    if not text:
         return None
     try:
-        numbers = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
+        numbers = tuple(float(v) for v in text.split("\\"))
+    except ValueError:
         return None
     return numbers if len(numbers) == count else None
 
 
 def header_from_dataset(ds: Dataset, path: str | os.PathLike[str]) -> SliceHeader:
     """Extract a :class:`SliceHeader`; raises :class:`DicomFileError` without a series UID."""
-    series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+    series_uid = _text(ds, "SeriesInstanceUID")
     if not series_uid:
         raise DicomFileError(f"{path}: DICOM file without SeriesInstanceUID")
     meta = getattr(ds, "file_meta", None)
-    thickness = ds.get("SliceThickness")
-    instance = ds.get("InstanceNumber")
-    image_type = ds.get("ImageType") or ()
-    if isinstance(image_type, str):
-        image_type = (image_type,)
+    thickness = _text(ds, "SliceThickness")
+    instance = _text(ds, "InstanceNumber")
+    image_type = _text(ds, "ImageType")
     try:
         return SliceHeader(
             path=str(path),
-            patient_id=str(ds.get("PatientID", "") or ""),
-            study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+            patient_id=_text(ds, "PatientID"),
+            study_uid=_text(ds, "StudyInstanceUID"),
             series_uid=series_uid,
-            sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
-            modality=str(ds.get("Modality", "") or "").upper(),
-            instance_number=int(instance) if instance not in (None, "") else None,
-            image_type=tuple(str(t) for t in image_type),
-            position=_floats(ds.get("ImagePositionPatient"), 3),
-            orientation=_floats(ds.get("ImageOrientationPatient"), 6),
+            sop_uid=_text(ds, "SOPInstanceUID"),
+            modality=_text(ds, "Modality").upper(),
+            instance_number=int(float(instance)) if instance else None,
+            image_type=tuple(t.strip() for t in image_type.split("\\")) if image_type else (),
+            position=_floats(_text(ds, "ImagePositionPatient"), 3),
+            orientation=_floats(_text(ds, "ImageOrientationPatient"), 6),
             rows=int(ds.get("Rows", 0) or 0),
             columns=int(ds.get("Columns", 0) or 0),
-            pixel_spacing=_floats(ds.get("PixelSpacing"), 2),
-            slice_thickness=float(thickness) if thickness not in (None, "") else None,
+            pixel_spacing=_floats(_text(ds, "PixelSpacing"), 2),
+            slice_thickness=float(thickness) if thickness else None,
             transfer_syntax=str(getattr(meta, "TransferSyntaxUID", "") or ""),
         )
     except (TypeError, ValueError) as error:

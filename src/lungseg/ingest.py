@@ -8,6 +8,7 @@ with status ``ok`` or ``excluded`` are converted, so one bad series never stops 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import platform
@@ -188,6 +189,7 @@ def convertible(series: pd.DataFrame) -> pd.DataFrame:
 # --- convert -----------------------------------------------------------------------------------
 
 
+@functools.cache
 def software_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for package in VERSIONED_PACKAGES:
