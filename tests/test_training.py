@@ -369,3 +369,15 @@ def test_rule_trains_every_variant_and_reruns_only_an_edited_one(data, tmp_path)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     planned = re.findall(r"wildcards: model=(\S+)", snakemake(tmp_path, "-n", "train_all"))
     assert planned == ["iunet_msw"]
+
+
+def test_lidc_override_file_is_valid_and_fits_the_model():
+    import jsonschema
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    update_config(config, yaml.safe_load((REPO / "config" / "lidc.yaml").read_text()))
+    jsonschema.validate(config, yaml.safe_load((REPO / "schemas/config.schema.yaml").read_text()))
+    factor = 2 ** (config["training"]["levels"] - 1)
+    assert all(size % factor == 0 for size in config["crops"]["size"])
+    assert config["training"]["resources"]["gpu"] == 1
