@@ -46,7 +46,7 @@ rule convert:
     resources:
         # peak RSS ~ 300 MB + 1.5 MB per 512x512 slice (docs/ingestion.md); LIDC's largest
         # series has 764 slices
-        mem_mb=1500,
+        mem_mb=1600,
         runtime=20,
     params:
         consensus_level=config["ingest"]["consensus_level"],
