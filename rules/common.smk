@@ -34,13 +34,6 @@ def sample_data_outputs():
 
 
 # --- ingest ---
-if "sample_data_outputs" not in globals():
-
-    def sample_data_outputs():
-        """Fallback until the sample-data stage defines it: no extra inputs for the index."""
-        return []
-
-
 @functools.lru_cache(maxsize=4)
 def read_series_table(path, mtime):
     """The index's series.csv, read once per version (input functions run once per job)."""
