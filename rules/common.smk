@@ -34,6 +34,11 @@ def sample_data_outputs():
 
 
 # --- ingest ---
+def index_root(wildcards):
+    """The folder the index walks (a function: with sample data it is its inputs' parent)."""
+    return raw_root()
+
+
 @functools.lru_cache(maxsize=4)
 def read_series_table(path, mtime):
     """The index's series.csv, read once per version (input functions run once per job)."""

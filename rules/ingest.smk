@@ -20,7 +20,7 @@ checkpoint index:
         mem_mb=2000,
         runtime=60,
     params:
-        root=raw_root(),
+        root=index_root,
         spacing_tolerance=config["ingest"]["spacing_tolerance"],
         exclude_irregular=config["cohort"]["exclude_irregular"],
     script:
