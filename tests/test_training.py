@@ -255,6 +255,7 @@ def test_killed_run_resumes_to_the_same_metrics(data, reference, tmp_path, caplo
     killed_at = read_checkpoint(tmp_path / "last.pt")["epoch"]
     assert 1 <= killed_at < SETTINGS["epochs"], "the run was not killed mid-way"
     assert len(pd.read_csv(tmp_path / "metrics.csv")) == killed_at
+    (tmp_path / "best.pt").unlink()  # as Snakemake does with a declared output before a rerun
 
     with caplog.at_level(logging.INFO, logger="lungseg.training"):
         resumed = run_training(data, tmp_path, SETTINGS)
@@ -262,6 +263,9 @@ def test_killed_run_resumes_to_the_same_metrics(data, reference, tmp_path, caplo
     pd.testing.assert_frame_equal(resumed[COMPARED], metrics[COMPARED])
     written = pd.read_csv(tmp_path / "metrics.csv")
     pd.testing.assert_frame_equal(written[COMPARED], metrics[COMPARED], check_dtype=False)
+    best = read_checkpoint(tmp_path / "best.pt")
+    assert best["epoch"] == int(metrics["val_dice"].idxmax()) + 1
+    assert best["best_val_dice"] == metrics["val_dice"].max()
 
 
 def test_resume_only_same_settings_and_data(reference, tmp_path):

@@ -14,6 +14,7 @@ For the evaluation stage: :func:`load_model` and :func:`predict` (same intensity
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import random
@@ -160,6 +161,9 @@ class Trainer:
         self.autocast = self.options.amp and device.type == "cuda"
         self.history: list[dict[str, float]] = []
         self.best_val_dice = -1.0
+        # A copy of best.pt's content travels in last.pt: Snakemake deletes best.pt (a declared
+        # output) before rerunning a killed job, and a resumed run may never beat that epoch.
+        self.best_state: dict[str, Any] | None = None
 
     # -- steps ---------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, masks: torch.Tensor):
@@ -239,8 +243,9 @@ class Trainer:
         improved = row["val_dice"] > self.best_val_dice
         if improved:
             self.best_val_dice = row["val_dice"]
-            self.save(self.out_dir / "best.pt")
-        self.save(self.out_dir / "last.pt")
+            self.best_state = copy.deepcopy(self.state())
+            save_checkpoint(self.best_state, self.out_dir / "best.pt")
+        save_checkpoint({**self.state(), "best": self.best_state}, self.out_dir / "last.pt")
         write_csv_atomic(self.out_dir / "metrics.csv", self.metrics())
         logger.info(
             "epoch %d/%d: train loss %.4f dice %.3f | val loss %.4f dice %.3f | %.1f s, "
@@ -279,10 +284,6 @@ class Trainer:
             "versions": {"torch": str(torch.__version__)},
         }
 
-    def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            torch.save(self.state(), tmp)
-
     def resume_from(self, checkpoint: dict[str, Any]) -> None:
         self.model.load_state_dict(checkpoint["model"])
         self.loss.load_state_dict(checkpoint["loss"])
@@ -293,6 +294,16 @@ class Trainer:
         if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
         self.generator.set_state(checkpoint["rng"]["generator"])
+        self.best_state = checkpoint["best"]
+        best_path = self.out_dir / "best.pt"
+        if not best_path.exists():
+            logger.info("restoring %s (epoch %d) from last.pt", best_path, self.best_state["epoch"])
+            save_checkpoint(self.best_state, best_path)
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
