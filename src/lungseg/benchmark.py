@@ -354,6 +354,8 @@ def plot_memory(frame: pd.DataFrame, budget_gb: float, path: Path) -> None:
     if len(depth):
         size = depth.iloc[0]
         ax_depth.set_title(f"depth at {size.size_d}x{size.size_h}x{size.size_w}")
+    else:
+        ax_depth.text(0.5, 0.5, "no depth series", ha="center", transform=ax_depth.transAxes)
     ax_depth.set(xscale="log", xlabel="blocks per level", ylabel="step memory above model (MiB)")
     for axis in (ax_memory, ax_time, ax_depth):
         if axis.get_legend_handles_labels()[0]:
