@@ -186,7 +186,12 @@ def _nodule_table(path: Path, series_uid: str, rows: list[tuple[int, int, float]
         (CohortCriteria(min_readers=1), [True, True, False, False, False, False]),
         (CohortCriteria(min_diameter_mm=2.0), [False, True, True, False, False, False]),
         (CohortCriteria(max_slice_thickness=3.0), [False, True, False, True, False, False]),
-        (CohortCriteria(exclude_irregular=False), [False, True, False, False, True, False]),
+        # excluded series never count: the index applies exclude_irregular itself
+        (CohortCriteria(exclude_irregular=False), [False, True, False, False, False, False]),
+        (
+            CohortCriteria(min_readers=4, max_slice_thickness=3.0),
+            [False, True, False, True, False, False],
+        ),
     ],
 )
 def test_merged_nodule_table_marks_the_cohort(tmp_path, criteria, expected):

@@ -122,9 +122,10 @@ def nodule_in_cohort(
     criteria: CohortCriteria,
 ) -> pd.Series:
     """``in_cohort`` of the workflow's nodule table: nodule criteria, a thin enough scan, and a
-    series the index found usable (status ok: excluded series carry their reason)."""
+    series the index found usable (status ok). The index already applied
+    ``exclude_irregular``: with it off, irregular series are ok there."""
     thin = slice_thickness.astype(float) <= criteria.max_slice_thickness
-    usable = series_status == STATUS_OK if criteria.exclude_irregular else series_status != ""
+    usable = series_status == STATUS_OK
     return (nodule_selected(nodules, criteria) & thin & usable).astype(bool)
 
 
