@@ -177,7 +177,7 @@ def select_cohort(
         else:
             selected.append(scan)
     if patients is None:
-        summaries = [s for s in lidc.all_nodule_summaries()]
+        summaries = lidc.all_nodule_summaries()
     else:
         summaries = [n for scan in selected for n in lidc.nodule_summaries(scan.series_uid)]
     by_series = {scan.series_uid: scan for scan in selected}
