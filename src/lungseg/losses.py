@@ -104,7 +104,7 @@ class MultiScaleLoss(nn.Module):
         loss: str = "dice_bce",
         n_scales: int = 1,
         scale_weights: str | Sequence[float] = "equal",
-        target_downsampling: str = "area",
+        target_downsampling: str = "maxpool",
     ):
         super().__init__()
         if loss not in LOSSES:
@@ -158,5 +158,5 @@ def build_loss(settings: dict[str, Any]) -> MultiScaleLoss:
         loss=settings.get("loss", "dice_bce"),
         n_scales=n_scales,
         scale_weights=settings.get("scale_weights", "equal"),
-        target_downsampling=settings.get("target_downsampling", "area"),
+        target_downsampling=settings.get("target_downsampling", "maxpool"),
     )

@@ -57,7 +57,7 @@ class TrainingSettings:
 
     epochs: int = 30
     batch_size: int = 4
-    lr: float = 3e-3
+    lr: float = 5e-3
     weight_decay: float = 0.0
     seed: int = 0
     hu_min: float = -1000.0
