@@ -81,6 +81,14 @@ class Cluster:
             records.append(JobRecord(job_id.strip(), name.strip(), state.strip(), comment.strip()))
         return records
 
+    def job_field(self, job_id: str, field: str) -> str | None:
+        """One `scontrol show job` field of a known job, e.g. TresPerJob (gres:gpu:1)."""
+        for item in self.run("scontrol", "show", "job", job_id).split():
+            key, _, value = item.partition("=")
+            if key == field:
+                return value
+        return None
+
     def wait_for_job(self, job_id: str, timeout: float = 60) -> str:
         """The final state of a job (COMPLETED, FAILED, ...) once it has left the queue."""
         deadline = time.monotonic() + timeout

@@ -120,8 +120,9 @@ def test_trivial_workflow_through_executor_plugin_and_profile(cluster, tmp_path)
         assert records[job_id].state == "COMPLETED"
         assert records[job_id].comment == f"rule_{rule}"
         assert (tmp_path / f"{rule}.txt").read_text().split()[0] == job_id
-    # The fake GPU (gres.conf File=/dev/null) was allocated: --gpus=1 scheduled and ran.
-    assert "gpu=1" in log
+    # gpu=1 became --gpus=1, and the fake GPU (gres.conf File=/dev/null) let it run.
+    assert cluster.job_field(submitted["gpu"], "TresPerJob") == "gres:gpu:1"
+    assert cluster.job_field(submitted["cpu"], "TresPerJob") in (None, "(null)")
 
 
 def compare_outputs(local: Path, remote: Path) -> list[str]:
@@ -158,6 +159,10 @@ def test_lungseg_workflow_through_slurm_matches_local_run(cluster, tmp_path_fact
         assert records[job_id].state == "COMPLETED", records[job_id]
         assert records[job_id].comment.startswith(f"rule_{rule}")
     assert {"index", "convert", "train"} <= set(remote_rules)
+    # The profile's set-resources gave every train job a GPU (here the fake one).
+    for _, job_id, rule in submissions:
+        if rule == "train":
+            assert cluster.job_field(job_id, "TresPerJob") == "gres:gpu:1"
 
     compared = compare_outputs(local, remote)
     assert any(p.startswith("results/models/") for p in compared), compared
