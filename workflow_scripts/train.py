@@ -1,4 +1,4 @@
-"""Snakemake rule `train` (one job per model variant). Shell: python workflow_scripts/train.py -h."""
+"""Snakemake rule `train` (one job per variant). Shell: python workflow_scripts/train.py -h."""
 
 import json
 import sys
