@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
 
+import lungseg
 from lungseg.hdf5_io import COMPRESSIONS, read_attrs, read_volume, write_volume
 
 ATTRS = {
@@ -109,3 +115,28 @@ def test_unknown_codec_and_missing_file_name_the_problem(tmp_path):
         write_volume(tmp_path / "v.h5", image, mask, {}, compression="zip")
     with pytest.raises(FileNotFoundError, match="nothere.h5"):
         read_volume(tmp_path / "nothere.h5")
+
+
+def _modules_that_use_h5py() -> list[str]:
+    package = Path(lungseg.__file__).parent
+    return sorted(
+        f"lungseg.{path.stem}"
+        for path in package.glob("*.py")
+        if re.search(r"^import h5py", path.read_text(), flags=re.MULTILINE)
+    )
+
+
+@pytest.mark.parametrize("module", _modules_that_use_h5py())
+def test_every_module_that_reads_hdf5_can_decode_the_default_codec(tmp_path, module):
+    # A fresh interpreter: in this process some other module has registered the filters already.
+    path = tmp_path / "blosc.h5"
+    write_volume(path, *_volume(), ATTRS)
+    code = (
+        f"import {module}, h5py, sys\n"
+        f"with h5py.File(sys.argv[1], 'r') as file:\n"
+        f"    file['image'][...]\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, f"{module} cannot read Blosc-compressed HDF5:\n{result.stderr}"

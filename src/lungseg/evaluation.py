@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import h5py
+import hdf5plugin  # noqa: F401 (registers the Blosc filters crops.h5 is written with)
 import numpy as np
 import pandas as pd
 

@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a display
 
 import h5py  # noqa: E402
+import hdf5plugin  # noqa: E402, F401 (registers the Blosc filters crops.h5 is written with)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
