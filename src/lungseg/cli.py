@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log", help="also write the log to this file")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text)
+        # add_help=False: `lungseg CMD --help` must reach the full parser built below.
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
