@@ -21,8 +21,10 @@ $(STAMP): requirements.lock pyproject.toml
 
 venv: $(STAMP)
 
+# The whole workflow, then the HTML report of what it made.
 run: venv
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
+	$(BIN)/snakemake --profile profiles/default --cores $(CORES) --report results/report.html
 
 lint: venv
 	$(BIN)/ruff check .

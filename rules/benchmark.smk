@@ -6,7 +6,12 @@ rule benchmark:
     output:
         table="results/benchmarks/memory.csv",
         fit="results/benchmarks/memory_fit.csv",
-        plot="results/plots/memory.png",
+        plot=report(
+            "results/plots/memory.png",
+            caption="../report/memory.rst",
+            category="Benchmark",
+            labels={"figure": "peak memory vs volume size"},
+        ),
     log:
         "logs/benchmark.log",
     benchmark:

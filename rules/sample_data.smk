@@ -21,3 +21,10 @@ rule sample_data:
         seed=config["sample_data"]["seed"],
     script:
         "../workflow_scripts/sample_data.py"
+
+
+# Named target: every sample patient of config sample_data.patients.
+rule sample_data_all:
+    input:
+        sample_data_outputs(),
+    localrule: True

@@ -71,7 +71,7 @@ def test_every_config_key_is_commented():
     assert not missing, f"config.yaml keys without a comment: {missing}"
 
 
-def _dry_run(workdir: Path, config_text: str) -> subprocess.CompletedProcess[str]:
+def _dry_run(workdir: Path, config_text: str, *targets: str) -> subprocess.CompletedProcess[str]:
     for name in ("Snakefile", "rules", "schemas", "workflow_scripts", "envs", "report"):
         source = REPO / name
         if source.is_dir():
@@ -81,7 +81,7 @@ def _dry_run(workdir: Path, config_text: str) -> subprocess.CompletedProcess[str
     (workdir / "config.yaml").write_text(config_text)
     snakemake = Path(sys.executable).with_name("snakemake")
     return subprocess.run(
-        [str(snakemake), "-n", "--cores", "1"],
+        [str(snakemake), "-n", "--cores", "1", *targets],
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -104,3 +104,24 @@ def test_misspelled_key_fails_before_any_job_and_names_the_key(tmp_path, good, t
     output = result.stdout + result.stderr
     assert typo.strip().rstrip(":") in output, output[-2000:]
     assert "Additional properties are not allowed" in output, output[-2000:]
+
+
+#: Named targets a user types (`snakemake TARGET`), and a rule each must schedule on a fresh run.
+STAGE_TARGETS = {
+    "sample_data_all": "sample_data",
+    "volumes": "index",  # convert jobs appear once the index checkpoint has run
+    "crops": "crops",
+    "split": "split",
+    "train_all": "train",
+    "plots_all": "plot_comparison",
+    "benchmark": "benchmark",
+    "all": "evaluate_summary",
+}
+
+
+@pytest.mark.parametrize(("target", "scheduled_rule"), STAGE_TARGETS.items())
+def test_stage_targets_schedule_their_stage_and_are_documented(tmp_path, target, scheduled_rule):
+    result = _dry_run(tmp_path, (REPO / "config.yaml").read_text(), target)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-2000:]
+    assert re.search(rf"^{scheduled_rule}\s+\d+", result.stdout, flags=re.MULTILINE), result.stdout
+    assert f"`{target}`" in (REPO / "README.md").read_text(), f"README does not name `{target}`"

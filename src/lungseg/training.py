@@ -18,7 +18,6 @@ import copy
 import json
 import logging
 import random
-import resource
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -33,6 +32,7 @@ from tqdm import tqdm
 from lungseg.atomic import atomic_path, write_csv_atomic
 from lungseg.data import CropSet, augment, batches, load_crop_sets, normalise_hu
 from lungseg.losses import build_loss
+from lungseg.memory import peak_memory_bytes, return_freed_memory_to_os
 from lungseg.metrics import dice
 from lungseg.models import ModelSettings, build_model
 
@@ -101,13 +101,6 @@ def choose_device(requested: str = "auto") -> torch.device:
 def seed_everything(seed: int) -> None:
     random.seed(seed)  # numpy's global RNG is not used anywhere
     torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: max allocated since the last reset; CPU: the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 class LogStream:
@@ -233,7 +226,7 @@ class Trainer:
                 "val_loss": val_loss,
                 "val_dice": val_dice,
                 "seconds": time.perf_counter() - start,
-                "peak_memory_mb": peak_memory_mb(self.device),
+                "peak_memory_mb": peak_memory_bytes(self.device) / 2**20,
             }
             self.on_epoch_end(row)
         return self.metrics()
@@ -355,6 +348,9 @@ def train(
     chosen_device = choose_device(device)
     if chosen_device.type == "cuda":
         torch.backends.cudnn.benchmark = False
+    else:
+        # glibc otherwise keeps freed activation-sized blocks; peak RSS drops, results do not change
+        return_freed_memory_to_os()
     options = TrainingSettings.from_dict(settings)
     levels = ModelSettings.from_dict(settings).levels
     data, fingerprint = load_crop_sets(
