@@ -42,7 +42,7 @@ pytest: venv system-deps
 
 test: lint pytest
 
-# Rule graph for the README.
+# Rule graph for the README (after `make run`: convert, behind the index checkpoint, shows then).
 dag: venv
 	$(BIN)/snakemake --rulegraph --cores 1 | dot -Tpng > docs/rulegraph.png
 
