@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from workflow_helpers import SNAKEMAKE
 
 from lungseg.benchmark import (
     COLUMNS,
     GIB,
+    MIB,
     Point,
+    largest_fitting,
     plan,
     predict_peak_bytes,
     run_benchmark,
@@ -49,6 +51,27 @@ def test_predict_peak_bytes(done, voxels, expected):
     assert predict_peak_bytes(done, voxels) == expected
 
 
+def _size_points(variant, peaks_mb):
+    rows = [
+        {"series": "size", "variant": variant, "status": "ok", "device": "cpu", "voxels": v}
+        for v in (1000, 2000, 3000)
+    ]
+    return [{**row, "peak_mb": peak} for row, peak in zip(rows, peaks_mb, strict=True)]
+
+
+def test_largest_fitting_extrapolates_the_two_largest_sizes_and_skips_flat_ones():
+    # unet: 1 MiB per 1000 voxels above a fixed 10 MiB (the first point is ignored);
+    # iunet: no growth between its two largest sizes, so no line can be drawn.
+    frame = pd.DataFrame(_size_points("unet", [999, 12, 13]) + _size_points("iunet", [5, 6, 6]))
+    fit = largest_fitting(frame, [1])
+    assert fit["variant"].tolist() == ["unet"]
+    row = fit.iloc[0]
+    assert row["bytes_per_voxel"] == pytest.approx(MIB / 1000, abs=0.1)
+    assert row["fixed_mb"] == pytest.approx(10)
+    assert row["max_voxels"] == (1024 - 10) * 1000  # (1 GiB - 10 MiB) / (1 MiB / 1000)
+    assert row["max_cube_side"] == 100  # 1014000 ** (1/3) = 100.46
+
+
 def test_plan_sorts_sizes_and_rejects_bad_ones():
     series = plan(["unet", "iunet"], [[16, 16, 16], [8, 8, 8]], [8, 8, 8], [4, 1], 4, 2, 1)
     assert [p.size for p in series[0]] == [(8, 8, 8), (16, 16, 16)]
@@ -66,7 +89,7 @@ def test_benchmark_writes_table_fit_and_plot(tmp_path):
         output_plot=tmp_path / "memory.png",
         output_fit=tmp_path / "memory_fit.csv",
         variants=["unet", "iunet"],
-        sizes=[[16, 16, 16], [8, 8, 8]],
+        sizes=[[32, 32, 32], [8, 8, 8]],
         depth_size=[8, 8, 8],
         depth_blocks=[],
         channels=4,
@@ -82,8 +105,8 @@ def test_benchmark_writes_table_fit_and_plot(tmp_path):
     assert (table["status"] == "ok").all(), table["note"].tolist()
     assert (table["peak_mb"] > table["step_mb"]).all() and (table["step_mb"] >= 0).all()
     # Tiny points sit in allocator noise; the larger one must show the step's memory.
-    assert (table.loc[table["voxels"] == 4096, "step_mb"] > 0).all()
-    assert table["voxels"].tolist() == [512, 4096, 512, 4096]
+    assert (table.loc[table["voxels"] == 32768, "step_mb"] > 0).all()
+    assert table["voxels"].tolist() == [512, 32768, 512, 32768]
     unet = table[table["variant"] == "unet"]
     assert (unet["memory_vs_unet"] == 1).all()
     iunet = table[table["variant"] == "iunet"].reset_index()
@@ -104,10 +127,9 @@ def test_point_over_budget_is_recorded_not_crashed():
     assert "smaller point" in rows[1]["note"]
 
 
-@pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake not on PATH")
 def test_snakemake_schedules_only_the_benchmark_rule(tmp_path):
     done = subprocess.run(
-        ["snakemake", "-n", "benchmark", "--cores", "1", "--workflow-profile", "none", "-q"],
+        [SNAKEMAKE, "-n", "benchmark", "--cores", "1", "--workflow-profile", "none", "-q"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -310,8 +310,16 @@ def largest_fitting(frame: pd.DataFrame, budgets_gb: list[float]) -> pd.DataFram
         small, large = group.iloc[-2], group.iloc[-1]
         slope = (large["peak_mb"] - small["peak_mb"]) * MIB / (large["voxels"] - small["voxels"])
         fixed = large["peak_mb"] * MIB - slope * large["voxels"]
+        if slope <= 0:  # the sizes are too small to rise above allocator noise
+            log.warning(
+                "%s: memory does not grow from %s to %s voxels; no fit",
+                variant,
+                small["voxels"],
+                large["voxels"],
+            )
+            continue
         for budget in budgets_gb:
-            voxels = int((budget * GIB - fixed) / slope) if slope > 0 else 0
+            voxels = int((budget * GIB - fixed) / slope)
             rows.append(
                 {
                     "variant": variant,
