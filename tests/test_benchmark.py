@@ -11,6 +11,7 @@ from workflow_helpers import SNAKEMAKE
 
 from lungseg.benchmark import (
     COLUMNS,
+    FIT_COLUMNS,
     GIB,
     MIB,
     Point,
@@ -51,25 +52,30 @@ def test_predict_peak_bytes(done, voxels, expected):
     assert predict_peak_bytes(done, voxels) == expected
 
 
-def _size_points(variant, peaks_mb):
-    rows = [
-        {"series": "size", "variant": variant, "status": "ok", "device": "cpu", "voxels": v}
-        for v in (1000, 2000, 3000)
+def _size_points(variant, peaks_mb, steps_mb):
+    return [
+        {"series": "size", "variant": variant, "status": "ok", "device": "cpu", "voxels": voxels}
+        | {"peak_mb": peak, "step_mb": step}
+        for voxels, peak, step in zip((1000, 2000, 3000), peaks_mb, steps_mb, strict=True)
     ]
-    return [{**row, "peak_mb": peak} for row, peak in zip(rows, peaks_mb, strict=True)]
 
 
 def test_largest_fitting_extrapolates_the_two_largest_sizes_and_skips_flat_ones():
-    # unet: 1 MiB per 1000 voxels above a fixed 10 MiB (the first point is ignored);
-    # iunet: no growth between its two largest sizes, so no line can be drawn.
-    frame = pd.DataFrame(_size_points("unet", [999, 12, 13]) + _size_points("iunet", [5, 6, 6]))
+    # unet: the step costs 1 MiB per 1000 voxels, 10 MiB fixed (the first point is ignored);
+    # iunet: its step does not grow between its two largest sizes, so no line can be drawn.
+    frame = pd.DataFrame(
+        _size_points("unet", [999, 12, 13], [0, 1, 2]) + _size_points("iunet", [5, 6, 7], [1, 1, 1])
+    )
     fit = largest_fitting(frame, [1])
+    assert list(fit.columns) == FIT_COLUMNS
     assert fit["variant"].tolist() == ["unet"]
     row = fit.iloc[0]
     assert row["bytes_per_voxel"] == pytest.approx(MIB / 1000, abs=0.1)
     assert row["fixed_mb"] == pytest.approx(10)
     assert row["max_voxels"] == (1024 - 10) * 1000  # (1 GiB - 10 MiB) / (1 MiB / 1000)
     assert row["max_cube_side"] == 100  # 1014000 ** (1/3) = 100.46
+    flat_only = largest_fitting(frame[frame["variant"] == "iunet"], [1])
+    assert flat_only.empty and list(flat_only.columns) == FIT_COLUMNS  # a CSV with its header
 
 
 def test_plan_sorts_sizes_and_rejects_bad_ones():
@@ -113,6 +119,7 @@ def test_benchmark_writes_table_fit_and_plot(tmp_path):
     ratio = iunet["step_mb"] / unet.reset_index()["step_mb"]
     assert iunet["memory_vs_unet"].tolist() == pytest.approx(ratio.tolist(), abs=1e-3)
     fit = pd.read_csv(tmp_path / "memory_fit.csv")
+    assert list(fit.columns) == FIT_COLUMNS
     assert set(fit["variant"]) == {"unet", "iunet"} and (fit["max_voxels"] > 0).all()
     assert (tmp_path / "memory.png").read_bytes()[:4] == b"\x89PNG"
     assert len(frame) == len(table) == 4

@@ -298,8 +298,24 @@ def to_table(rows: list[dict]) -> pd.DataFrame:
     return frame[COLUMNS].round(4)
 
 
+FIT_COLUMNS = [
+    "variant",
+    "device",
+    "budget_gb",
+    "bytes_per_voxel",
+    "fixed_mb",
+    "max_voxels",
+    "max_cube_side",
+    "max_slices_512x512",
+]
+
+
 def largest_fitting(frame: pd.DataFrame, budgets_gb: list[float]) -> pd.DataFrame:
-    """Per variant and budget: largest volume a line through the two largest sizes allows."""
+    """Per variant and budget: largest volume a line through the two largest sizes allows.
+
+    Slope: step memory per voxel between the two largest sizes; intercept through the largest
+    size's process peak. No row for a variant whose step memory does not grow between them.
+    """
     rows = []
     for variant, group in frame[(frame["series"] == "size") & (frame["status"] == "ok")].groupby(
         "variant"
@@ -308,7 +324,9 @@ def largest_fitting(frame: pd.DataFrame, budgets_gb: list[float]) -> pd.DataFram
         if len(group) < 2:
             continue
         small, large = group.iloc[-2], group.iloc[-1]
-        slope = (large["peak_mb"] - small["peak_mb"]) * MIB / (large["voxels"] - small["voxels"])
+        # The slope from the step's own memory: at small sizes the process peak can be an
+        # import-time peak that does not grow with the volume at all.
+        slope = (large["step_mb"] - small["step_mb"]) * MIB / (large["voxels"] - small["voxels"])
         fixed = large["peak_mb"] * MIB - slope * large["voxels"]
         if slope <= 0:  # the sizes are too small to rise above allocator noise
             log.warning(
@@ -332,7 +350,7 @@ def largest_fitting(frame: pd.DataFrame, budgets_gb: list[float]) -> pd.DataFram
                     "max_slices_512x512": voxels // (512 * 512),
                 }
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=FIT_COLUMNS)
 
 
 def plot_memory(frame: pd.DataFrame, budget_gb: float, path: Path) -> None:
