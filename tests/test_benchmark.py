@@ -95,7 +95,7 @@ def test_benchmark_writes_table_fit_and_plot(tmp_path):
         output_plot=tmp_path / "memory.png",
         output_fit=tmp_path / "memory_fit.csv",
         variants=["unet", "iunet"],
-        sizes=[[32, 32, 32], [8, 8, 8]],
+        sizes=[[64, 64, 64], [8, 8, 8]],
         depth_size=[8, 8, 8],
         depth_blocks=[],
         channels=4,
@@ -111,8 +111,8 @@ def test_benchmark_writes_table_fit_and_plot(tmp_path):
     assert (table["status"] == "ok").all(), table["note"].tolist()
     assert (table["peak_mb"] > table["step_mb"]).all() and (table["step_mb"] >= 0).all()
     # Tiny points sit in allocator noise; the larger one must show the step's memory.
-    assert (table.loc[table["voxels"] == 32768, "step_mb"] > 0).all()
-    assert table["voxels"].tolist() == [512, 32768, 512, 32768]
+    assert (table.loc[table["voxels"] == 262144, "step_mb"] > 0).all()
+    assert table["voxels"].tolist() == [512, 262144, 512, 262144]
     unet = table[table["variant"] == "unet"]
     assert (unet["memory_vs_unet"] == 1).all()
     iunet = table[table["variant"] == "iunet"].reset_index()
