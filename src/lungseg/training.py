@@ -64,7 +64,7 @@ class TrainingSettings:
     hu_max: float = 400.0
     flip: bool = True
     intensity_jitter: float = 0.05
-    amp: bool = True
+    amp: bool = False
 
     @classmethod
     def from_dict(cls, settings: dict[str, Any]) -> TrainingSettings:
