@@ -96,7 +96,12 @@ def measure_step(point: Point, device_name: str, steps: int, threads: int) -> di
     """Build the model, run ``steps`` training steps, return peak memory and time per step."""
     import torch
 
-    from lungseg.memory import current_rss_bytes, peak_memory_bytes, return_freed_memory_to_os
+    from lungseg.memory import (
+        current_rss_bytes,
+        peak_memory_bytes,
+        reset_peak_rss,
+        return_freed_memory_to_os,
+    )
     from lungseg.models import build_model
 
     if VARIANTS[point.variant][1]:
@@ -114,6 +119,7 @@ def measure_step(point: Point, device_name: str, steps: int, threads: int) -> di
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     else:
+        reset_peak_rss()  # as CUDA's reset above: the peak of the steps, not of the imports
         before = current_rss_bytes()
     seconds = []
     for _ in range(steps):

@@ -47,6 +47,19 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def reset_peak_rss() -> bool:
+    """Start a new peak-RSS window (Linux >= 4.0, /proc/self/clear_refs); False if unsupported.
+
+    Without it the CPU peak of a small step is often an earlier one (imports, model building).
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     """Peak memory on ``device``: CUDA max allocated, else the process's peak RSS."""
     if device.type == "cuda":
