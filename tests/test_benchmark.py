@@ -16,6 +16,7 @@ from lungseg.benchmark import (
     MIB,
     Point,
     largest_fitting,
+    memory_figure,
     plan,
     predict_peak_bytes,
     run_benchmark,
@@ -144,3 +145,32 @@ def test_snakemake_schedules_only_the_benchmark_rule(tmp_path):
     )
     assert "benchmark" in done.stdout
     assert "train" not in done.stdout
+
+
+def test_memory_figure_labels_sizes_by_their_sides_and_marks_the_budget():
+    rows = [
+        {"series": "size", "variant": v, "status": status, "size_d": n, "size_h": n, "size_w": n}
+        | {"voxels": n**3, "peak_mb": 300.0 + n, "seconds_per_step": n / 10, "step_mb": n / 2}
+        | {"blocks_per_level": 2}
+        for v in ("unet", "iunet")
+        for n, status in ((32, "ok"), (64, "ok"), (128, "did_not_fit" if v == "unet" else "ok"))
+    ] + [
+        {"series": "depth", "variant": "iunet", "status": "ok", "size_d": 48, "size_h": 48}
+        | {"size_w": 48, "voxels": 48**3, "peak_mb": 400.0, "seconds_per_step": 1.0}
+        | {"step_mb": 100.0 + b, "blocks_per_level": b}
+        for b in (1, 2, 4, 8)
+    ]
+    figure = memory_figure(pd.DataFrame(rows), budget_gb=4)
+    memory, time, depth = figure.axes
+    assert memory.get_ylabel() == "peak memory (GiB)" and "did not fit" in memory.get_title()
+    assert time.get_ylabel() == "seconds per step"
+    for axis in (memory, time):
+        assert [t.get_text() for t in axis.get_xticklabels()] == ["32³", "64³", "128³"]
+        assert not any("10^" in t.get_text() for t in axis.get_yticklabels())
+    assert [t.get_text() for t in depth.get_xticklabels()] == ["1", "2", "4", "8"]
+    assert depth.get_title() == "step memory vs depth at 48³"
+    labels = memory.get_legend_handles_labels()[1]
+    assert {"unet", "iunet", "budget 4 GiB"} <= set(labels)
+    # the unet point that did not fit is drawn as an x on the budget line
+    crosses = [line for line in memory.get_lines() if line.get_marker() == "x"]
+    assert any(list(line.get_ydata()) == [4] for line in crosses)

@@ -359,14 +359,24 @@ def largest_fitting(frame: pd.DataFrame, budgets_gb: list[float]) -> pd.DataFram
     return pd.DataFrame(rows, columns=FIT_COLUMNS)
 
 
-def plot_memory(frame: pd.DataFrame, budget_gb: float, path: Path) -> None:
-    """Peak step memory and time vs voxels, and peak memory vs blocks per level."""
-    import matplotlib
+def _size_label(row: pd.Series) -> str:
+    sides = (int(row["size_d"]), int(row["size_h"]), int(row["size_w"]))
+    return f"{sides[0]}³" if len(set(sides)) == 1 else "x".join(map(str, sides))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    figure, (ax_memory, ax_time, ax_depth) = plt.subplots(1, 3, figsize=(15, 4.5))
+def memory_figure(frame: pd.DataFrame, budget_gb: float):
+    """Peak memory and time per step vs volume size, and step memory vs blocks per level."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import (
+        FixedLocator,
+        FuncFormatter,
+        LogLocator,
+        NullFormatter,
+        NullLocator,
+    )
+
+    figure = Figure(figsize=(15, 4.5), dpi=120, layout="constrained")
+    ax_memory, ax_time, ax_depth = figure.subplots(1, 3)
     sizes = frame[frame["series"] == "size"]
     for variant, group in sizes.groupby("variant"):
         fitted = group[group["status"] == "ok"]
@@ -377,26 +387,46 @@ def plot_memory(frame: pd.DataFrame, budget_gb: float, path: Path) -> None:
             missing["voxels"], [budget_gb] * len(missing), "x", color=line.get_color(), ms=10
         )
     ax_memory.axhline(budget_gb, color="grey", ls="--", lw=1, label=f"budget {budget_gb:g} GiB")
-    ax_memory.set(xscale="log", yscale="log", xlabel="voxels", ylabel="peak memory (GiB)")
-    ax_memory.set_title("one training step, batch 1 (x: did not fit)")
-    ax_time.set(xscale="log", yscale="log", xlabel="voxels", ylabel="seconds per step")
+    ax_memory.set(yscale="log", ylabel="peak memory (GiB)")
+    ax_memory.set_title("peak memory of one training step, batch 1 (x: did not fit)")
+    ax_time.set(yscale="log", ylabel="seconds per step")
+    ax_time.set_title("time per training step")
+    # Volume sizes on a log axis, labelled by their sides rather than by powers of ten.
+    ticks = sizes.drop_duplicates("voxels").sort_values("voxels")
+    for axis in (ax_memory, ax_time):
+        axis.set_xscale("log")
+        axis.set_xlabel("input volume (voxels, log scale)")
+        axis.xaxis.set_major_locator(FixedLocator(ticks["voxels"].tolist()))
+        axis.set_xticklabels([_size_label(row) for _, row in ticks.iterrows()])
+        axis.xaxis.set_minor_locator(NullLocator())
+        axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.yaxis.set_minor_formatter(NullFormatter())
     depth = frame[(frame["series"] == "depth") & (frame["status"] == "ok")]
     for variant, group in depth.groupby("variant"):
         ax_depth.plot(group["blocks_per_level"], group["step_mb"], "o-", label=variant)
     if len(depth):
-        size = depth.iloc[0]
-        ax_depth.set_title(f"depth at {size.size_d}x{size.size_h}x{size.size_w}")
+        ax_depth.set_title(f"step memory vs depth at {_size_label(depth.iloc[0])}")
+        blocks = sorted(depth["blocks_per_level"].unique())
+        ax_depth.set_xscale("log")
+        ax_depth.xaxis.set_major_locator(FixedLocator(blocks))
+        ax_depth.set_xticklabels([str(b) for b in blocks])
+        ax_depth.xaxis.set_minor_locator(NullLocator())
     else:
         ax_depth.text(0.5, 0.5, "no depth series", ha="center", transform=ax_depth.transAxes)
-    ax_depth.set(xscale="log", xlabel="blocks per level", ylabel="step memory above model (MiB)")
+    ax_depth.set(xlabel="blocks per level and side", ylabel="step memory above model (MiB)")
     for axis in (ax_memory, ax_time, ax_depth):
         if axis.get_legend_handles_labels()[0]:
             axis.legend()
         axis.grid(alpha=0.3)
-    figure.tight_layout()
+    return figure
+
+
+def plot_memory(frame: pd.DataFrame, budget_gb: float, path: Path) -> None:
+    """Write :func:`memory_figure` as a PNG, atomically."""
+    figure = memory_figure(frame, budget_gb)
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
+        figure.savefig(tmp, format="png", dpi=figure.dpi)
 
 
 def resolve_device(device: str) -> str:
