@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import torch
 
@@ -38,3 +41,17 @@ def test_freed_large_blocks_leave_the_process():
     assert current_rss_bytes() >= start + 150 * MIB
     del blocks
     assert current_rss_bytes() < start + 20 * MIB
+
+
+def test_a_child_does_not_report_its_parents_peak():
+    # This process holds 1 GiB more when it starts the child; the child itself (python + torch,
+    # ~220 MiB) stays far below that.
+    ballast = np.ones(1024 * MIB, dtype=np.uint8)
+    code = "from lungseg.memory import peak_rss_bytes; print(peak_rss_bytes())"
+    child_peak = int(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert child_peak < 600 * MIB, child_peak / MIB
+    del ballast

@@ -43,8 +43,20 @@ def current_rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """Largest resident set size this process has had (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Largest resident set size of this process (since the last :func:`reset_peak_rss`).
+
+    Read from VmHWM, not getrusage: ``ru_maxrss`` also counts the parent's RSS at fork time
+    (the kernel carries the pre-exec image's peak over), so a child of a big process would
+    report the parent's size as its own peak.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def reset_peak_rss() -> bool:
