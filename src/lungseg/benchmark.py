@@ -330,8 +330,8 @@ def largest_fitting(frame: pd.DataFrame, budgets_gb: list[float]) -> pd.DataFram
         if len(group) < 2:
             continue
         small, large = group.iloc[-2], group.iloc[-1]
-        # The slope from the step's own memory: at small sizes the process peak can be an
-        # import-time peak that does not grow with the volume at all.
+        # The slope from the step's own memory: the process peak also holds the interpreter,
+        # libraries and model, whose allocator noise swamps small steps.
         slope = (large["step_mb"] - small["step_mb"]) * MIB / (large["voxels"] - small["voxels"])
         fixed = large["peak_mb"] * MIB - slope * large["voxels"]
         if slope <= 0:  # the sizes are too small to rise above allocator noise
