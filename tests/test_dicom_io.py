@@ -11,6 +11,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     JPEG2000Lossless,
     RLELossless,
     generate_uid,
@@ -21,6 +22,7 @@ from lungseg.dicom_io import (
     STATUS_OK,
     STATUS_SKIPPED,
     DicomFileError,
+    _native_pixels,
     group_by_series,
     plan_series,
     read_header,
@@ -49,12 +51,14 @@ def write_slice(
     slope: float = 1.0,
     intercept: float = -1024.0,
     compress: str | None = None,
+    bits_stored: int = 16,
+    transfer_syntax: str = ExplicitVRLittleEndian,
 ) -> Path:
     """Write one DICOM image file the way a CT scanner would."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = transfer_syntax
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
@@ -77,8 +81,8 @@ def write_slice(
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
     ds.PixelRepresentation = 1 if signed else 0
     ds.PixelData = stored.tobytes()
     if compress:
@@ -259,4 +263,44 @@ def test_compressed_transfer_syntaxes_decode(tmp_path, syntax):
     plain = write_slice(tmp_path / "plain.dcm", stored=stored)
     packed = write_slice(tmp_path / "packed.dcm", stored=stored, compress=syntax)
     assert read_header(packed).transfer_syntax == syntax
+    assert _native_pixels(pydicom.dcmread(packed)) is None  # pydicom + pylibjpeg decode it
     np.testing.assert_array_equal(read_hu(packed), read_hu(plain))
+
+
+@pytest.mark.parametrize(
+    ("signed", "bits_stored", "syntax", "intercept"),
+    [
+        (True, 16, ExplicitVRLittleEndian, -1024.0),
+        (False, 16, ExplicitVRLittleEndian, -1024.0),
+        (True, 12, ExplicitVRLittleEndian, -1024.0),
+        (False, 12, ExplicitVRLittleEndian, -1024.0),
+        (False, 12, ImplicitVRLittleEndian, -1024.0),
+        (True, 12, ImplicitVRLittleEndian, 0.0),
+        (False, 16, ImplicitVRLittleEndian, 0.0),
+    ],
+)
+def test_native_pixels_equal_pydicom_including_unused_high_bits(
+    tmp_path, signed, bits_stored, syntax, intercept
+):
+    """The buffer fast path gives pydicom's values, also where bits above BitsStored are set."""
+    rng = np.random.default_rng(bits_stored)
+    dtype = np.int16 if signed else np.uint16
+    raw = rng.integers(0, 1 << 16, size=(32, 48), dtype=np.uint32).astype(np.uint16).view(dtype)
+    path = write_slice(
+        tmp_path / "a.dcm",
+        stored=raw,
+        signed=signed,
+        bits_stored=bits_stored,
+        transfer_syntax=syntax,
+        intercept=intercept,
+    )
+    ds = pydicom.dcmread(path)
+    native = _native_pixels(ds)
+    assert native is not None
+    expected = ds.pixel_array
+    assert native.dtype == expected.dtype
+    np.testing.assert_array_equal(native, expected)
+    if bits_stored < 16:  # garbage above BitsStored was really there, and was dropped
+        assert not np.array_equal(raw, expected)
+    hu = np.clip(expected.astype(np.int32) + int(intercept), -32768, 32767)
+    np.testing.assert_array_equal(read_hu(path), hu.astype(np.int16))
