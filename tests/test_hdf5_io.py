@@ -74,6 +74,22 @@ def test_region_read_returns_the_box(tmp_path):
     assert read_attrs(path)["series_uid"] == "1.2.3.4"
 
 
+def test_background_chunks_of_the_mask_are_never_written(tmp_path):
+    """Only chunk slabs holding labels are stored; the rest read back as the fill value 0."""
+    image = np.zeros((40, 256, 256), dtype=np.int16)
+    mask = np.zeros(image.shape, dtype=np.uint8)
+    mask[17:19, 130:140, 10:20] = 3  # one chunk (16, 128, 64) holds it
+    mask[39, 0, 255] = 1  # the last, partial slab, far corner
+    path = tmp_path / "v.h5"
+    write_volume(path, image, mask, {})
+    _, got_mask, _ = read_volume(path)
+    np.testing.assert_array_equal(got_mask, mask)
+    with h5py.File(path) as f:
+        assert f["mask"].fillvalue == 0
+        assert f["mask"].id.get_num_chunks() == 2
+        assert f["image"].id.get_num_chunks() == 3 * 2 * 4
+
+
 def test_many_labels_are_stored_as_uint16(tmp_path):
     image, _ = _volume(shape=(4, 20, 80))
     mask = np.arange(image.size, dtype=np.int64).reshape(image.shape) % 300
@@ -126,11 +142,12 @@ def _modules_that_use_h5py() -> list[str]:
     )
 
 
+@pytest.mark.parametrize("compression", ["blosc-lz4", "blosc-zstd"])
 @pytest.mark.parametrize("module", _modules_that_use_h5py())
-def test_every_module_that_reads_hdf5_can_decode_the_default_codec(tmp_path, module):
+def test_every_module_that_reads_hdf5_can_decode_the_default_codecs(tmp_path, module, compression):
     # A fresh interpreter: in this process some other module has registered the filters already.
     path = tmp_path / "blosc.h5"
-    write_volume(path, *_volume(), ATTRS)
+    write_volume(path, *_volume(), ATTRS, compression=compression)
     code = (
         f"import {module}, h5py, sys\n"
         f"with h5py.File(sys.argv[1], 'r') as file:\n"

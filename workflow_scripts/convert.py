@@ -12,7 +12,7 @@ if "snakemake" in globals():
         "--series-uid", smk.wildcards.series_uid,
         "--out", smk.output.volume,
         "--nodules-out", smk.output.nodules,
-        "--consensus-level", str(smk.params.consensus_level),
+        "--annotations", smk.input.annotations,
         "--compression", smk.params.compression,
         "--spacing-tolerance", str(smk.params.spacing_tolerance),
     ]  # fmt: skip

