@@ -203,7 +203,7 @@ def assert_same_output(first: Path, second: Path) -> None:
     """Same content: CSV tables (less timing columns), HDF5 datasets and attributes; figures and
     other files only need to exist (their bytes hold timestamps and renderer details)."""
     import h5py
-    import hdf5plugin  # noqa: F401 (registers the Blosc/Zstd filters of the HDF5 outputs)
+    import hdf5plugin  # noqa: F401 (registers the Blosc filters of the HDF5 outputs)
     import numpy as np
     import pandas as pd
 

@@ -5,8 +5,8 @@ ascending) and ``mask`` (uint8, or uint16 beyond 255 labels; 0 background, k = n
 both chunked and compressed; file attributes hold the geometry and provenance. Files are written
 through :func:`lungseg.atomic.atomic_path`, so a crash never leaves a half-written volume.
 
-Importing this module registers the hdf5plugin filters (Blosc/Zstd); read volumes through it (or
-``import hdf5plugin`` first) so that h5py can decode them.
+Importing this module registers the hdf5plugin filters (Blosc with LZ4 or Zstd); read volumes
+through it (or ``import hdf5plugin`` first) so that h5py can decode them.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from lungseg.atomic import atomic_path
 COMPRESSIONS = ("blosc-lz4", "blosc-zstd", "gzip", "lzf", "none")
 #: Default of crops.h5 (small, written once, read every epoch: ratio first).
 DEFAULT_COMPRESSION = "blosc-zstd"
-#: Default of the volumes: conversion speed first (the ingestion throughput aim, 70 % of a bare
-#: pydicom read, is only met with it; docs/ingestion.md).
+#: Default of the volumes: conversion speed first (twice Blosc/Zstd-1's write and read speed
+#: for ~23 % larger files; the ingestion throughput aim asks for speed; docs/ingestion.md).
 DEFAULT_VOLUME_COMPRESSION = "blosc-lz4"
 #: Chunk shape (z, y, x): a 64^3 crop touches few chunks; 256 KiB of int16 per chunk.
 DEFAULT_CHUNKS = (16, 128, 64)
