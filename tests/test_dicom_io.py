@@ -183,6 +183,20 @@ def test_corrupt_pixel_data_names_the_file(tmp_path):
     ds.save_as(path)
     with pytest.raises(DicomFileError, match=r"a\.dcm: cannot decode pixel data"):
         read_hu(path)
+    series = write_series(tmp_path / "s", [0.0, 2.5, 5.0])
+    ds = pydicom.dcmread(series[1])
+    ds.PixelData = ds.PixelData[:10]
+    ds.save_as(series[1])
+    # The series reader takes pixels straight from the files; it names the file too.
+    with pytest.raises(DicomFileError, match=r"1-002\.dcm: pixel data of 10 bytes, expected 128"):
+        read_series(series)
+
+
+def test_truncated_file_names_the_file(tmp_path):
+    series = write_series(tmp_path, [0.0, 2.5, 5.0])
+    series[2].write_bytes(series[2].read_bytes()[:-40])  # its length field still says 128
+    with pytest.raises(DicomFileError, match=r"1-003\.dcm: pixel data truncated \(88 of 128"):
+        read_series(series)
 
 
 @pytest.mark.parametrize("modality", ["CR", "DX"])
@@ -302,5 +316,30 @@ def test_native_pixels_equal_pydicom_including_unused_high_bits(
     np.testing.assert_array_equal(native, expected)
     if bits_stored < 16:  # garbage above BitsStored was really there, and was dropped
         assert not np.array_equal(raw, expected)
-    hu = np.clip(expected.astype(np.int32) + int(intercept), -32768, 32767)
-    np.testing.assert_array_equal(read_hu(path), hu.astype(np.int16))
+    hu = np.clip(expected.astype(np.int32) + int(intercept), -32768, 32767).astype(np.int16)
+    np.testing.assert_array_equal(read_hu(path), hu)
+    # The series reader takes the pixels straight from the files: the same values.
+    folder = tmp_path / "series"
+    for i, z in enumerate([5.0, 0.0, 2.5]):
+        write_slice(
+            folder / f"{i}.dcm",
+            z=z,
+            stored=np.roll(raw, i, axis=0),
+            signed=signed,
+            bits_stored=bits_stored,
+            transfer_syntax=syntax,
+            intercept=intercept,
+        )
+    plan, volume = read_series(sorted(folder.iterdir()))
+    assert [h.position[2] for h in plan.slices] == [0.0, 2.5, 5.0]
+    for k, i in enumerate([1, 2, 0]):
+        np.testing.assert_array_equal(volume[k], np.roll(hu, i, axis=0))
+
+
+def test_series_mixing_compressed_and_plain_files_reads_each_right(tmp_path):
+    rng = np.random.default_rng(3)
+    slices = [rng.integers(-1000, 3000, size=(64, 64)).astype(np.int16) for _ in range(3)]
+    for i, (stored, compress) in enumerate(zip(slices, [None, RLELossless, None], strict=True)):
+        write_slice(tmp_path / f"{i}.dcm", z=2.5 * i, stored=stored, compress=compress)
+    _, volume = read_series(sorted(tmp_path.iterdir()))
+    np.testing.assert_array_equal(volume, np.stack(slices) - 1024)

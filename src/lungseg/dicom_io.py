@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -364,40 +365,129 @@ def plan_series(headers: list[SliceHeader], spacing_tolerance: float = 0.05) -> 
 NATIVE_LITTLE_ENDIAN = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian})
 
 
-def _native_pixels(ds: Dataset) -> np.ndarray | None:
-    """The stored values of an uncompressed, little-endian, 16-bit, single-frame slice.
+@dataclass(frozen=True)
+class NativeLayout:
+    """Pixel storage lungseg reads itself: uncompressed little-endian 16-bit, one frame."""
 
-    Equal to pydicom's ``pixel_array`` for such files (including its masking or sign extension
-    of the bits above BitsStored) but without its per-file validation and copy, which cost a
-    third of the read time of a CT series. None for anything else: pydicom decodes those.
+    rows: int
+    columns: int
+    signed: bool
+    unused_bits: int  # BitsAllocated - BitsStored
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.int16 if self.signed else np.uint16)
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.rows * self.columns
+
+    def correct(self, stored: np.ndarray) -> np.ndarray:
+        """As pydicom: drop the bits above BitsStored (sign-extending signed data), in place."""
+        if self.unused_bits:
+            np.left_shift(stored, self.unused_bits, out=stored)
+            np.right_shift(stored, self.unused_bits, out=stored)
+        return stored
+
+
+def native_layout(ds: Dataset) -> NativeLayout | None:
+    """The layout of a slice whose pixels lungseg reads straight from the file, else None.
+
+    For these files lungseg gives the values of pydicom's ``pixel_array`` (tested) without its
+    per-file validation and copies, which cost a third of the read time of a CT series;
+    everything else (compressed, big-endian, other bit depths) is decoded by pydicom.
     """
     meta = getattr(ds, "file_meta", None)
+    if sys.byteorder != "little":
+        return None
     if getattr(meta, "TransferSyntaxUID", None) not in NATIVE_LITTLE_ENDIAN:
         return None
-    data = ds.get("PixelData")
     bits_allocated = ds.get("BitsAllocated")
     bits_stored = ds.get("BitsStored", bits_allocated)
     representation = ds.get("PixelRepresentation")
     rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if (
-        not isinstance(data, bytes)
-        or bits_allocated != 16
+        bits_allocated != 16
         or not isinstance(bits_stored, int)
         or not 1 <= bits_stored <= 16
         or representation not in (0, 1)
         or int(ds.get("SamplesPerPixel", 1) or 1) != 1
         or int(ds.get("NumberOfFrames", 1) or 1) != 1
         or rows * columns == 0
-        or len(data) < 2 * rows * columns
     ):
         return None
-    dtype = "<i2" if representation else "<u2"
-    pixels = np.frombuffer(data, dtype=dtype, count=rows * columns).reshape(rows, columns)
-    unused = 16 - bits_stored
-    if unused:  # as pydicom: drop the bits above BitsStored (sign-extending signed data)
-        pixels = np.left_shift(pixels, unused)
-        np.right_shift(pixels, unused, out=pixels)
-    return pixels
+    return NativeLayout(rows, columns, bool(representation), 16 - bits_stored)
+
+
+def _native_pixels(ds: Dataset) -> np.ndarray | None:
+    """The stored values of a whole dataset with a :func:`native_layout`, else None."""
+    layout = native_layout(ds)
+    data = ds.get("PixelData") if layout else None
+    if layout is None or not isinstance(data, bytes) or len(data) < layout.nbytes:
+        return None
+    pixels = np.frombuffer(data, dtype=layout.dtype, count=layout.rows * layout.columns)
+    return layout.correct(pixels.reshape(layout.rows, layout.columns).copy())
+
+
+#: (7FE0,0010) Pixel Data, as its tag is written in a little-endian file
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
+
+
+def _pixel_data_offset(f, implicit_vr: bool) -> tuple[int, int] | None:
+    """(offset, length) of the Pixel Data value at the file's position, or None.
+
+    pydicom's ``stop_before_pixels`` leaves the file at the element's tag. None when the element
+    is not there as expected or has undefined length (encapsulated): pydicom reads those.
+    """
+    start = f.tell()
+    head = f.read(8 if implicit_vr else 12)
+    if len(head) < 8 or head[:4] != _PIXEL_DATA_TAG:
+        return None
+    if implicit_vr:
+        length = int.from_bytes(head[4:8], "little")
+    elif len(head) == 12 and head[4:6] in (b"OW", b"OB") and head[6:8] == b"\0\0":
+        length = int.from_bytes(head[8:12], "little")
+    else:
+        return None
+    if length == 0xFFFFFFFF:
+        return None
+    return start + len(head), length
+
+
+def read_header_and_pixel_offset(
+    path: str | os.PathLike[str],
+) -> tuple[Dataset, tuple[int, int] | None]:
+    """Every header element of a file (pixel data not read) and where its pixel data lie."""
+    try:
+        with open(path, "rb") as f:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            location = None
+            if syntax in NATIVE_LITTLE_ENDIAN:
+                location = _pixel_data_offset(f, syntax == ImplicitVRLittleEndian)
+    except InvalidDicomError as error:
+        raise DicomFileError(f"{path}: not a DICOM file ({error})") from error
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise DicomFileError(f"{path}: unreadable DICOM file ({error})") from error
+    return ds, location
+
+
+def _read_native_into(
+    path: str, location: tuple[int, int], layout: NativeLayout, out: np.ndarray
+) -> np.ndarray:
+    """Read a slice's stored values straight into ``out`` (int16 memory); return them typed."""
+    offset, length = location
+    if length < layout.nbytes or out.shape != (layout.rows, layout.columns):
+        raise DicomFileError(
+            f"{path}: pixel data of {length} bytes, expected {layout.nbytes} for "
+            f"{layout.rows} x {layout.columns} 16-bit pixels"
+        )
+    with open(path, "rb") as f:
+        f.seek(offset)
+        read = f.readinto(memoryview(out).cast("B"))
+    if read != layout.nbytes:
+        raise DicomFileError(f"{path}: pixel data truncated ({read} of {layout.nbytes} bytes)")
+    return layout.correct(out.view(layout.dtype))
 
 
 def _decode(ds: Dataset, path: str | os.PathLike[str]) -> np.ndarray:
@@ -435,20 +525,14 @@ def _fits_int16_after_shift(pixels: np.ndarray, shift: int, bounds: tuple[int, i
     return info.min <= low + shift and high <= info.max and high + shift <= info.max
 
 
-def hu_into(ds: Dataset, path: str | os.PathLike[str], out: np.ndarray) -> None:
-    """Decode one slice and write it in Hounsfield units into ``out`` (int16, same shape).
+def _write_hu(
+    ds: Dataset, pixels: np.ndarray, bounds: tuple[int, int] | None, out: np.ndarray
+) -> None:
+    """HU = stored value * RescaleSlope + RescaleIntercept, rounded and clipped, into ``out``.
 
-    pydicom honours PixelRepresentation (signed/unsigned storage) and decodes compressed
-    transfer syntaxes through pylibjpeg; HU = stored value * RescaleSlope + RescaleIntercept,
-    rounded and clipped to the int16 range. The common case (slope 1, integer intercept, no
-    possible overflow) is one int16 addition straight into the volume.
+    ``pixels`` may share ``out``'s memory. The common case (slope 1, integer intercept, no
+    possible overflow) is one int16 addition.
     """
-    pixels = _native_pixels(ds)
-    bounds = None if pixels is None else _bits_range(ds, pixels)
-    if pixels is None:
-        pixels = _decode(ds, path)
-    if pixels.shape != out.shape:
-        raise DicomFileError(f"{path}: pixel data {pixels.shape} differs from {out.shape}")
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
     if slope == 1 and intercept.is_integer() and pixels.dtype in (np.int16, np.uint16):
@@ -463,6 +547,33 @@ def hu_into(ds: Dataset, path: str | os.PathLike[str], out: np.ndarray) -> None:
     info = np.iinfo(np.int16)
     np.clip(hu, info.min, info.max, out=hu)
     out[...] = hu
+
+
+def hu_into(ds: Dataset, path: str | os.PathLike[str], out: np.ndarray) -> None:
+    """Decode one slice of a whole dataset and write it in Hounsfield units into ``out``.
+
+    pydicom honours PixelRepresentation (signed/unsigned storage) and decodes compressed
+    transfer syntaxes through pylibjpeg; see :func:`_write_hu` for the arithmetic.
+    """
+    pixels = _native_pixels(ds)
+    bounds = None if pixels is None else _bits_range(ds, pixels)
+    if pixels is None:
+        pixels = _decode(ds, path)
+    if pixels.shape != out.shape:
+        raise DicomFileError(f"{path}: pixel data {pixels.shape} differs from {out.shape}")
+    _write_hu(ds, pixels, bounds, out)
+
+
+def _slice_hu_into(
+    header: Dataset, location: tuple[int, int] | None, path: str, out: np.ndarray
+) -> None:
+    """One slice in HU into ``out``: read straight from the file where possible, else pydicom."""
+    layout = native_layout(header)
+    if location is None or layout is None:
+        hu_into(read_dataset(path), path, out)
+        return
+    pixels = _read_native_into(path, location, layout, out)
+    _write_hu(header, pixels, _bits_range(header, pixels), out)
 
 
 def hu_from_dataset(ds: Dataset, path: str | os.PathLike[str]) -> np.ndarray:
@@ -490,19 +601,19 @@ def read_hu(path: str | os.PathLike[str]) -> np.ndarray:
 def read_series(
     paths: Iterable[str | os.PathLike[str]], spacing_tolerance: float = 0.05
 ) -> tuple[SeriesPlan, np.ndarray | None]:
-    """Read one series' files once each; return its plan and int16 HU volume ``(z, y, x)``.
+    """Read one series' files; return its plan and int16 HU volume ``(z, y, x)``.
 
-    The volume is None when the plan says ``skipped``. Every file is parsed once; its pixel
-    data is decoded straight into the volume once the slice order is known, so the peak memory
-    is about the encoded files plus one volume.
+    The volume is None when the plan says ``skipped``. The headers are read first (not the
+    pixel data); once the slice order is known each slice's pixels are read straight from its
+    file into the volume (pydicom decodes compressed ones), so the peak memory is one volume.
     """
-    datasets: dict[str, Dataset] = {}
+    found: dict[str, tuple[Dataset, tuple[int, int] | None]] = {}
     headers: list[SliceHeader] = []
     for path in paths:
-        ds = read_dataset(path)
+        ds, location = read_header_and_pixel_offset(path)
         header = header_from_dataset(ds, path)
         headers.append(header)
-        datasets[header.path] = ds
+        found[header.path] = (ds, location)
     if not headers:
         raise ValueError("read_series got no files")
     plan = plan_series(headers, spacing_tolerance)
@@ -510,5 +621,6 @@ def read_series(
         return plan, None
     volume = np.empty((plan.n_slices, plan.rows, plan.columns), dtype=np.int16)
     for k, header in enumerate(plan.slices):
-        hu_into(datasets.pop(header.path), header.path, volume[k])
+        ds, location = found.pop(header.path)
+        _slice_hu_into(ds, location, header.path, volume[k])
     return plan, volume
