@@ -69,9 +69,9 @@ rule convert:
         "../envs/lungseg.yaml"
     threads: 1
     resources:
-        # peak RSS ~ 200 MB + 1.5 MB per 512x512 slice (docs/ingestion.md); LIDC's largest
-        # series has 764 slices
-        mem_mb=1600,
+        # peak RSS ~ 110 MB + 0.6 MB per 512x512 slice (docs/ingestion.md); LIDC's largest
+        # series has 764 slices (~0.6 GB)
+        mem_mb=1000,
         runtime=20,
     params:
         compression=config["ingest"]["compression"],
