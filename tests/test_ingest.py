@@ -489,3 +489,22 @@ def test_missing_annotated_slice_excludes_series_and_convert_survives(
     _, mask, attrs = read_volume(tmp_path / "v.h5")
     assert not mask.any() and pd.read_csv(tmp_path / "v.csv").empty
     assert "nodules not painted" in attrs["notes"] and plan.n_slices == scan.n_slices - 1
+
+
+def test_throughput_benchmark_times_every_part_and_a_whole_job(sample_lidc, tmp_path):
+    """The benchmark behind docs/ingestion.md runs and reports sane numbers (not timed goals)."""
+    from lungseg.ingest_benchmark import THROUGHPUT_ROWS, benchmark_throughput
+
+    scan = sample_lidc.scans[1]
+    folder = next(
+        p.parent for p in sample_lidc.lidc_root.rglob("*.dcm") if scan.patient_id in str(p)
+    )
+    frame = benchmark_throughput(folder, repeats=1)
+    assert list(frame["what"]) == list(THROUGHPUT_ROWS.values())
+    assert (frame["seconds"] > 0).all() and (frame["MB/s"] > 0).all()
+    assert frame.attrs["shape"] == [scan.n_slices, 512, 512]
+    assert frame.attrs["n_files"] == scan.n_slices
+    # A whole job uses more than its conversion parts and at most its request (rules/ingest.smk).
+    total = frame.set_index("what")["seconds"][THROUGHPUT_ROWS["total_s"]]
+    assert frame.attrs["convert_job_cpu_s"] > total
+    assert 50 < frame.attrs["convert_job_peak_rss_mb"] < 1000
