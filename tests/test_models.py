@@ -132,3 +132,37 @@ def test_lean_memory_swaps_every_memcnn_wrapper(lean_memory, expected):
         assert wrappers == {expected}
     else:
         assert wrappers == {"InvertibleModuleWrapper"}
+
+
+@pytest.mark.parametrize("arch", ["unet", "iunet"])
+def test_onednn_convolutions_give_pytorchs_outputs_and_gradients(arch):
+    """Every Conv3d is forced onto oneDNN on CPU; PyTorch alone would pick slow_conv3d here."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from lungseg.models import OneDNNConv3d
+
+    settings = {**SMALL, "arch": arch, "deep_supervision": True}
+    fast = randomised(build_model(settings))
+    convs = [m for m in fast.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convs and all(type(m) is OneDNNConv3d for m in convs)
+    reference = build_model(settings)
+    for module in reference.modules():
+        if type(module) is OneDNNConv3d:
+            module.__class__ = torch.nn.Conv3d  # PyTorch's own backend choice
+    reference.load_state_dict(fast.state_dict())  # same keys: checkpoints stay compatible
+    x = torch.randn(1, 1, 16, 16, 8, generator=torch.Generator().manual_seed(2))
+    with profile(activities=[ProfilerActivity.CPU]) as trace:
+        fast_out = fast(x)
+    calls = {event.key: event.count for event in trace.key_averages()}
+    # At least one oneDNN call per Conv3d (iunets' functional resampling convolutions keep
+    # PyTorch's choice, which may be oneDNN too).
+    assert calls.get("aten::mkldnn_convolution", 0) >= len(convs)
+    if arch == "unet":
+        assert "aten::slow_conv3d_forward" not in calls
+    reference_out = reference(x)
+    for a, b in zip(fast_out, reference_out, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    for out in (fast_out, reference_out):
+        sum((o**2).mean() for o in out).backward()
+    for (name, a), b in zip(fast.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
