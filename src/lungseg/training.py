@@ -65,6 +65,7 @@ class TrainingSettings:
     flip: bool = True
     intensity_jitter: float = 0.05
     amp: bool = False
+    release_freed_memory: bool = False  # CPU: glibc mmap threshold, see lungseg.memory
 
     @classmethod
     def from_dict(cls, settings: dict[str, Any]) -> TrainingSettings:
@@ -346,12 +347,13 @@ def train(
     """
     torch.set_num_threads(max(1, int(threads)))
     chosen_device = choose_device(device)
+    options = TrainingSettings.from_dict(settings)
     if chosen_device.type == "cuda":
         torch.backends.cudnn.benchmark = False
-    else:
-        # glibc otherwise keeps freed activation-sized blocks; peak RSS drops, results do not change
+    elif options.release_freed_memory:
+        # glibc otherwise keeps freed activation-sized blocks: lower peak RSS, same results,
+        # slower epochs (each big allocation faults in fresh pages)
         return_freed_memory_to_os()
-    options = TrainingSettings.from_dict(settings)
     levels = ModelSettings.from_dict(settings).levels
     data, fingerprint = load_crop_sets(
         crops_h5, crops_csv, split_csv, options.hu_min, options.hu_max
