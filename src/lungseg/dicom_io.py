@@ -361,7 +361,7 @@ def plan_series(headers: list[SliceHeader], spacing_tolerance: float = 0.05) -> 
 
 
 #: Uncompressed little-endian transfer syntaxes (what LIDC-IDRI uses): their 16-bit pixels are
-#: read straight from the file's buffer (see :func:`_native_pixels`).
+#: read straight from the file (see :func:`native_layout`).
 NATIVE_LITTLE_ENDIAN = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian})
 
 

@@ -189,7 +189,9 @@ def _convert_job(paths: list[str], compression: str, env: dict) -> tuple[float, 
     series_uid = read_header(paths[0]).series_uid
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        pd.DataFrame({"series_uid": series_uid, "path": paths}).to_csv(out / "files.csv")
+        pd.DataFrame({"series_uid": series_uid, "path": paths}).to_csv(
+            out / "files.csv", index=False
+        )
         write_annotations(out / "a.h5", [lidc.series_annotations(series_uid, 0.5)], 0.5)
         argv = [
             "convert", "--files", str(out / "files.csv"), "--series-uid", series_uid,
