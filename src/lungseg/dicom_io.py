@@ -382,6 +382,14 @@ class NativeLayout:
     def nbytes(self) -> int:
         return 2 * self.rows * self.columns
 
+    @property
+    def stored_range(self) -> tuple[int, int]:
+        """The values BitsStored allows, once the unused bits are dropped."""
+        bits = 16 - self.unused_bits
+        if self.signed:
+            return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        return 0, (1 << bits) - 1
+
     def correct(self, stored: np.ndarray) -> np.ndarray:
         """As pydicom: drop the bits above BitsStored (sign-extending signed data), in place."""
         if self.unused_bits:
@@ -419,9 +427,9 @@ def native_layout(ds: Dataset) -> NativeLayout | None:
     return NativeLayout(rows, columns, bool(representation), 16 - bits_stored)
 
 
-def _native_pixels(ds: Dataset) -> np.ndarray | None:
+def _native_pixels(ds: Dataset, layout: NativeLayout | None = None) -> np.ndarray | None:
     """The stored values of a whole dataset with a :func:`native_layout`, else None."""
-    layout = native_layout(ds)
+    layout = layout or native_layout(ds)
     data = ds.get("PixelData") if layout else None
     if layout is None or not isinstance(data, bytes) or len(data) < layout.nbytes:
         return None
@@ -500,14 +508,6 @@ def _decode(ds: Dataset, path: str | os.PathLike[str]) -> np.ndarray:
     return pixels
 
 
-def _bits_range(ds: Dataset, pixels: np.ndarray) -> tuple[int, int]:
-    """The range BitsStored allows for native pixels (whose unused bits are already dropped)."""
-    bits = int(ds.get("BitsStored", 16))
-    if pixels.dtype == np.int16:
-        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return 0, (1 << bits) - 1
-
-
 def _fits_int16_after_shift(pixels: np.ndarray, shift: int, bounds: tuple[int, int] | None) -> bool:
     """Whether every ``value + shift`` fits int16 and ``value`` itself reads the same as int16.
 
@@ -555,8 +555,9 @@ def hu_into(ds: Dataset, path: str | os.PathLike[str], out: np.ndarray) -> None:
     pydicom honours PixelRepresentation (signed/unsigned storage) and decodes compressed
     transfer syntaxes through pylibjpeg; see :func:`_write_hu` for the arithmetic.
     """
-    pixels = _native_pixels(ds)
-    bounds = None if pixels is None else _bits_range(ds, pixels)
+    layout = native_layout(ds)
+    pixels = _native_pixels(ds, layout) if layout else None
+    bounds = layout.stored_range if pixels is not None else None
     if pixels is None:
         pixels = _decode(ds, path)
     if pixels.shape != out.shape:
@@ -573,7 +574,7 @@ def _slice_hu_into(
         hu_into(read_dataset(path), path, out)
         return
     pixels = _read_native_into(path, location, layout, out)
-    _write_hu(header, pixels, _bits_range(header, pixels), out)
+    _write_hu(header, pixels, layout.stored_range, out)
 
 
 def hu_from_dataset(ds: Dataset, path: str | os.PathLike[str]) -> np.ndarray:
