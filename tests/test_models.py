@@ -139,7 +139,7 @@ def test_onednn_convolutions_give_pytorchs_outputs_and_gradients(arch):
     """Every Conv3d is forced onto oneDNN on CPU; PyTorch alone would pick slow_conv3d here."""
     from torch.profiler import ProfilerActivity, profile
 
-    from lungseg.models import OneDNNConv3d
+    from lungseg.cpu_convolution import OneDNNConv3d
 
     settings = {**SMALL, "arch": arch, "deep_supervision": True}
     fast = randomised(build_model(settings))

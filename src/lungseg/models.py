@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lungseg.cpu_convolution import use_onednn_convolutions
+
 ARCHS = ("unet", "iunet")
 
 
@@ -78,44 +80,6 @@ def build_model(settings: dict[str, Any]) -> nn.Module:
         )
     use_onednn_convolutions(model)
     return model
-
-
-class OneDNNConv3d(nn.Conv3d):
-    """``nn.Conv3d`` that runs on oneDNN (mkldnn) on CPU, whatever the problem size.
-
-    For 3-D convolutions it deems small (here: under ~32 channels at 24^3, ~16 at 48^3) PyTorch
-    picks its unvectorised ``slow_conv3d``, whose forward is ~10x slower than oneDNN's. The
-    arithmetic is the same convolution (outputs and gradients equal within float tolerance,
-    tested); other devices, dtypes and padding modes take PyTorch's own choice.
-    """
-
-    def _conv_forward(
-        self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-    ) -> torch.Tensor:
-        if (
-            input.device.type == "cpu"
-            and input.dtype == weight.dtype == torch.float32
-            and self.padding_mode == "zeros"
-            and not isinstance(self.padding, str)
-            and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled
-        ):
-            return torch.ops.aten.mkldnn_convolution(
-                input.contiguous(), weight, bias, self.padding, self.stride, self.dilation,
-                self.groups,
-            )  # fmt: skip
-        return super()._conv_forward(input, weight, bias)
-
-
-def use_onednn_convolutions(model: nn.Module) -> int:
-    """Make every plain ``nn.Conv3d`` of ``model`` (iunets' couplings included) an
-    :class:`OneDNNConv3d`; parameters and state_dict keys are unchanged. Returns the count."""
-    count = 0
-    for module in model.modules():
-        if type(module) is nn.Conv3d:
-            module.__class__ = OneDNNConv3d  # same attributes; only the forward differs
-            count += 1
-    return count
 
 
 def check_input(x: torch.Tensor, levels: int) -> None:
