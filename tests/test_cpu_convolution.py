@@ -14,7 +14,7 @@ from lungseg.cpu_convolution import OneDNNConv3d, use_onednn_convolutions
 CASES = [
     (1, 8, 8, 3, 1, 1, 1, 1, False, (12, 10, 8)),  # an iUNet coupling: half width, "same"
     (2, 3, 5, 3, 1, 1, 1, 1, True, (6, 7, 5)),  # batch > 1 and bias
-    (1, 4, 2, 1, 0, 1, 1, 1, True, (5, 4, 3)),  # 1x1x1 head
+    (1, 4, 2, 1, 0, 1, 1, 1, True, (5, 4, 3)),  # 1x1x1 head: PyTorch's path
     (1, 2, 3, (3, 1, 5), (0, 0, 2), 1, 1, 1, True, (7, 6, 9)),  # anisotropic, "valid" in z
     (1, 1, 4, 3, 2, 1, 1, 1, False, (4, 4, 4)),  # padding = kernel - 1 (largest supported)
     (1, 4, 4, 2, 0, 2, 1, 1, True, (8, 8, 8)),  # strided: forward only on oneDNN
@@ -81,6 +81,14 @@ def test_stride_one_backward_runs_on_onednn_only():
     assert calls.get("aten::mkldnn_convolution") == 3  # forward, input and weight gradients
     slow = [key for key in calls if "slow_conv" in key or key == "aten::convolution_backward"]
     assert slow == []
+
+
+def test_one_by_one_kernels_keep_pytorchs_matrix_product():
+    _, fast = pair(1, 16, 1, 1, 0, 1, 1, 1, True)
+    x = torch.randn(1, 16, 8, 8, 8, requires_grad=True)
+    with profile(activities=[ProfilerActivity.CPU]) as trace:
+        fast(x).sum().backward()
+    assert "aten::mkldnn_convolution" not in {event.key for event in trace.key_averages()}
 
 
 def test_other_devices_dtypes_and_padding_modes_keep_pytorchs_path():
