@@ -136,7 +136,7 @@ def test_lean_memory_swaps_every_memcnn_wrapper(lean_memory, expected):
 
 @pytest.mark.parametrize("arch", ["unet", "iunet"])
 def test_onednn_convolutions_give_pytorchs_outputs_and_gradients(arch):
-    """Every Conv3d is forced onto oneDNN on CPU; PyTorch alone would pick slow_conv3d here."""
+    """Every Conv3d above 1x1x1 runs on oneDNN on CPU; PyTorch alone would pick slow_conv3d here."""
     from torch.profiler import ProfilerActivity, profile
 
     from lungseg.cpu_convolution import OneDNNConv3d
