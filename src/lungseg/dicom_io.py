@@ -25,6 +25,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from lungseg.dicom_header import pixel_data_location, read_selected
+
 log = logging.getLogger(__name__)
 
 #: The only tags the index reads (pixel data is never touched there).
@@ -83,8 +85,20 @@ class SliceHeader:
         return "LOCALIZER" in {part.upper() for part in self.image_type}
 
 
-#: tag numbers of the text-valued header tags, looked up once
-_TAGS = {keyword: tag_for_keyword(keyword) for keyword in HEADER_TAGS}
+#: What conversion reads besides: the pixel layout (:func:`native_layout`) and HU rescaling.
+PIXEL_TAGS = [
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "NumberOfFrames",
+    "RescaleIntercept",
+    "RescaleSlope",
+]
+#: tag numbers, looked up once
+_TAGS = {keyword: tag_for_keyword(keyword) for keyword in HEADER_TAGS + PIXEL_TAGS}
+_HEADER_TAG_NUMBERS = [_TAGS[keyword] for keyword in HEADER_TAGS]
+_CONVERT_TAG_NUMBERS = list(_TAGS.values())
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -100,6 +114,23 @@ def _text(ds: Dataset, keyword: str) -> str:
     if isinstance(value, (list, tuple, MultiValue)):
         return "\\".join(str(v) for v in value)
     return str(value).strip()
+
+
+def _unsigned(ds: Dataset, keyword: str):
+    """A US element's value (Rows, BitsStored, ...), None when absent or empty.
+
+    Like :func:`_text`, the common case (two little-endian bytes, as read) skips pydicom's
+    conversion; anything else is converted by pydicom.
+    """
+    elem = ds.get_item(_TAGS[keyword])
+    if elem is None or elem.value is None:
+        return None
+    value = elem.value
+    if isinstance(value, bytes):
+        if len(value) == 2 and elem.VR in (None, "US") and elem.is_little_endian:
+            return int.from_bytes(value, "little")
+        value = ds[_TAGS[keyword]].value
+    return None if value == b"" else value
 
 
 def _floats(text: str, count: int) -> tuple[float, ...] | None:
@@ -133,8 +164,8 @@ def header_from_dataset(ds: Dataset, path: str | os.PathLike[str]) -> SliceHeade
             image_type=tuple(t.strip() for t in image_type.split("\\")) if image_type else (),
             position=_floats(_text(ds, "ImagePositionPatient"), 3),
             orientation=_floats(_text(ds, "ImageOrientationPatient"), 6),
-            rows=int(ds.get("Rows", 0) or 0),
-            columns=int(ds.get("Columns", 0) or 0),
+            rows=int(_unsigned(ds, "Rows") or 0),
+            columns=int(_unsigned(ds, "Columns") or 0),
             pixel_spacing=_floats(_text(ds, "PixelSpacing"), 2),
             slice_thickness=float(thickness) if thickness else None,
             transfer_syntax=str(getattr(meta, "TransferSyntaxUID", "") or ""),
@@ -145,6 +176,9 @@ def header_from_dataset(ds: Dataset, path: str | os.PathLike[str]) -> SliceHeade
 
 def read_header(path: str | os.PathLike[str]) -> SliceHeader:
     """Read only the header tags the index needs (no pixel data)."""
+    selected = read_selected(path, _HEADER_TAG_NUMBERS)
+    if selected is not None:
+        return header_from_dataset(selected[0], path)
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
     except InvalidDicomError as error:
@@ -410,17 +444,18 @@ def native_layout(ds: Dataset) -> NativeLayout | None:
         return None
     if getattr(meta, "TransferSyntaxUID", None) not in NATIVE_LITTLE_ENDIAN:
         return None
-    bits_allocated = ds.get("BitsAllocated")
-    bits_stored = ds.get("BitsStored", bits_allocated)
-    representation = ds.get("PixelRepresentation")
-    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    bits_allocated = _unsigned(ds, "BitsAllocated")
+    bits_stored = _unsigned(ds, "BitsStored")
+    bits_stored = bits_allocated if bits_stored is None else bits_stored
+    representation = _unsigned(ds, "PixelRepresentation")
+    rows, columns = int(_unsigned(ds, "Rows") or 0), int(_unsigned(ds, "Columns") or 0)
     if (
         bits_allocated != 16
         or not isinstance(bits_stored, int)
         or not 1 <= bits_stored <= 16
         or representation not in (0, 1)
-        or int(ds.get("SamplesPerPixel", 1) or 1) != 1
-        or int(ds.get("NumberOfFrames", 1) or 1) != 1
+        or int(_unsigned(ds, "SamplesPerPixel") or 1) != 1
+        or _text(ds, "NumberOfFrames") not in ("", "1")
         or rows * columns == 0
     ):
         return None
@@ -437,42 +472,20 @@ def _native_pixels(ds: Dataset, layout: NativeLayout | None = None) -> np.ndarra
     return layout.correct(pixels.reshape(layout.rows, layout.columns).copy())
 
 
-#: (7FE0,0010) Pixel Data, as its tag is written in a little-endian file
-_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
-
-
-def _pixel_data_offset(f, implicit_vr: bool) -> tuple[int, int] | None:
-    """(offset, length) of the Pixel Data value at the file's position, or None.
-
-    pydicom's ``stop_before_pixels`` leaves the file at the element's tag. None when the element
-    is not there as expected or has undefined length (encapsulated): pydicom reads those.
-    """
-    start = f.tell()
-    head = f.read(8 if implicit_vr else 12)
-    if len(head) < 8 or head[:4] != _PIXEL_DATA_TAG:
-        return None
-    if implicit_vr:
-        length = int.from_bytes(head[4:8], "little")
-    elif len(head) == 12 and head[4:6] in (b"OW", b"OB") and head[6:8] == b"\0\0":
-        length = int.from_bytes(head[8:12], "little")
-    else:
-        return None
-    if length == 0xFFFFFFFF:
-        return None
-    return start + len(head), length
-
-
 def read_header_and_pixel_offset(
     path: str | os.PathLike[str],
 ) -> tuple[Dataset, tuple[int, int] | None]:
-    """Every header element of a file (pixel data not read) and where its pixel data lie."""
+    """The header elements conversion uses (pixel data not read) and where the pixel data lie."""
+    selected = read_selected(path, _CONVERT_TAG_NUMBERS)
+    if selected is not None:
+        return selected
     try:
         with open(path, "rb") as f:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
             syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
             location = None
             if syntax in NATIVE_LITTLE_ENDIAN:
-                location = _pixel_data_offset(f, syntax == ImplicitVRLittleEndian)
+                location = pixel_data_location(f)
     except InvalidDicomError as error:
         raise DicomFileError(f"{path}: not a DICOM file ({error})") from error
     except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as error:
@@ -525,16 +538,29 @@ def _fits_int16_after_shift(pixels: np.ndarray, shift: int, bounds: tuple[int, i
     return info.min <= low + shift and high <= info.max and high + shift <= info.max
 
 
+def rescale(ds: Dataset, path: str | os.PathLike[str]) -> tuple[float, float]:
+    """``(RescaleSlope, RescaleIntercept)``; absent, empty or zero slope 1, intercept 0."""
+    try:
+        return float(_text(ds, "RescaleSlope") or 1) or 1.0, float(
+            _text(ds, "RescaleIntercept") or 0
+        )
+    except ValueError as error:
+        raise DicomFileError(f"{path}: malformed rescale slope or intercept ({error})") from error
+
+
 def _write_hu(
-    ds: Dataset, pixels: np.ndarray, bounds: tuple[int, int] | None, out: np.ndarray
+    ds: Dataset,
+    path: str | os.PathLike[str],
+    pixels: np.ndarray,
+    bounds: tuple[int, int] | None,
+    out: np.ndarray,
 ) -> None:
     """HU = stored value * RescaleSlope + RescaleIntercept, rounded and clipped, into ``out``.
 
     ``pixels`` may share ``out``'s memory. The common case (slope 1, integer intercept, no
     possible overflow) is one int16 addition.
     """
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    slope, intercept = rescale(ds, path)
     if slope == 1 and intercept.is_integer() and pixels.dtype in (np.int16, np.uint16):
         shift = int(intercept)
         if _fits_int16_after_shift(pixels, shift, bounds):
@@ -562,7 +588,7 @@ def hu_into(ds: Dataset, path: str | os.PathLike[str], out: np.ndarray) -> None:
         pixels = _decode(ds, path)
     if pixels.shape != out.shape:
         raise DicomFileError(f"{path}: pixel data {pixels.shape} differs from {out.shape}")
-    _write_hu(ds, pixels, bounds, out)
+    _write_hu(ds, path, pixels, bounds, out)
 
 
 def _slice_hu_into(
@@ -574,7 +600,7 @@ def _slice_hu_into(
         hu_into(read_dataset(path), path, out)
         return
     pixels = _read_native_into(path, location, layout, out)
-    _write_hu(header, pixels, layout.stored_range, out)
+    _write_hu(header, path, pixels, layout.stored_range, out)
 
 
 def hu_from_dataset(ds: Dataset, path: str | os.PathLike[str]) -> np.ndarray:

@@ -1,0 +1,161 @@
+"""The quick header reader against pydicom.dcmread, on real files of every kind it must tell apart.
+
+Table-driven: each case writes a file, then says whether the quick reader takes it (uncompressed
+little-endian Part 10 files) or leaves it to dcmread (None). Where it takes a file, every
+selected element and the pixel data location must equal what dcmread reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.datadict import tag_for_keyword
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
+from test_dicom_io import write_slice
+
+from lungseg.dicom_header import read_selected
+from lungseg.dicom_io import (
+    HEADER_TAGS,
+    PIXEL_TAGS,
+    DicomFileError,
+    header_from_dataset,
+    read_header,
+    read_header_and_pixel_offset,
+)
+
+SELECTED = [tag_for_keyword(keyword) for keyword in HEADER_TAGS + PIXEL_TAGS]
+STORED = np.arange(-40, 24, dtype=np.int16).reshape(8, 8) * 37
+
+
+def _explicit(path: Path) -> Path:
+    return write_slice(path, stored=STORED)
+
+
+def _implicit(path: Path) -> Path:
+    return write_slice(path, stored=STORED, transfer_syntax=ImplicitVRLittleEndian)
+
+
+def _unsigned_12_bit(path: Path) -> Path:
+    stored = (STORED + 2000).astype(np.uint16)
+    return write_slice(path, stored=stored, signed=False, bits_stored=12, intercept=-1000.0)
+
+
+def _big_endian(path: Path) -> Path:
+    ds = pydicom.dcmread(_explicit(path))
+    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    pydicom.dcmwrite(path, ds, little_endian=False, implicit_vr=False, force_encoding=True)
+    return path
+
+
+def _compressed(path: Path) -> Path:
+    return write_slice(path, stored=STORED, compress=RLELossless)
+
+
+def _no_preamble(path: Path) -> Path:
+    ds = pydicom.dcmread(_explicit(path))
+    del ds.file_meta
+    pydicom.dcmwrite(path, ds, implicit_vr=False, little_endian=True, force_encoding=True)
+    return path
+
+
+def _meta_without_group_length(path: Path) -> Path:
+    data = _explicit(path).read_bytes()
+    assert data[132:140] == b"\x02\x00\x00\x00UL\x04\x00"
+    path.write_bytes(data[:132] + data[144:])  # drop (0002,0000), 12 bytes
+    return path
+
+
+def _says_implicit_is_explicit(path: Path) -> Path:
+    """Explicit VR elements under a meta group that announces implicit VR (dcmread copes)."""
+    data = _explicit(path).read_bytes()
+    explicit = ExplicitVRLittleEndian.encode() + b"\0"  # 20 bytes, as written
+    implicit = ImplicitVRLittleEndian.encode().ljust(len(explicit), b"\0")
+    assert data.count(explicit) == 1
+    path.write_bytes(data.replace(explicit, implicit))
+    return path
+
+
+def _no_pixel_data(path: Path) -> Path:
+    ds = pydicom.dcmread(_explicit(path))
+    del ds.PixelData
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _not_dicom(path: Path) -> Path:
+    path.write_text("Rows,Columns\n512,512\n" * 20)
+    return path
+
+
+# (case, writer, taken by the quick reader, pixel data read straight from the file)
+CASES = [
+    ("explicit VR little endian", _explicit, True, True),
+    ("implicit VR little endian", _implicit, True, True),
+    ("unsigned, 12 of 16 bits", _unsigned_12_bit, True, True),
+    ("no pixel data", _no_pixel_data, True, False),
+    ("explicit VR big endian", _big_endian, False, False),
+    ("RLE compressed", _compressed, False, False),
+    ("no preamble nor file meta", _no_preamble, False, False),
+    ("file meta without group length", _meta_without_group_length, False, True),
+    ("implicit VR announced, explicit VR written", _says_implicit_is_explicit, False, True),
+    ("not a DICOM file", _not_dicom, False, False),
+]
+TABLE = pytest.mark.parametrize(
+    ("writer", "taken", "has_location"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+
+
+@TABLE
+def test_quick_reader_equals_dcmread_or_leaves_the_file_to_it(
+    tmp_path, writer, taken, has_location
+):
+    path = writer(tmp_path / "slice.dcm")
+    selected = read_selected(path, SELECTED)
+    assert (selected is not None) == taken
+    if not taken:
+        return
+    ds, location = selected
+    reference = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == reference.file_meta.TransferSyntaxUID
+    assert set(ds.keys()) == {tag for tag in [*SELECTED, 0x00080005] if tag in reference}
+    for element in ds:
+        assert element.value == reference[element.tag].value, element.keyword
+    assert (location is not None) == has_location
+    if has_location:
+        offset, length = location
+        assert path.read_bytes()[offset : offset + length] == reference.PixelData
+    assert header_from_dataset(ds, path) == header_from_dataset(reference, path)
+
+
+@TABLE
+def test_index_and_convert_read_the_same_header_whoever_parses_it(
+    tmp_path, writer, taken, has_location
+):
+    """Through the quick reader or through dcmread: the same fields, or the same refusal."""
+    path = writer(tmp_path / "slice.dcm")
+    try:
+        reference = header_from_dataset(pydicom.dcmread(path, stop_before_pixels=True), path)
+    except InvalidDicomError:
+        with pytest.raises(DicomFileError, match="not a DICOM file"):
+            read_header(path)
+        with pytest.raises(DicomFileError, match=str(path)):
+            read_header_and_pixel_offset(path)
+        return
+    assert read_header(path) == reference
+    ds, location = read_header_and_pixel_offset(path)
+    assert header_from_dataset(ds, path) == reference
+    assert (location is not None) == has_location
+    if has_location:
+        offset, length = location
+        assert path.read_bytes()[offset : offset + length] == pydicom.dcmread(path).PixelData
