@@ -49,6 +49,16 @@ def _unsigned_12_bit(path: Path) -> Path:
     return write_slice(path, stored=stored, signed=False, bits_stored=12, intercept=-1000.0)
 
 
+def _long_header(path: Path) -> Path:
+    """A header longer than the quick reader's first read (a large private element)."""
+    ds = pydicom.dcmread(_explicit(path))
+    block = ds.private_block(0x0009, "LUNGSEG TEST", create=True)
+    block.add_new(0x01, "OB", bytes(range(256)) * 400)  # 100 KB
+    ds.save_as(path, enforce_file_format=True)
+    assert path.stat().st_size > (1 << 16) + STORED.nbytes
+    return path
+
+
 def _big_endian(path: Path) -> Path:
     ds = pydicom.dcmread(_explicit(path))
     ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
@@ -102,6 +112,7 @@ CASES = [
     ("implicit VR little endian", _implicit, True, True),
     ("unsigned, 12 of 16 bits", _unsigned_12_bit, True, True),
     ("no pixel data", _no_pixel_data, True, False),
+    ("header longer than the first read", _long_header, True, True),
     ("explicit VR big endian", _big_endian, False, False),
     ("RLE compressed", _compressed, False, False),
     ("no preamble nor file meta", _no_preamble, False, False),

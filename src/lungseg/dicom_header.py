@@ -6,7 +6,8 @@ elements: validating the file meta group into a dataset, building a ``FileDatase
 stats the file), keeping every element. For the files LIDC-IDRI consists of (Part 10 files,
 uncompressed little-endian) :func:`read_selected` does only the element reading, with
 pydicom's own reader (:func:`pydicom.filereader.read_dataset`, what ``dcmread`` runs inside),
-keeping only the wanted tags: the values are pydicom's, converted by pydicom on access.
+keeping only the wanted tags: the values are pydicom's, converted by pydicom on access. The
+file is read in one go of 64 KB and parsed in memory (a longer header is read again whole).
 
 Anything else (no "DICM" prefix, other transfer syntaxes, a file meta group without its
 length, explicit/implicit VR contrary to the transfer syntax, any read error) gives None: the
@@ -30,6 +31,8 @@ _TRANSFER_SYNTAX_TAG = 0x00020010
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
 #: the elements dcmread(stop_before_pixels=True) stops at: (float / double float) pixel data
 _PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
+#: the first read of a file: LIDC-IDRI's headers take 1-10 KB (a longer one is read again whole)
+_HEAD_BYTES = 1 << 16
 _SYNTAXES = {ImplicitVRLittleEndian: True, ExplicitVRLittleEndian: False}  # -> implicit VR?
 
 
@@ -84,6 +87,15 @@ def pixel_data_location(f) -> tuple[int, int] | None:
     return start + header_bytes, length
 
 
+def _parse(f, tags: list[int]) -> tuple[str, Dataset, tuple[int, int] | None] | None:
+    syntax = _transfer_syntax(f)
+    implicit = _SYNTAXES.get(syntax)
+    if implicit is None or _vr_is_implicit(f) != implicit:
+        return None
+    ds = read_dataset(f, implicit, True, stop_when=_at_pixel_data, specific_tags=tags)
+    return syntax, ds, pixel_data_location(f)
+
+
 def read_selected(
     path: str | os.PathLike[str], tags: list[int]
 ) -> tuple[Dataset, tuple[int, int] | None] | None:
@@ -93,15 +105,17 @@ def read_selected(
     with ``file_meta.TransferSyntaxUID`` set; the location is :func:`pixel_data_location`'s.
     """
     try:
-        with open(path, "rb") as f:
-            syntax = _transfer_syntax(f)
-            implicit = _SYNTAXES.get(syntax)
-            if implicit is None or _vr_is_implicit(f) != implicit:
-                return None
-            ds = read_dataset(f, implicit, True, stop_when=_at_pixel_data, specific_tags=tags)
-            location = pixel_data_location(f)
+        with open(path, "rb", buffering=0) as f:
+            head = f.read(_HEAD_BYTES)
+        parsed = _parse(io.BytesIO(head), tags)
+        if parsed is not None and parsed[2] is None and len(head) == _HEAD_BYTES:
+            with open(path, "rb") as f:  # a header longer than the first read: all of it
+                parsed = _parse(f, tags)
     except Exception:  # noqa: BLE001 - any surprise: dcmread reads the file and reports it
         return None
+    if parsed is None:
+        return None
+    syntax, ds, location = parsed
     meta = FileMetaDataset()
     meta.TransferSyntaxUID = syntax
     ds.file_meta = meta

