@@ -127,7 +127,7 @@ def _unsigned(ds: Dataset, keyword: str):
         return None
     value = elem.value
     if isinstance(value, bytes):
-        if len(value) == 2 and elem.VR in (None, "US") and elem.is_little_endian:
+        if len(value) == 2 and elem.VR in (None, "US") and getattr(elem, "is_little_endian", 0):
             return int.from_bytes(value, "little")
         value = ds[_TAGS[keyword]].value
     return None if value == b"" else value
