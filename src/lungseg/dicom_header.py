@@ -105,7 +105,7 @@ def read_selected(
     with ``file_meta.TransferSyntaxUID`` set; the location is :func:`pixel_data_location`'s.
     """
     try:
-        with open(path, "rb", buffering=0) as f:
+        with open(path, "rb") as f:  # buffered: read() returns less only at the end of the file
             head = f.read(_HEAD_BYTES)
         parsed = _parse(io.BytesIO(head), tags)
         if parsed is not None and parsed[2] is None and len(head) == _HEAD_BYTES:
