@@ -591,7 +591,7 @@ def hu_into(ds: Dataset, path: str | os.PathLike[str], out: np.ndarray) -> None:
     _write_hu(ds, path, pixels, bounds, out)
 
 
-def _slice_hu_into(
+def slice_hu_into(
     header: Dataset, location: tuple[int, int] | None, path: str, out: np.ndarray
 ) -> None:
     """One slice in HU into ``out``: read straight from the file where possible, else pydicom."""
@@ -649,5 +649,5 @@ def read_series(
     volume = np.empty((plan.n_slices, plan.rows, plan.columns), dtype=np.int16)
     for k, header in enumerate(plan.slices):
         ds, location = found.pop(header.path)
-        _slice_hu_into(ds, location, header.path, volume[k])
+        slice_hu_into(ds, location, header.path, volume[k])
     return plan, volume
