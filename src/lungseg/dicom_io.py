@@ -541,11 +541,11 @@ def _fits_int16_after_shift(pixels: np.ndarray, shift: int, bounds: tuple[int, i
 def rescale(ds: Dataset, path: str | os.PathLike[str]) -> tuple[float, float]:
     """``(RescaleSlope, RescaleIntercept)``; absent, empty or zero slope 1, intercept 0."""
     try:
-        return float(_text(ds, "RescaleSlope") or 1) or 1.0, float(
-            _text(ds, "RescaleIntercept") or 0
-        )
+        slope = float(_text(ds, "RescaleSlope") or 1) or 1.0
+        intercept = float(_text(ds, "RescaleIntercept") or 0)
     except ValueError as error:
         raise DicomFileError(f"{path}: malformed rescale slope or intercept ({error})") from error
+    return slope, intercept
 
 
 def _write_hu(
