@@ -8,7 +8,7 @@ import stat
 import pandas as pd
 import pytest
 
-from lungseg.atomic import atomic_path, write_csv_atomic, write_text_atomic
+from lungseg.core.atomic import atomic_path, write_csv_atomic, write_text_atomic
 
 
 def test_success_replaces_the_target_and_leaves_no_temporary(tmp_path):

@@ -30,7 +30,7 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the Blosc filters, as every h5py user here does)
 import numpy as np
 
-from lungseg.atomic import atomic_path
+from lungseg.core.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

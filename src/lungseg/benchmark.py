@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungseg.atomic import atomic_path, write_csv_atomic
+from lungseg.core.atomic import atomic_path, write_csv_atomic
 
 log = logging.getLogger(__name__)
 

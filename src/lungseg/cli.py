@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from lungseg.log import setup_logging
+from lungseg.core.log import setup_logging
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

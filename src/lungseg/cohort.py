@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungseg.atomic import write_csv_atomic
+from lungseg.core.atomic import write_csv_atomic
 from lungseg.dicom_io import STATUS_OK, spacing_problem
 
 log = logging.getLogger(__name__)

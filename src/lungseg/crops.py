@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from lungseg.atomic import atomic_path, write_csv_atomic
+from lungseg.core.atomic import atomic_path, write_csv_atomic
 from lungseg.hdf5_io import COMPRESSIONS, DEFAULT_COMPRESSION, compression_options, read_volume
 from lungseg.split import training_nodules
 

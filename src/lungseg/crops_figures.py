@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from lungseg.atomic import atomic_path  # noqa: E402
+from lungseg.core.atomic import atomic_path  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

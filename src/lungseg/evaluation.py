@@ -23,7 +23,7 @@ import hdf5plugin  # noqa: F401 (registers the Blosc filters crops.h5 is written
 import numpy as np
 import pandas as pd
 
-from lungseg.atomic import atomic_path, write_csv_atomic
+from lungseg.core.atomic import atomic_path, write_csv_atomic
 from lungseg.metrics import SURFACE_TOLERANCE_MM, segmentation_metrics
 
 logger = logging.getLogger(__name__)

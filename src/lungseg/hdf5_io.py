@@ -3,7 +3,7 @@
 Layout (the contract in docs/architecture.md): datasets ``image`` (int16 HU, ``(z, y, x)``, z
 ascending) and ``mask`` (uint8, or uint16 beyond 255 labels; 0 background, k = nodule label k),
 both chunked and compressed; file attributes hold the geometry and provenance. Files are written
-through :func:`lungseg.atomic.atomic_path`, so a crash never leaves a half-written volume.
+through :func:`lungseg.core.atomic.atomic_path`, so a crash never leaves a half-written volume.
 
 Importing this module registers the hdf5plugin filters (Blosc with LZ4 or Zstd); read volumes
 through it (or ``import hdf5plugin`` first) so that h5py can decode them.
@@ -21,7 +21,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 
-from lungseg.atomic import atomic_path
+from lungseg.core.atomic import atomic_path
 
 #: Compression codecs (benchmarked in docs/ingestion.md: Blosc/Zstd-1 writes ~8x faster than
 #: gzip-4 at a slightly better ratio; Blosc/LZ4 writes ~2x faster again at a ~20 % worse ratio).

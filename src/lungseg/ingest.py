@@ -28,7 +28,7 @@ from lungseg.annotations import (
     read_series_annotations,
     write_annotations,
 )
-from lungseg.atomic import write_csv_atomic
+from lungseg.core.atomic import write_csv_atomic
 from lungseg.dicom_io import (
     STATUS_EXCLUDED,
     STATUS_OK,

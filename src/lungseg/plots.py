@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from lungseg.atomic import atomic_path  # noqa: E402
+from lungseg.core.atomic import atomic_path  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungseg.atomic import write_csv_atomic
+from lungseg.core.atomic import write_csv_atomic
 
 logger = logging.getLogger(__name__)
 

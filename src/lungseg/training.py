@@ -29,7 +29,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from lungseg.atomic import atomic_path, write_csv_atomic
+from lungseg.core.atomic import atomic_path, write_csv_atomic
 from lungseg.data import CropSet, augment, batches, load_crop_sets, normalise_hu
 from lungseg.losses import build_loss
 from lungseg.memory import peak_memory_bytes, return_freed_memory_to_os

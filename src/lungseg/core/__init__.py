@@ -1,0 +1,1 @@
+"""Shared by every stage: errors, settings, logging, atomic outputs, rule entry points."""

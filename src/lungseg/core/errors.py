@@ -1,0 +1,18 @@
+"""Errors of bad input and bad settings: reported as one clear line, without a traceback.
+
+Anything else that escapes a stage is a bug and keeps its traceback (in the rule's log too).
+"""
+
+from __future__ import annotations
+
+
+class LungsegError(Exception):
+    """Bad input or settings; the message names the file or key and what is wrong."""
+
+
+class SettingsError(LungsegError, ValueError):
+    """A setting is unknown, missing, of the wrong type or inconsistent with another."""
+
+
+class InputError(LungsegError):
+    """An input file or folder is missing, unreadable or corrupt."""

@@ -1,0 +1,121 @@
+"""Entry points: a stage function run from a Snakemake rule or from the shell, the same way.
+
+A stage function takes keyword arguments only: paths named as the rule's named ``input``,
+``output`` and ``params``, at most one :class:`StageSettings` (from a params dict), and
+optionally ``threads``. :func:`run_rule` passes Snakemake's named items straight to it;
+:func:`build_parser` derives the shell's options from the same signature. Either way the log
+goes to the rule's ``log:`` file, bad input and settings (:class:`LungsegError`) end with one
+line, and a bug keeps its traceback (in the log too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import sys
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from lungseg.core.errors import LungsegError
+from lungseg.core.log import setup_logging
+from lungseg.core.settings import StageSettings, add_settings_arguments, settings_from_arguments
+
+log = logging.getLogger("lungseg")
+
+
+def _settings_parameter(func: Callable) -> tuple[str, type[StageSettings]] | None:
+    hints = typing.get_type_hints(func)
+    for name, hint in hints.items():
+        if isinstance(hint, type) and issubclass(hint, StageSettings):
+            return name, hint
+    return None
+
+
+def call_logged(func: Callable, kwargs: dict[str, Any], log_file: str | None) -> int:
+    """Run ``func(**kwargs)`` with logging to ``log_file``; 0 on success, 1 on a LungsegError."""
+    setup_logging(log_file)
+    try:
+        settings = _settings_parameter(func)
+        if settings and not isinstance(kwargs.get(settings[0]), StageSettings | type(None)):
+            kwargs[settings[0]] = settings[1].from_config(kwargs[settings[0]])
+        func(**kwargs)
+    except LungsegError as exc:
+        log.error("%s", exc)
+        return 1
+    except Exception:
+        log.exception("%s failed with an unexpected error (a bug; please report it)", func.__name__)
+        return 2
+    return 0
+
+
+def snakemake_kwargs(func: Callable, smk) -> dict[str, Any]:
+    """The stage function's arguments from a Snakemake job: its named input, output, params."""
+    accepted = inspect.signature(func).parameters
+    kwargs: dict[str, Any] = {}
+    for container in (smk.input, smk.output, smk.params):
+        for name, value in container.items():
+            kwargs[name] = list(value) if isinstance(value, list) else value
+    if "threads" in accepted:
+        kwargs["threads"] = smk.threads
+    unknown = set(kwargs) - set(accepted)
+    if unknown:  # a rule naming an item the function does not take: a wiring bug
+        raise TypeError(f"{func.__name__} takes no {sorted(unknown)} (rule {smk.rule})")
+    return kwargs
+
+
+def build_parser(func: Callable, prog: str | None = None) -> argparse.ArgumentParser:
+    """Options from the function's signature: ``--name`` per path, settings, ``--threads``."""
+    doc = inspect.getdoc(func) or ""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    parser.add_argument("--log", help="also write the log to this file")
+    hints = typing.get_type_hints(func)
+    settings = _settings_parameter(func)
+    for name, param in inspect.signature(func).parameters.items():
+        if settings and name == settings[0]:
+            continue
+        hint = hints.get(name, str)
+        required = param.default is inspect.Parameter.empty
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        origin = typing.get_origin(hint)
+        if name == "threads" or hint is int:
+            parser.add_argument(*flags, dest=name, type=int, default=param.default)
+        elif origin is list:
+            parser.add_argument(*flags, dest=name, nargs="+", required=required)
+        else:
+            parser.add_argument(
+                *flags, dest=name, required=required, default=None if required else param.default
+            )
+    if settings:
+        add_settings_arguments(parser, settings[1])
+    return parser
+
+
+def run_shell(func: Callable, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run ``func`` from the shell: parse ``argv`` with :func:`build_parser`, then call it."""
+    parser = build_parser(func, prog)
+    args = parser.parse_args(argv)
+    settings = _settings_parameter(func)
+    kwargs = {
+        name: getattr(args, name)
+        for name in inspect.signature(func).parameters
+        if not (settings and name == settings[0])
+    }
+    log_file = args.log
+    setup_logging(log_file)
+    if settings:
+        try:
+            kwargs[settings[0]] = settings_from_arguments(settings[1], args)
+        except LungsegError as exc:
+            log.error("%s", exc)
+            return 1
+    return call_logged(func, kwargs, log_file)
+
+
+def run_rule(func: Callable, namespace: dict[str, Any]) -> None:
+    """The body of every ``workflow_scripts/<rule>.py``: from Snakemake, else from the shell."""
+    smk = namespace.get("snakemake")
+    if smk is None:
+        sys.exit(run_shell(func))
+    sys.exit(call_logged(func, snakemake_kwargs(func, smk), smk.log[0] if smk.log else None))
