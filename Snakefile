@@ -2,6 +2,8 @@
 # All logic lives in the lungseg package (src/lungseg); rules only wire files together.
 from snakemake.utils import min_version, validate
 
+from lungseg.detection import check_detection_config
+
 min_version("9.0")
 
 
@@ -9,6 +11,7 @@ configfile: "config.yaml"
 
 
 validate(config, "schemas/config.schema.yaml")
+check_detection_config(config)
 
 
 report: "report/workflow.rst"
@@ -22,6 +25,7 @@ include: "rules/train.smk"
 include: "rules/benchmark.smk"
 include: "rules/evaluate.smk"
 include: "rules/plots.smk"
+include: "rules/detection.smk"
 
 
 rule all:

@@ -22,6 +22,7 @@ def final_targets():
     targets += ["results/nodules.csv", "results/cohort/scans.csv"]
     targets += ["results/evaluation.csv", *plot_outputs()]
     targets += crops_outputs()
+    targets += detection_outputs()
     return targets
 
 
@@ -219,3 +220,54 @@ def plot_outputs():
             f"results/plots/{kind}_{model}.png" for kind in ("dice", "loss", "examples")
         ]
     return figures
+
+
+# --- detection ---
+def detector_names():
+    """The detectors: keys of config["detectors"], the values of the {detector} wildcard."""
+    return list(config["detectors"])
+
+
+def detector_wildcard_pattern():
+    """Regex matching exactly the configured detector names."""
+    import re
+
+    return "|".join(re.escape(name) for name in detector_names())
+
+
+def detector_settings(wildcards):
+    """A detector's merged settings: config["detection"] (less volumes, resources), then its
+    non-null overrides (lungseg.detection.settings.merged_detector_config does the same). These
+    are the params of its jobs, so editing one detector reruns only that detector's chain."""
+    excluded = ("volumes", "resources")
+    shared = {k: v for k, v in config["detection"].items() if k not in excluded}
+    overrides = config["detectors"][wildcards.detector] or {}
+    return {**shared, **{k: v for k, v in overrides.items() if v is not None}}
+
+
+def detection_resource(name):
+    """A train_detector job resource (threads, mem_mb, runtime, gpu) of config["detection"]."""
+    return config["detection"]["resources"][name]
+
+
+def detection_volume_files(wildcards=None):
+    """One detection volume per series of index status ok."""
+    series = read_series_table(*index_version())
+    series = series[series["status"] == "ok"]
+    return [
+        f"results/detection_volumes/{patient}/{uid}.h5"
+        for patient, uid in zip(series["patient_id"], series["series_uid"])
+    ]
+
+
+def detector_outputs(name):
+    """results/detection/{detector}/<name> of every detector, in config order."""
+    return [f"results/detection/{d}/{name}" for d in detector_names()]
+
+
+def detection_outputs():
+    """Everything of the detection stage that `rule all` builds."""
+    outputs = ["results/detection.csv", "results/plots/froc.png"]
+    outputs += detector_outputs("candidates.csv") + detector_outputs("froc.csv")
+    outputs += [f"results/plots/detections_{d}.png" for d in detector_names()]
+    return outputs

@@ -1,0 +1,95 @@
+"""Candidates of every validation scan: results/detection/{detector}/candidates.csv.
+
+Columns: LUNA16's submission columns ``seriesuid, coordX, coordY, coordZ, probability`` (patient
+coordinates in mm: x along the columns, y along the rows, z the slice position), then
+``patient_id, center_z, center_y, center_x`` (the same point in voxels of
+results/volumes/<patient>/<series>.h5) and ``diameter_mm``; highest probability first within a
+scan, at most ``max_candidates`` a scan, scans in scan-table order.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lungseg.core.atomic import write_csv_atomic
+from lungseg.detection.candidates import find_candidates
+from lungseg.detection.inference import probability_map
+from lungseg.detection.scans import geometry, read_scan_table
+from lungseg.detection.settings import DetectorSettings
+from lungseg.detection.volumes import to_source_voxels, to_world
+from lungseg.hdf5_io import read_volume
+from lungseg.training import choose_device, load_model
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = [
+    "seriesuid",
+    "coordX",
+    "coordY",
+    "coordZ",
+    "probability",
+    "patient_id",
+    "center_z",
+    "center_y",
+    "center_x",
+    "diameter_mm",
+]
+
+
+def scan_candidates(probability: np.ndarray, row, settings: DetectorSettings, spacing) -> pd.DataFrame:
+    """One scan's candidates in the candidates.csv columns."""
+    found = find_candidates(
+        probability, settings.candidate_threshold, settings.max_candidates, spacing
+    )
+    attrs = geometry(row)
+    source = to_source_voxels(found[["center_z", "center_y", "center_x"]].to_numpy(), attrs)
+    world = to_world(source, attrs)
+    return pd.DataFrame(
+        {
+            "seriesuid": row["series_uid"],
+            "coordX": world[:, 0],
+            "coordY": world[:, 1],
+            "coordZ": world[:, 2],
+            "probability": found["probability"].to_numpy(),
+            "patient_id": row["patient_id"],
+            "center_z": source[:, 0],
+            "center_y": source[:, 1],
+            "center_x": source[:, 2],
+            "diameter_mm": found["diameter_mm"].to_numpy(),
+        },
+        columns=COLUMNS,
+    )
+
+
+def detect(
+    *,
+    scans: str,
+    volumes: list[str],
+    best: str,
+    candidates: str,
+    settings: DetectorSettings,
+    threads: int = 1,
+) -> None:
+    """Run the detector of ``best`` over every validation scan; write candidates.csv."""
+    torch.set_num_threads(max(1, int(threads)))
+    device = choose_device(settings.device)
+    model, trained = load_model(best, str(device))
+    table = read_scan_table(scans)
+    frames = []
+    for _, row in table[table["subset"] == "val"].iterrows():
+        image, _, attrs = read_volume(row["path"])
+        probability = probability_map(model, image, trained)
+        found = scan_candidates(probability, row, settings, attrs["spacing"])
+        logger.info(
+            "%s: %d candidate(s), max probability %.3f",
+            row["series_uid"],
+            len(found),
+            float(probability.max()),
+        )
+        frames.append(found)
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+    write_csv_atomic(candidates, out)

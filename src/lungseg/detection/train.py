@@ -1,0 +1,233 @@
+"""Train one detector on the detection volumes of the training patients; lungseg's Trainer.
+
+:class:`DetectionTrainer` is :class:`lungseg.training.Trainer` (model and optimiser from the
+settings, seeded generator, ``metrics.csv`` with the segmentation models' columns, ``last.pt`` /
+``best.pt`` by validation Dice, exact resume) with two things replaced: the loss skips the
+target's ignore label (:data:`lungseg.detection.volumes.IGNORE`), and the data are whole scans:
+
+- mode ``whole``: every training scan once per epoch, whole, batch 1 (one pass per scan);
+- mode ``patch``: ``patches_per_epoch`` patches of ``patch_size`` in batches of ``batch_size``;
+  of every batch the last ``ceil(foreground_fraction * batch_size)`` patches are centred on a
+  random nodule voxel of a random training scan with nodules (nnU-Net's foreground
+  oversampling), the others lie uniformly at random.
+
+Validation (both modes) scores the whole validation volumes as inference does (one pass, or
+sliding windows). Dice per scan at probability 0.5 over the voxels that are not ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lungseg.core.errors import InputError
+from lungseg.data import augment, batches, normalise_hu
+from lungseg.detection.inference import volume_logits
+from lungseg.detection.scans import read_scan_table
+from lungseg.detection.settings import DetectorSettings
+from lungseg.detection.volumes import IGNORE, NODULE
+from lungseg.hdf5_io import read_attrs, read_volume
+from lungseg.losses import soft_dice_loss
+from lungseg.metrics import dice
+from lungseg.training import Trainer, choose_device, resumable
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ScanSet:
+    """Normalised images and targets ``(N, 2, D, H, W)`` (channel 0 nodule, 1 not ignored)."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    series_uids: list[str]
+    foreground: list[np.ndarray]  # per scan: (K, 3) nodule voxels
+
+    def __len__(self) -> int:
+        return len(self.series_uids)
+
+
+def load_scan_sets(
+    scans_csv: str | Path, volumes: list[str], hu_min: float, hu_max: float
+) -> tuple[dict[str, ScanSet], str, dict[str, Any]]:
+    """Train and val scan sets, a fingerprint of their data, and the volumes' shared attrs."""
+    table = read_scan_table(scans_csv)
+    given = {str(Path(p)) for p in volumes}
+    unknown = sorted(set(table["path"].map(lambda p: str(Path(p)))) - given)
+    if unknown:
+        raise InputError(f"{scans_csv}: volume(s) not among the inputs: {unknown[:3]}")
+    digest = hashlib.sha256()
+    sets: dict[str, ScanSet] = {}
+    for subset in ("train", "val"):
+        rows = table[table["subset"] == subset]
+        if rows.empty:
+            raise InputError(f"{scans_csv}: no scans of subset {subset!r}")
+        images, masks, foreground = [], [], []
+        for path in rows["path"]:
+            image, target, _ = read_volume(path)
+            digest.update(subset.encode() + image.tobytes() + target.tobytes())
+            images.append(normalise_hu(image, hu_min, hu_max))
+            masks.append(np.stack([target == NODULE, target != IGNORE]).astype(np.float32))
+            foreground.append(np.argwhere(target == NODULE))
+        sets[subset] = ScanSet(
+            images=torch.from_numpy(np.stack(images)).unsqueeze(1),
+            masks=torch.from_numpy(np.stack(masks)),
+            series_uids=list(rows["series_uid"]),
+            foreground=foreground,
+        )
+    attrs = read_attrs(table["path"].iloc[0])
+    shared = {
+        "spacing": list(attrs["spacing"]),
+        "shape": list(sets["train"].images.shape[2:]),
+        "body_threshold_hu": attrs["body_threshold_hu"],
+        "pad_hu": attrs["pad_hu"],
+    }
+    return sets, digest.hexdigest(), shared
+
+
+def masked_loss(name: str, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``dice_bce``/``dice``/``bce`` of logits against channel 0, skipping ignored voxels."""
+    target, valid = masks[:, :1], masks[:, 1:]
+    logits = logits.float()
+    total = logits.new_zeros(())
+    if name in ("dice", "dice_bce"):  # ignored voxels: probability 0 and target 0
+        total = total + soft_dice_loss(logits.masked_fill(valid == 0, -1e4), target * valid)
+    if name in ("bce", "dice_bce"):
+        bce = F.binary_cross_entropy_with_logits(logits, target, weight=valid, reduction="sum")
+        total = total + bce / valid.sum().clamp(min=1.0)
+    return total
+
+
+def dice_per_scan(logits: torch.Tensor, masks: torch.Tensor) -> list[float]:
+    valid = masks[:, 1].bool().cpu().numpy()
+    predicted = (logits.detach()[:, 0] > 0).cpu().numpy() & valid
+    truth = (masks[:, 0] > 0.5).cpu().numpy() & valid
+    return [dice(p, t) for p, t in zip(predicted, truth, strict=True)]
+
+
+class DetectionTrainer(Trainer):
+    """lungseg's Trainer on whole scans or patches, with the ignore label skipped."""
+
+    def __init__(self, settings: dict[str, Any], data, out_dir, device, data_fingerprint=""):
+        super().__init__(settings, data, out_dir, device, data_fingerprint)
+        self.detector = DetectorSettings.from_config(
+            {k: v for k, v in settings.items() if k not in ("deep_supervision", "volumes")}
+        )
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            if self.model.training:
+                logits = self.model(images)[0]
+            else:
+                logits = volume_logits(self.model, images, self.settings)
+        return masked_loss(self.detector.loss, logits, masks), dice_per_scan(logits, masks)
+
+    def patch_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of training patches (see the module docstring)."""
+        scans = self.data["train"]
+        size = np.asarray(self.detector.patch_size)
+        shape = np.asarray(scans.images.shape[2:])
+        with_nodules = [i for i, f in enumerate(scans.foreground) if len(f)]
+        total, per_batch = self.detector.patches_per_epoch, self.detector.batch_size
+        out = []
+        for start in range(0, total, per_batch):
+            n = min(per_batch, total - start)
+            n_fg = math.ceil(self.detector.foreground_fraction * n) if with_nodules else 0
+            images, masks = [], []
+            for k in range(n):
+                draw = torch.rand(4, generator=self.generator).numpy()
+                if k >= n - n_fg:
+                    scan = with_nodules[int(draw[0] * len(with_nodules))]
+                    voxels = scans.foreground[scan]
+                    centre = voxels[int(draw[1] * len(voxels))]
+                    corner = np.clip(centre - size // 2, 0, shape - size)
+                else:
+                    scan = int(draw[0] * len(scans))
+                    corner = np.floor(draw[1:] * (shape - size + 1)).astype(int)
+                box = tuple(slice(int(c), int(c + s)) for c, s in zip(corner, size, strict=True))
+                images.append(scans.images[scan][(slice(None), *box)])
+                masks.append(scans.masks[scan][(slice(None), *box)])
+            out.append((torch.stack(images), torch.stack(masks)))
+        return out
+
+    def run_subset(self, subset: str, epoch: int) -> tuple[float, float]:
+        training = subset == "train"
+        self.model.train(training)
+        scans = self.data[subset]
+        if training and self.detector.mode == "patch":
+            steps = self.patch_batches()
+        else:
+            order = batches(len(scans), 1, self.generator if training else None)
+            steps = [(scans.images[rows], scans.masks[rows]) for rows in order]
+        loss_sum, count, dices = 0.0, 0, []
+        for images, masks in steps:
+            if training:
+                images, masks = augment(
+                    images, masks, self.generator, self.options.flip, self.options.intensity_jitter
+                )
+                loss, scores = self.train_step(images.to(self.device), masks.to(self.device))
+            else:
+                loss, scores = self.validation_step(images.to(self.device), masks.to(self.device))
+            loss_sum += float(loss) * len(images)
+            count += len(images)
+            dices += scores
+        return loss_sum / count, float(np.mean(dices))
+
+
+def checkpoint_settings(settings: DetectorSettings, volumes: dict[str, Any]) -> dict[str, Any]:
+    """What best.pt keeps as its settings: the detector's, and the detection volumes' geometry."""
+    return {**settings.model_settings(), "volumes": volumes}
+
+
+def train_detector(
+    *,
+    scans: str,
+    volumes: list[str],
+    metrics: str,
+    best: str,
+    settings: DetectorSettings,
+    threads: int = 1,
+) -> None:
+    """Train one detector; writes metrics.csv, best.pt (declared) and last.pt next to them."""
+    out_dir = Path(metrics).parent
+    if Path(best).parent != out_dir:
+        raise InputError(f"best ({best}) and metrics ({metrics}) must share a folder")
+    torch.set_num_threads(max(1, int(threads)))
+    device = choose_device(settings.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+    data, fingerprint, geometry = load_scan_sets(scans, volumes, settings.hu_min, settings.hu_max)
+    shape = data["train"].images.shape[2:]
+    if settings.mode == "patch" and any(
+        p > s for p, s in zip(settings.patch_size, shape, strict=True)
+    ):
+        raise InputError(f"patch_size {list(settings.patch_size)} larger than volumes {shape}")
+    merged = checkpoint_settings(settings, geometry)
+    logger.info(
+        "training detector (%s, %s) on %s: %d train / %d val scans of %s, settings %s",
+        settings.arch,
+        settings.mode,
+        device,
+        len(data["train"]),
+        len(data["val"]),
+        list(shape),
+        json.dumps(merged, sort_keys=True),
+    )
+    trainer = DetectionTrainer(merged, data, out_dir, device, fingerprint)
+    checkpoint = resumable(out_dir / "last.pt", merged, fingerprint)
+    if checkpoint is not None:
+        trainer.resume_from(checkpoint)
+        logger.info("resuming after epoch %d from %s", checkpoint["epoch"], out_dir / "last.pt")
+    table = trainer.fit()
+    logger.info(
+        "best val Dice %.3f (epoch %d)", table["val_dice"].max(), table["val_dice"].idxmax() + 1
+    )

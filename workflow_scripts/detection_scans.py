@@ -1,0 +1,6 @@
+"""Snakemake rule `detection_scans`. From the shell: python workflow_scripts/detection_scans.py --help."""
+
+from lungseg.core.rule import run_rule
+from lungseg.detection.scans import write_scan_table
+
+run_rule(write_scan_table, globals())

@@ -1,0 +1,6 @@
+"""Snakemake rule `evaluate_detector`. From the shell: python workflow_scripts/evaluate_detector.py --help."""
+
+from lungseg.core.rule import run_rule
+from lungseg.detection.evaluate import evaluate_detector
+
+run_rule(evaluate_detector, globals())

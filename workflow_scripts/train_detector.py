@@ -1,0 +1,6 @@
+"""Snakemake rule `train_detector`. From the shell: python workflow_scripts/train_detector.py --help."""
+
+from lungseg.core.rule import run_rule
+from lungseg.detection.train import train_detector
+
+run_rule(train_detector, globals())
