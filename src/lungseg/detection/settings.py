@@ -60,6 +60,7 @@ class DetectorSettings(StageSettings):
     blocks_per_level: int
     memory_efficient: bool
     loss: str
+    foreground_weight: float
     epochs: int
     batch_size: int
     patch_size: tuple[int, int, int]

@@ -94,16 +94,26 @@ def load_scan_sets(
     return sets, digest.hexdigest(), shared
 
 
-def masked_loss(name: str, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """``dice_bce``/``dice``/``bce`` of logits against channel 0, skipping ignored voxels."""
+def masked_loss(
+    name: str, logits: torch.Tensor, masks: torch.Tensor, foreground_weight: float = 1.0
+) -> torch.Tensor:
+    """``dice_bce``/``dice``/``bce`` of logits against channel 0, skipping ignored voxels.
+
+    BCE weighs nodule voxels ``foreground_weight`` (background 1) and is normalised by the
+    weight sum; Dice is one soft Dice over the whole batch.
+    """
     target, valid = masks[:, :1], masks[:, 1:]
     logits = logits.float()
     total = logits.new_zeros(())
     if name in ("dice", "dice_bce"):  # ignored voxels: probability 0 and target 0
-        total = total + soft_dice_loss(logits.masked_fill(valid == 0, -1e4), target * valid)
+        # one Dice over the whole batch (nnU-Net's batch Dice): a patch without a nodule adds
+        # its false positives instead of a Dice of its own that only an empty output satisfies
+        masked = logits.masked_fill(valid == 0, -1e4).reshape(1, 1, -1)
+        total = total + soft_dice_loss(masked, (target * valid).reshape(1, 1, -1))
     if name in ("bce", "dice_bce"):
-        bce = F.binary_cross_entropy_with_logits(logits, target, weight=valid, reduction="sum")
-        total = total + bce / valid.sum().clamp(min=1.0)
+        weight = valid * (1.0 + (foreground_weight - 1.0) * target)
+        bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
+        total = total + bce / weight.sum().clamp(min=1.0)
     return total
 
 
@@ -129,7 +139,20 @@ class DetectionTrainer(Trainer):
                 logits = self.model(images)[0]
             else:
                 logits = volume_logits(self.model, images, self.settings)
-        return masked_loss(self.detector.loss, logits, masks), dice_per_scan(logits, masks)
+        loss = masked_loss(self.detector.loss, logits, masks, self.detector.foreground_weight)
+        return loss, dice_per_scan(logits, masks)
+
+    def on_epoch_end(self, row: dict[str, float]) -> None:
+        """The Trainer's, choosing best.pt by validation Dice and, at equal Dice, lower loss.
+
+        Early epochs of a detector often all have Dice 0 on the validation scans (nothing above
+        0.5 yet): the loss then decides, so best.pt is never the untrained first epoch by default.
+        """
+        if self.best_state is not None and row["val_dice"] == self.best_val_dice:
+            best_loss = self.history[self.best_state["epoch"] - 1]["val_loss"]
+            if row["val_loss"] < best_loss:
+                self.best_val_dice = row["val_dice"] - 1e-12  # the Trainer's test is strict
+        super().on_epoch_end(row)
 
     def patch_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of training patches (see the module docstring)."""
