@@ -24,6 +24,9 @@ JOB_HEADER = re.compile(r"^(?:localrule|rule|checkpoint) (\w+):$")
 # Rules downstream of one model's training (per model) and of all models.
 MODEL_DOWNSTREAM = {"train", "evaluate", "plots", "plot_examples"}
 SUMMARY_RULES = {"evaluate_summary", "plot_comparison", "all"}
+# Rules downstream of one detector's training (per detector) and of all detectors.
+DETECTOR_DOWNSTREAM = {"train_detector", "detect", "evaluate_detector", "plot_detections"}
+DETECTION_SUMMARY_RULES = {"detection_summary", "plot_froc", "all"}
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +78,17 @@ def test_changing_one_model_reruns_only_that_model_and_its_plots(run):
         if rule in MODEL_DOWNSTREAM:
             assert wildcards == {"model": changed}, (rule, wildcards)
     assert {"plots", "evaluate"} <= rules_of(jobs)
+
+
+def test_changing_one_detector_reruns_only_that_detector(run):
+    update = {"detectors": {"unet_patch": {"lr": 0.02}}}
+    jobs = planned_jobs(run, *with_config(run, "one_detector", update))
+    assert ("train_detector", {"detector": "unet_patch"}) in jobs
+    assert rules_of(jobs) <= DETECTOR_DOWNSTREAM | DETECTION_SUMMARY_RULES, jobs
+    assert DETECTOR_DOWNSTREAM <= rules_of(jobs)
+    for rule, wildcards in jobs:
+        if rule in DETECTOR_DOWNSTREAM:
+            assert wildcards == {"detector": "unet_patch"}, (rule, wildcards)
 
 
 def test_changing_crop_size_reruns_crops_and_training_but_no_conversion(run):

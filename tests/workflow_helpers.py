@@ -49,7 +49,7 @@ def deep_update(base: dict, updates: dict) -> dict:
 
 def tiny_config(lidc_root: Path | None = None) -> dict:
     """Updates of config.yaml for a run of a few minutes: 2 small scans, 16^3 crops, 1 epoch,
-    width 4, two models (a U-Net and an iUNet)."""
+    width 4, two models (a U-Net and an iUNet), both detectors at 8 mm for 1 epoch."""
     updates: dict = {
         "sample_data": {"patients": list(TINY_PATIENTS)},
         "ingest": {"index_workers": 1},
@@ -64,6 +64,17 @@ def tiny_config(lidc_root: Path | None = None) -> dict:
             "resources": {"threads": 1, "mem_mb": 1500, "runtime": 10},
         },
         "models": {"unet": {"arch": "unet"}, "iunet": {"arch": "iunet"}},
+        # Detection at 8 mm: canvases of 40 x 48 x 56, width 2, one short epoch per detector.
+        "detection": {
+            "volumes": {"spacing": [8.0, 8.0, 8.0], "shape": [40, 48, 56]},
+            "channels": 2,
+            "levels": 2,
+            "epochs": 1,
+            "patch_size": [16, 16, 16],
+            "patches_per_epoch": 4,
+            "bootstrap_draws": 50,
+            "resources": {"threads": 1, "mem_mb": 1500, "runtime": 10},
+        },
     }
     if lidc_root is not None:
         updates["lidc_root"] = str(lidc_root)

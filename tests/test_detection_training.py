@@ -1,0 +1,160 @@
+"""A short real detector training on synthetic chests: metrics, checkpoints, exact resume,
+patch mode with sliding-window validation, then candidates and the LUNA16 evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from detection_helpers import chest_volume
+
+from lungseg.detection.evaluate import SUMMARY_COLUMNS, evaluate_detector
+from lungseg.detection.predict import COLUMNS, detect
+from lungseg.detection.scans import write_scan_table
+from lungseg.detection.settings import DetectorSettings, VolumeSettings
+from lungseg.detection.train import DetectionTrainer, masked_loss, train_detector
+from lungseg.detection.volumes import detection_volume
+from lungseg.training import METRICS_COLUMNS, load_model, read_checkpoint
+
+torch.set_num_threads(1)
+
+TINY = {
+    "channels": 2,
+    "levels": 2,
+    "epochs": 3,
+    "patch_size": [8, 16, 16],
+    "patches_per_epoch": 4,
+    "bootstrap_draws": 50,
+    "candidate_threshold": 0.05,
+    "device": "cpu",
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("detection")
+    nodules, volumes, split = [], [], []
+    layout = [
+        ("LIDC-IDRI-9101", "train", [((20.0, 46.0, 28.0), 12.0, True), ((14, 40, 70), 6.0, False)]),
+        ("LIDC-IDRI-9102", "train", [((16.0, 50.0, 66.0), 10.0, True)]),
+        ("LIDC-IDRI-9103", "val", [((22.0, 44.0, 30.0), 12.0, True)]),
+    ]
+    settings = VolumeSettings.from_config({"spacing": [5.0, 4.0, 4.0], "shape": [16, 24, 24]})
+    for k, (patient, subset, findings) in enumerate(layout):
+        series = f"1.2.826.0.{k}"
+        path, table = chest_volume(root / "volumes", patient, series, findings, seed=k)
+        nodules.append(table)
+        split.append({"nodule_id": table["nodule_id"].iloc[0], "patient_id": patient, "subset": subset})
+        out = root / "detection_volumes" / patient / f"{series}.h5"
+        table.to_csv(root / "own.csv", index=False)
+        detection_volume(volume=str(path), nodules=str(root / "own.csv"), detection=str(out), settings=settings)
+        volumes.append(str(out))
+    pd.concat(nodules).to_csv(root / "nodules.csv", index=False)
+    pd.DataFrame(split).to_csv(root / "split.csv", index=False)
+    write_scan_table(volumes=volumes, split=str(root / "split.csv"), table=str(root / "scans.csv"))
+    return root, volumes
+
+
+def train(data, out, **changes):
+    root, volumes = data
+    settings = DetectorSettings.from_config({**TINY, **changes})
+    train_detector(
+        scans=str(root / "scans.csv"),
+        volumes=volumes,
+        metrics=str(out / "metrics.csv"),
+        best=str(out / "best.pt"),
+        settings=settings,
+    )
+    return pd.read_csv(out / "metrics.csv"), settings
+
+
+def test_scan_table(data):
+    root, _ = data
+    table = pd.read_csv(root / "scans.csv")
+    assert table["subset"].tolist() == ["train", "train", "val"]
+    assert table["n_nodules"].tolist() == [1, 1, 1] and table["n_ignored"].tolist() == [1, 0, 0]
+
+
+def test_whole_training_checkpoints_and_exact_resume(data, tmp_path, monkeypatch):
+    metrics, settings = train(data, tmp_path / "full")
+    assert list(metrics.columns) == METRICS_COLUMNS and metrics["epoch"].tolist() == [1, 2, 3]
+    assert np.isfinite(metrics[["train_loss", "val_loss", "peak_memory_mb"]].to_numpy()).all()
+    best = read_checkpoint(tmp_path / "full" / "best.pt")
+    assert best["settings"]["volumes"]["spacing"] == [5.0, 4.0, 4.0]
+    assert best["settings"]["hu_min"] == -1000 and best["settings"]["mode"] == "whole"
+    model, trained = load_model(tmp_path / "full" / "best.pt")
+    assert trained["arch"] == "iunet" and not model.training
+
+    # a run killed after epoch 2 resumes from last.pt and ends with the same metrics
+    original = DetectionTrainer.on_epoch_end
+
+    def killed(self, row):
+        original(self, row)
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(DetectionTrainer, "on_epoch_end", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, tmp_path / "killed")
+    monkeypatch.setattr(DetectionTrainer, "on_epoch_end", original)
+    assert len(pd.read_csv(tmp_path / "killed" / "metrics.csv")) == 2
+    resumed, _ = train(data, tmp_path / "killed")
+    columns = [c for c in METRICS_COLUMNS if c not in ("seconds", "peak_memory_mb")]
+    pd.testing.assert_frame_equal(resumed[columns], metrics[columns])
+
+
+def test_patch_training_detect_and_evaluate(data, tmp_path):
+    root, volumes = data
+    out = tmp_path / "unet_patch"
+    metrics, settings = train(data, out, mode="patch", arch="unet", batch_size=2, epochs=2)
+    assert len(metrics) == 2
+    detect(
+        scans=str(root / "scans.csv"),
+        volumes=volumes,
+        best=str(out / "best.pt"),
+        candidates=str(out / "candidates.csv"),
+        settings=settings,
+    )
+    found = pd.read_csv(out / "candidates.csv")
+    assert list(found.columns) == COLUMNS
+    assert set(found["seriesuid"]) <= {"1.2.826.0.2"}
+    evaluate_detector(
+        candidates=str(out / "candidates.csv"),
+        scans=str(root / "scans.csv"),
+        nodules=str(root / "nodules.csv"),
+        metrics=str(out / "metrics.csv"),
+        froc=str(out / "froc.csv"),
+        bootstrap_table=str(out / "froc_bootstrap.csv"),
+        summary=str(out / "summary.csv"),
+        operating_point=str(out / "operating_point.json"),
+        detector="unet_patch",
+        settings=settings,
+    )
+    froc = pd.read_csv(out / "froc.csv")
+    assert list(froc.columns) == ["fps_per_scan", "sensitivity", "threshold"]
+    assert froc.iloc[0].tolist()[:2] == [0, 0]
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert summary["scans"].item() == 1 and summary["nodules"].item() == 1
+    point = json.loads((out / "operating_point.json").read_text())
+    assert point["fps_per_scan_target"] == 1.0
+
+
+def test_masked_loss_skips_ignored_voxels():
+    logits = torch.zeros(1, 1, 4, 4, 4)
+    target = torch.zeros(1, 1, 4, 4, 4)
+    valid = torch.ones(1, 1, 4, 4, 4)
+    base = masked_loss("bce", logits, torch.cat([target, valid], 1))
+    logits[0, 0, 0, 0, 0] = 50.0  # a confident false positive ...
+    assert masked_loss("bce", logits, torch.cat([target, valid], 1)) > base
+    valid[0, 0, 0, 0, 0] = 0  # ... on an ignored voxel costs nothing
+    ignored = masked_loss("bce", logits, torch.cat([target, valid], 1))
+    assert ignored == pytest.approx(float(base))
+    confident = torch.full_like(logits, -50.0)
+    confident[0, 0, 0, 0, 0] = 50.0  # background everywhere but the ignored voxel
+    assert masked_loss("dice", confident, torch.cat([target, valid], 1)) == pytest.approx(0.0)
+    valid[0, 0, 0, 0, 0] = 1
+    assert masked_loss("dice", confident, torch.cat([target, valid], 1)) >= 0.5  # 1 - 1 / (1 + 1)
