@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 
 from lungseg.cli import main
-from lungseg.cohort import CohortCriteria, scan_problem, select_cohort
+from lungseg.ingest.cohort import CohortCriteria, scan_problem, select_cohort
 
 
 @pytest.fixture(scope="module")
 def scans_by_patient():
-    from lungseg import lidc
+    from lungseg.lidc import adapter as lidc
 
     return {scan.patient_id: scan for scan in lidc.all_scans()}
 
@@ -37,7 +37,7 @@ def test_scan_criteria_on_real_database_scans(scans_by_patient, patient_id, crit
 
 @pytest.mark.parametrize("min_readers", [1, 2, 3, 4])
 def test_nodule_criteria_select_exactly_the_matching_clusters(min_readers):
-    from lungseg import lidc
+    from lungseg.lidc import adapter as lidc
 
     patients = {"LIDC-IDRI-0001", "LIDC-IDRI-0016", "LIDC-IDRI-0078"}
     criteria = CohortCriteria(max_slice_thickness=3.0, min_readers=min_readers)

@@ -9,12 +9,12 @@ import pytest
 from scipy import ndimage
 
 from lungseg.cli import main
-from lungseg.cohort import CohortCriteria
-from lungseg.crops import AIR_HU, CONTRACT_COLUMNS, crop_geometry, write_crops
-from lungseg.crops_figures import crops_overview_figure, pick_rows, save_crops_overview
-from lungseg.hdf5_io import read_volume, write_volume
-from lungseg.ingest import convert_series, merge_nodule_tables, series_paths, write_index
-from lungseg.split import REQUIRED_COLUMNS
+from lungseg.dataset.crops import AIR_HU, CONTRACT_COLUMNS, crop_geometry, write_crops
+from lungseg.dataset.split import REQUIRED_COLUMNS
+from lungseg.figures.crops import crops_overview_figure, pick_rows, save_crops_overview
+from lungseg.ingest.cohort import CohortCriteria
+from lungseg.ingest.pipeline import convert_series, merge_nodule_tables, series_paths, write_index
+from lungseg.io.hdf5 import read_volume, write_volume
 
 PATIENT, SERIES = "LIDC-IDRI-9001", "1.2.826.0.1.3680043.8.498.7001"
 

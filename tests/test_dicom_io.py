@@ -17,7 +17,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from lungseg.dicom_io import (
+from lungseg.ingest.dicom import (
     STATUS_EXCLUDED,
     STATUS_OK,
     STATUS_SKIPPED,

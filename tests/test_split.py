@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from lungseg.cli import main
-from lungseg.split import (
+from lungseg.dataset.split import (
     REQUIRED_COLUMNS,
     assign_groups,
     size_strata,

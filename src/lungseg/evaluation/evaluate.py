@@ -1,7 +1,7 @@
 """Evaluate a trained model on the validation crops; summarise all models by nodule size.
 
 Per validation nodule (:func:`evaluate_model`): the best checkpoint's probabilities, thresholded,
-compared with the consensus mask in millimetres (:mod:`lungseg.metrics`). Voxels of *other*
+compared with the consensus mask in millimetres (:mod:`lungseg.evaluation.metrics`). Voxels of *other*
 nodules in the crop (``other`` in crops.h5) are removed from the prediction first: finding a
 neighbouring nodule is not an error on this one. The probabilities are kept in
 ``predictions.h5`` so the figures never run a model.
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from lungseg.core.atomic import atomic_path, write_csv_atomic
-from lungseg.metrics import SURFACE_TOLERANCE_MM, segmentation_metrics
+from lungseg.evaluation.metrics import SURFACE_TOLERANCE_MM, segmentation_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def read_validation_crops(
     crops_h5: str | Path, crops_csv: str | Path, split_csv: str | Path
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """The validation rows of crops.csv and their ``image``, ``mask``, ``other`` arrays."""
-    from lungseg.data import read_subset_indices  # torch import: only when evaluating
+    from lungseg.training.data import read_subset_indices  # torch import: only when evaluating
 
     table = pd.read_csv(crops_csv)
     missing = [c for c in [*CROP_COLUMNS, "n_readers"] if c not in table.columns]
@@ -167,7 +167,7 @@ def evaluate_model(
     """Run ``checkpoint`` on the validation crops; write per-nodule metrics (and probabilities)."""
     import torch
 
-    from lungseg.training import choose_device, load_model, predict
+    from lungseg.training.trainer import choose_device, load_model, predict
 
     torch.set_num_threads(max(1, int(threads)))
     crops, arrays = read_validation_crops(crops_h5, crops_csv, split_csv)

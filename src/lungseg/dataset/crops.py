@@ -32,8 +32,8 @@ import pandas as pd
 from scipy import ndimage
 
 from lungseg.core.atomic import atomic_path, write_csv_atomic
-from lungseg.hdf5_io import COMPRESSIONS, DEFAULT_COMPRESSION, compression_options, read_volume
-from lungseg.split import training_nodules
+from lungseg.dataset.split import training_nodules
+from lungseg.io.hdf5 import COMPRESSIONS, DEFAULT_COMPRESSION, compression_options, read_volume
 
 logger = logging.getLogger(__name__)
 

