@@ -233,27 +233,6 @@ def test_same_config_same_metrics(data, reference, caplog):
     pd.testing.assert_frame_equal(again[COMPARED], metrics[COMPARED])
 
 
-def test_releasing_freed_memory_is_opt_in_and_changes_no_metric(
-    data, reference, tmp_path, monkeypatch
-):
-    import lungseg.training.memory
-    import lungseg.training.trainer
-
-    calls = []
-
-    def recorded():
-        calls.append(True)
-        return lungseg.training.memory.return_freed_memory_to_os()
-
-    monkeypatch.setattr(lungseg.training.trainer, "return_freed_memory_to_os", recorded)
-    _, metrics = reference
-    run_training(data, tmp_path / "default", {**SETTINGS, "epochs": 1})
-    assert calls == []  # default: glibc keeps its dynamic threshold (faster epochs)
-    released = run_training(data, tmp_path / "released", {**SETTINGS, "release_freed_memory": True})
-    assert calls == [True]
-    pd.testing.assert_frame_equal(released[COMPARED], metrics[COMPARED])
-
-
 def test_killed_run_resumes_to_the_same_metrics(data, reference, tmp_path, caplog):
     _, metrics = reference
     settings_file = tmp_path / "settings.yaml"

@@ -34,7 +34,7 @@ from lungseg.evaluation.metrics import dice
 from lungseg.nets.models import ModelSettings, build_model
 from lungseg.training.data import CropSet, augment, batches, load_crop_sets, normalise_hu
 from lungseg.training.losses import build_loss
-from lungseg.training.memory import peak_memory_bytes, return_freed_memory_to_os
+from lungseg.training.memory import peak_memory_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,6 @@ class TrainingSettings:
     flip: bool = True
     intensity_jitter: float = 0.05
     amp: bool = False
-    release_freed_memory: bool = False  # CPU: glibc mmap threshold, see lungseg.training.memory
 
     @classmethod
     def from_dict(cls, settings: dict[str, Any]) -> TrainingSettings:
@@ -350,10 +349,6 @@ def train(
     options = TrainingSettings.from_dict(settings)
     if chosen_device.type == "cuda":
         torch.backends.cudnn.benchmark = False
-    elif options.release_freed_memory:
-        # glibc otherwise keeps freed activation-sized blocks: lower peak RSS, same results,
-        # slower epochs (each big allocation faults in fresh pages)
-        return_freed_memory_to_os()
     levels = ModelSettings.from_dict(settings).levels
     data, fingerprint = load_crop_sets(
         crops_h5, crops_csv, split_csv, options.hu_min, options.hu_max
