@@ -307,9 +307,8 @@ def _series_annotations(
 ) -> SeriesAnnotations | None:
     if annotations is not None:
         return read_series_annotations(annotations, plan.series_uid)
-    from lungseg.lidc.adapter import (
-        adapter as lidc,  # pylidc takes seconds to import; only without a stored file
-    )
+    # pylidc takes seconds to import; only without a stored file
+    from lungseg.lidc import adapter as lidc
 
     if lidc.scan_info(plan.series_uid) is None:
         return None
