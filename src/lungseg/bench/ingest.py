@@ -227,9 +227,7 @@ def _convert_job(paths: list[str], compression: str, env: dict) -> tuple[float, 
 def _convert_child(series_folder: Path, repeats: int, compression: str) -> None:
     """Child process of :func:`benchmark_throughput`: interleaved timings, best of each."""
     from lungseg.ingest.pipeline import convert_series, paint_nodules
-    from lungseg.lidc.adapter import (
-        adapter as lidc,  # import cost is not conversion time (reported separately)
-    )
+    from lungseg.lidc import adapter as lidc  # import cost is not conversion time
     from lungseg.lidc.annotations import write_annotations
 
     paths = sorted(iter_files(series_folder))
