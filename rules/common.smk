@@ -2,7 +2,21 @@
 import functools
 from pathlib import Path
 
+from lungseg.core.provenance import source_hash
+from lungseg.ingest.settings import (
+    AnnotationSettings,
+    CohortCriteria,
+    CohortSettings,
+    ConvertSettings,
+    IndexSettings,
+)
+
 SAMPLE_ROOT = "results/sample_data"
+
+
+def settings_of(cls):
+    """The config keys a job's settings class reads, as its rule's params (reruns track them)."""
+    return cls.config_subset(config)
 
 
 def using_sample_data():
@@ -68,22 +82,9 @@ def volume_nodule_tables(wildcards=None):
     return [path[: -len(".h5")] + ".nodules.csv" for path in volume_files()]
 
 
-def cohort_criteria_args():
-    """Cohort criteria from config as `lungseg cohort`/`lungseg nodules` arguments."""
-    cohort = config["cohort"]
-    args = [
-        "--max-slice-thickness",
-        str(cohort["max_slice_thickness"]),
-        "--min-readers",
-        str(cohort["min_readers"]),
-        "--min-diameter",
-        str(cohort["min_diameter_mm"]),
-        "--spacing-tolerance",
-        str(config["ingest"]["spacing_tolerance"]),
-    ]
-    if not cohort["exclude_irregular"]:
-        args.append("--keep-irregular")
-    return args
+def series_uid_of(wildcards):
+    """The {series_uid} wildcard of a convert job (its stage function's argument)."""
+    return wildcards.series_uid
 
 
 # --- crops and split ---

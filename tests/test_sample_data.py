@@ -45,7 +45,7 @@ def _read_volume(files: list[Path]) -> tuple[np.ndarray, list[float], list[pydic
 
 @pytest.fixture(scope="module")
 def volumes(sample_lidc):
-    """Per scan: (scan, HU volume, z positions, datasets, nodules placed by lungseg.lidc.adapter)."""
+    """Per scan: (scan, HU volume, z positions, datasets, nodules placed by the lidc adapter)."""
     result = []
     for scan in sample_lidc.scans:
         hu, z, datasets = _read_volume(_series_files(sample_lidc.lidc_root, scan))

