@@ -3,6 +3,7 @@ import functools
 from pathlib import Path
 
 from lungseg.core.provenance import source_hash
+from lungseg.dataset.settings import CropSettings, CropsOverviewSettings, SplitSettings
 from lungseg.ingest.settings import (
     AnnotationSettings,
     CohortCriteria,
@@ -94,39 +95,6 @@ def crops_outputs():
         "results/crops/crops.csv",
         "results/split/split.csv",
         "results/plots/crops_overview.png",
-    ]
-
-
-def crops_args():
-    """config["crops"] as `lungseg crops` arguments (a null spacing is "none": native)."""
-    crops = config["crops"]
-    spacing = crops["target_spacing"] or [None, None, None]
-    return [
-        "--size",
-        *[str(n) for n in crops["size"]],
-        "--target-spacing",
-        *["none" if s is None else str(s) for s in spacing],
-        "--mask-interpolation",
-        crops["mask_interpolation"],
-        "--compression",
-        crops["compression"],
-    ]
-
-
-def split_args():
-    """config["split"] as `lungseg split` arguments."""
-    split = config["split"]
-    return [
-        "--val-fraction",
-        str(split["val_fraction"]),
-        "--seed",
-        str(split["seed"]),
-        "--size-bins",
-        *[str(b) for b in split["size_bins_mm"]],
-        "--folds",
-        str(split["folds"]),
-        "--val-fold",
-        str(split["val_fold"]),
     ]
 
 

@@ -201,10 +201,11 @@ def test_crops_cli_is_deterministic_and_writes_chunked_crops(tmp_path):
     )
     outputs = []
     for run in ("a", "b"):
-        argv = ["crops", "--nodules", str(nodules_csv), "--volumes-dir", str(volumes)]
-        argv += ["--out", str(tmp_path / run / "crops.h5")]
-        argv += ["--table-out", str(tmp_path / run / "crops.csv"), "--size", "8", "12", "12"]
-        argv += ["--target-spacing", "1.5", "none", "1.0"]
+        files = [str(p) for p in sorted(volumes.rglob("*.h5"))]
+        argv = ["crops", "--nodules", str(nodules_csv), "--volumes", *files]
+        argv += ["--crops", str(tmp_path / run / "crops.h5")]
+        argv += ["--table", str(tmp_path / run / "crops.csv"), "--size", "[8, 12, 12]"]
+        argv += ["--target_spacing", "[1.5, null, 1.0]"]
         assert main(argv) == 0
         outputs.append(read_crops(tmp_path / run / "crops.h5"))
     for name in ("image", "mask", "other"):
