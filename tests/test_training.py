@@ -29,7 +29,6 @@ from lungseg.training.trainer import (
     load_model,
     predict,
     read_checkpoint,
-    read_settings,
     resumable,
     train,
 )
@@ -236,12 +235,12 @@ def test_same_config_same_metrics(data, reference, caplog):
 def test_killed_run_resumes_to_the_same_metrics(data, reference, tmp_path, caplog):
     _, metrics = reference
     settings_file = tmp_path / "settings.yaml"
-    settings_file.write_text(yaml.safe_dump(SETTINGS))
+    settings_file.write_text(yaml.safe_dump({"training": SETTINGS}))
     command = [
         sys.executable, "-m", "lungseg.cli", "train",
-        "--crops", str(data["crops.h5"]), "--crops-table", str(data["crops.csv"]),
-        "--split", str(data["split.csv"]), "--out-dir", str(tmp_path),
-        "--settings", str(settings_file), "--threads", "1", "--device", "cpu",
+        "--crops", str(data["crops.h5"]), "--table", str(data["crops.csv"]),
+        "--split", str(data["split.csv"]), "--metrics", str(tmp_path / "metrics.csv"),
+        "--best", str(tmp_path / "best.pt"), "--configfile", str(settings_file), "--threads", "1",
     ]  # fmt: skip
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -295,12 +294,37 @@ def test_load_model_and_predict_reproduce_val_dice(data, reference):
 
 
 @pytest.mark.parametrize(
-    ("text", "message"),
-    [("not-a-file.yaml", "neither JSON nor an existing file"), ("[1, 2]", "neither JSON")],
+    ("options", "message"),
+    [
+        (["--epoch", "2"], "unrecognized arguments: --epoch"),  # a typo is no silent default
+        (["--epochs", "abc"], "training.epochs: 'abc' is not of type 'integer'"),
+        (["--epochs", "0"], "training.epochs: 0 is less than the minimum of 1"),
+        (["--arch", "vnet"], "training.arch: 'vnet' is not one of"),
+        (["--hu_min", "500"], "training.hu_min (500) must be below training.hu_max (400)"),
+    ],
 )
-def test_bad_settings_argument_is_named(text, message):
-    with pytest.raises(ValueError, match=message):
-        read_settings(text)
+def test_bad_training_settings_are_named_before_training(data, tmp_path, options, message):
+    command = [
+        sys.executable, "-m", "lungseg.cli", "train",
+        "--crops", str(data["crops.h5"]), "--table", str(data["crops.csv"]),
+        "--split", str(data["split.csv"]), "--metrics", str(tmp_path / "metrics.csv"),
+        "--best", str(tmp_path / "best.pt"), *options,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode in (1, 2)
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_train_help_lists_every_setting_with_its_default():
+    result = subprocess.run(
+        [sys.executable, "-m", "lungseg.cli", "train", "--help"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    for key, default in (("--epochs", "30"), ("--hu_max", "400"), ("--arch", "'iunet'")):
+        assert key in result.stdout
+        assert f"[default: {default}]" in " ".join(result.stdout.split())
 
 
 def test_bad_checkpoint_is_named(tmp_path):

@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "overview figure of the crops (mid-slices)",
     ),
     "split": ("lungseg.dataset.split:run_split", "patient-level train/validation split"),
-    "train": ("lungseg.training.trainer", "train one model variant on the crops"),
+    "train": ("lungseg.training.trainer:run_train", "train one model variant on the crops"),
     "evaluate": ("lungseg.evaluation.evaluate", "evaluate a trained model on the validation crops"),
     "plots": ("lungseg.figures.curves", "render Dice curves, examples and overview figures"),
     "benchmark": ("lungseg.bench.memory", "memory and speed of one training step vs volume size"),

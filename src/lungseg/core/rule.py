@@ -75,7 +75,10 @@ def snakemake_kwargs(func: Callable, smk) -> dict[str, Any]:
 def build_parser(func: Callable, prog: str | None = None) -> argparse.ArgumentParser:
     """Options from the function's signature: ``--name`` per path, settings, ``--threads``."""
     doc = inspect.getdoc(func) or ""
-    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    # allow_abbrev=False: a misspelt setting (--epoch) must fail, not pass as a prefix
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc.split("\n\n")[0], allow_abbrev=False
+    )
     parser.add_argument("--log", help="also write the log to this file")
     hints = typing.get_type_hints(func)
     settings = settings_parameters(func)
