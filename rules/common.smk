@@ -3,6 +3,8 @@ import functools
 from pathlib import Path
 
 from lungseg.core.provenance import source_hash
+from lungseg.figures.settings import ExamplesSettings
+from lungseg.evaluation.settings import BucketSettings, EvaluationSettings
 from lungseg.dataset.settings import CropSettings, CropsOverviewSettings, SplitSettings
 from lungseg.ingest.settings import (
     AnnotationSettings,
@@ -111,6 +113,11 @@ def model_wildcard_pattern():
     return "|".join(re.escape(name) for name in model_names())
 
 
+def model_of(wildcards):
+    """The {model} wildcard (titles of a model's figures)."""
+    return wildcards.model
+
+
 def model_settings(wildcards):
     """A variant's merged settings: config["training"] (less resources), then its overrides.
 
@@ -163,11 +170,12 @@ def evaluation_model_pattern():
     return "|".join(re.escape(name) for name in evaluated_models())
 
 
-def evaluation_device():
-    """Device of the evaluate jobs: cuda when they are given a GPU, else the configured one."""
+def evaluation_settings():
+    """Settings of the evaluate jobs; the device is cuda when they are given a GPU."""
+    settings = settings_of(EvaluationSettings)
     if config["evaluation"]["resources"]["gpu"]:
-        return "cuda"
-    return config["evaluation"]["device"]
+        settings["device"] = "cuda"
+    return settings
 
 
 def evaluation_tables():

@@ -185,13 +185,13 @@ def test_evaluate_runs_the_checkpoint_on_the_validation_crops(trained, tmp_path)
     from lungseg.training.trainer import load_model, predict
 
     directory, arrays = trained
-    argv = ["evaluate", "model", "--checkpoint", str(directory / "model" / "best.pt"),
+    argv = ["evaluate", "--checkpoint", str(directory / "model" / "best.pt"),
             "--crops", str(directory / "crops.h5"), "--crops-table", str(directory / "crops.csv"),
             "--split", str(directory / "split.csv"), "--device", "cpu"]  # fmt: skip
     outputs = []
     for run in ("first", "second"):
         out, predictions = tmp_path / run / "evaluation.csv", tmp_path / run / "predictions.h5"
-        assert main([*argv, "--out", str(out), "--predictions", str(predictions)]) == 0
+        assert main([*argv, "--evaluation", str(out), "--predictions", str(predictions)]) == 0
         outputs.append((out, predictions))
     frame = pd.read_csv(outputs[0][0])
     assert list(frame.columns) == evaluation.EVALUATION_COLUMNS

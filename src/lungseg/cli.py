@@ -41,8 +41,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "split": ("lungseg.dataset.split:run_split", "patient-level train/validation split"),
     "train": ("lungseg.training.trainer:run_train", "train one model variant on the crops"),
-    "evaluate": ("lungseg.evaluation.evaluate", "evaluate a trained model on the validation crops"),
-    "plots": ("lungseg.figures.curves", "render Dice curves, examples and overview figures"),
+    "evaluate": (
+        "lungseg.evaluation.evaluate:run_evaluate",
+        "evaluate a trained model on the validation crops",
+    ),
+    "evaluate-summary": (
+        "lungseg.evaluation.evaluate:run_evaluate_summary",
+        "summary table of several models' evaluations by nodule size",
+    ),
+    "plots": ("lungseg.figures.curves:run_plots", "Dice and loss curves of one model"),
+    "plot-examples": (
+        "lungseg.figures.curves:run_plot_examples",
+        "validation examples of one model",
+    ),
+    "plot-comparison": (
+        "lungseg.figures.curves:run_plot_comparison",
+        "validation Dice of all models in one figure",
+    ),
     "benchmark": ("lungseg.bench.memory", "memory and speed of one training step vs volume size"),
 }
 

@@ -24,10 +24,10 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from lungseg.core.atomic import atomic_path  # noqa: E402
 from lungseg.dataset.settings import CropsOverviewSettings  # noqa: E402
+from lungseg.figures.style import HU_WINDOW  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-HU_WINDOW = (-1000.0, 400.0)  # display only; training applies its own window
 PANEL_INCHES = 1.6
 DPI = 150
 NODULE_COLOUR = "tab:red"
