@@ -4,6 +4,8 @@ from pathlib import Path
 
 from lungseg.core.provenance import source_hash
 from lungseg.figures.settings import ExamplesSettings
+from lungseg.sample.settings import SampleSettings
+from lungseg.training.settings import variant_config
 from lungseg.evaluation.settings import BucketSettings, EvaluationSettings
 from lungseg.dataset.settings import CropSettings, CropsOverviewSettings, SplitSettings
 from lungseg.ingest.settings import (
@@ -119,14 +121,8 @@ def model_of(wildcards):
 
 
 def model_settings(wildcards):
-    """A variant's merged settings: config["training"] (less resources), then its overrides.
-
-    Null or unset keys of a variant inherit the training value. These are the train job's params,
-    so editing one variant reruns only that variant's training.
-    """
-    shared = {k: v for k, v in config["training"].items() if k != "resources"}
-    overrides = config["models"][wildcards.model] or {}
-    return {**shared, **{k: v for k, v in overrides.items() if v is not None}}
+    """A variant's merged settings (training, then its overrides): the train job's params."""
+    return variant_config(config, wildcards.model)
 
 
 def train_resource(name):

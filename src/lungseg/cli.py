@@ -16,7 +16,10 @@ from lungseg.core.log import setup_logging
 
 #: subcommand -> (``module:function`` or a legacy module with configure_parser/run_cli, help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "sample-data": ("lungseg.sample.generate", "write LIDC-shaped sample DICOM series"),
+    "sample-data": (
+        "lungseg.sample.generate:run_sample_data",
+        "write the LIDC-shaped sample DICOM series of one patient",
+    ),
     "index": ("lungseg.ingest.index:run_index", "index a DICOM folder: one row per series"),
     "annotations": (
         "lungseg.ingest.convert:run_annotations",

@@ -70,6 +70,19 @@ def _first_error_message(error: jsonschema.ValidationError, section: str) -> str
     return f"{where}: {error.message}"
 
 
+def check_against_schema(config: Mapping[str, Any]) -> None:
+    """Raise :class:`SettingsError` naming the first key of ``config`` the schema rejects.
+
+    Snakemake's own validation prints the whole schema fragment before the key; this names the
+    key and the problem in one line (the Snakefile runs it first).
+    """
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(dict(config)), key=lambda e: list(e.absolute_path))
+    if errors:
+        message = _first_error_message(errors[0], "config").removeprefix("config.")
+        raise SettingsError(f"{message} (schema: {SCHEMA_PATH.name})")
+
+
 def _property_schema(sections: tuple[str, ...], key: str) -> tuple[str, dict]:
     """``(section, schema)`` of ``key``: the first of ``sections`` whose schema has it."""
     for section in sections:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from lungseg.core.errors import SettingsError
 from lungseg.core.settings import StageSettings
@@ -56,3 +58,14 @@ class VariantSettings(StageSettings):
     def divides(self, size: tuple[int, ...]) -> bool:
         """Whether a volume of ``size`` voxels passes the network's ``levels - 1`` halvings."""
         return all(n % 2 ** (self.levels - 1) == 0 for n in size)
+
+
+def variant_config(config: Mapping[str, Any], model: str) -> dict:
+    """A variant's merged settings: ``training`` (less resources), then ``models[model]``.
+
+    Null or unset keys of a variant inherit the training value. These are the train job's
+    params, so editing one variant reruns only that variant's training.
+    """
+    shared = {k: v for k, v in (config.get("training") or {}).items() if k != "resources"}
+    overrides = config["models"][model] or {}
+    return {**shared, **{k: v for k, v in overrides.items() if v is not None}}
