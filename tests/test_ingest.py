@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from test_dicom_io import write_series, write_slice
+from workflow_helpers import copy_workflow
 
 from lungseg.ingest.convert import convert_series, extract_annotations, series_paths
 from lungseg.ingest.index import write_index
@@ -230,14 +231,7 @@ def test_snakemake_fans_out_over_the_index_and_survives_bad_series(tmp_path):
     """Real Snakemake: checkpoint index, one convert job per convertible series, nodules.csv."""
     raw = tmp_path / "raw"
     write_quirky_tree(raw)
-    work = tmp_path / "work"
-    work.mkdir()
-    for name in ("Snakefile", "rules", "schemas", "workflow_scripts", "envs", "config.yaml"):
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, work / name)
-        elif source.exists():
-            shutil.copy2(source, work / name)
+    work = copy_workflow(tmp_path / "work")
     command = [
         sys.executable, "-m", "snakemake", "volumes", "--cores", "2",
         "--workflow-profile", "none", "--config", f"lidc_root={raw}",

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from workflow_helpers import copy_workflow, write_config
 
 from lungseg.evaluation.metrics import dice
 from lungseg.training.data import augment, load_crop_sets, normalise_hu, read_subset_indices
@@ -351,18 +352,17 @@ def test_models_learn_spheres(data, tmp_path, arch):
 
 def write_workflow(workdir: Path, crops: dict[str, Path]) -> dict:
     """A copy of the train stage (the repo's rules, schema, config) with tiny settings."""
-    for name in ("rules", "schemas", "workflow_scripts", "envs"):
-        shutil.copytree(REPO / name, workdir / name)
-    (workdir / "Snakefile").write_text(
-        'from snakemake.utils import validate\n\nconfigfile: "config.yaml"\n\n'
-        'validate(config, "schemas/config.schema.yaml")\n\n'
-        'include: "rules/common.smk"\ninclude: "rules/train.smk"\n'
-    )
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["training"].update(channels=4, levels=2, epochs=1, batch_size=8)
     # Two of the default variants keep the test short; both are edited below.
     config["models"] = {name: config["models"][name] for name in ("iunet_ms", "iunet_msw")}
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    snakefile = (
+        'from snakemake.utils import validate\n\nconfigfile: "config.yaml"\n\n'
+        'validate(config, "schemas/config.schema.yaml")\n\n'
+        'include: "rules/common.smk"\ninclude: "rules/train.smk"\n'
+    )
+    copy_workflow(workdir, {}, snakefile=snakefile)
+    write_config(workdir, config)
     for folder, names in (("crops", ("crops.h5", "crops.csv")), ("split", ("split.csv",))):
         (workdir / "results" / folder).mkdir(parents=True)
         for name in names:
