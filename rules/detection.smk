@@ -24,7 +24,7 @@ rule detection_volume:
         mem_mb=2500,
         runtime=20,
     params:
-        settings=config["detection"]["volumes"],
+        settings=settings_of(VolumeSettings),
     script:
         "../workflow_scripts/detection_volume.py"
 

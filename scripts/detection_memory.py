@@ -18,8 +18,8 @@ import sys
 def child(settings: dict, size: list[int]) -> dict:
     import torch
 
-    from lungseg.memory import current_rss_bytes, peak_memory_bytes, reset_peak_rss
-    from lungseg.models import build_model
+    from lungseg.training.memory import current_rss_bytes, peak_memory_bytes, reset_peak_rss
+    from lungseg.nets.models import build_model
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

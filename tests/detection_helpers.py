@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungseg.hdf5_io import write_volume
+from lungseg.io.hdf5 import write_volume
 
 SHAPE = (40, 96, 96)
 SPACING = (2.5, 1.0, 1.0)

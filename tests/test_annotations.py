@@ -12,8 +12,8 @@ import h5py
 import numpy as np
 import pytest
 
-from lungseg import lidc
-from lungseg.annotations import (
+from lungseg.lidc import adapter as lidc
+from lungseg.lidc.annotations import (
     FailedAnnotations,
     place_nodules,
     read_consensus_level,

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from workflow_helpers import SNAKEMAKE
 
-from lungseg.benchmark import (
+from lungseg.bench.memory import (
     COLUMNS,
     FIT_COLUMNS,
     GIB,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from lungseg.cpu_convolution import OneDNNConv3d, use_onednn_convolutions
+from lungseg.nets.cpu_convolution import OneDNNConv3d, use_onednn_convolutions
 
 # (batch, in, out, kernel, padding, stride, dilation, groups, bias, spatial)
 CASES = [

@@ -10,7 +10,7 @@ from detection_helpers import ORIGIN, SPACING, chest_volume
 
 from lungseg.detection.settings import VolumeSettings
 from lungseg.detection.volumes import IGNORE, NODULE, detection_volume, to_source_voxels, to_world
-from lungseg.hdf5_io import read_volume
+from lungseg.io.hdf5 import read_volume
 
 SERIES = "1.2.3.4.5.6.7.8"
 

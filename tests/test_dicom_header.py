@@ -22,8 +22,7 @@ from pydicom.uid import (
 )
 from test_dicom_io import write_slice
 
-from lungseg.dicom_header import read_selected
-from lungseg.dicom_io import (
+from lungseg.ingest.dicom import (
     HEADER_TAGS,
     PIXEL_TAGS,
     DicomFileError,
@@ -34,6 +33,7 @@ from lungseg.dicom_io import (
     read_header_and_pixel_offset,
     slice_hu_into,
 )
+from lungseg.ingest.dicom_header import read_selected
 
 SELECTED = [tag_for_keyword(keyword) for keyword in HEADER_TAGS + PIXEL_TAGS]
 STORED = np.arange(-40, 24, dtype=np.int16).reshape(8, 8) * 37

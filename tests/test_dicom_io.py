@@ -17,10 +17,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from lungseg.dicom_io import (
-    STATUS_EXCLUDED,
-    STATUS_OK,
-    STATUS_SKIPPED,
+from lungseg.ingest.dicom import (
     DicomFileError,
     _native_pixels,
     group_by_series,
@@ -30,6 +27,7 @@ from lungseg.dicom_io import (
     read_series,
     scan_folder,
 )
+from lungseg.ingest.status import STATUS_EXCLUDED, STATUS_OK, STATUS_SKIPPED
 
 
 def write_slice(

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import lungseg
-from lungseg.hdf5_io import COMPRESSIONS, read_attrs, read_volume, write_volume
+from lungseg.io.hdf5 import COMPRESSIONS, read_attrs, read_volume, write_volume
 
 ATTRS = {
     "patient_id": "LIDC-IDRI-0001",

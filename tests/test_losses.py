@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lungseg.losses import (
+from lungseg.training.losses import (
     MultiScaleLoss,
     build_loss,
     downsample_target,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lungseg.memory import (
+from lungseg.training.memory import (
     current_rss_bytes,
     peak_memory_bytes,
     peak_rss_bytes,
@@ -38,7 +38,7 @@ def test_reset_peak_rss_starts_a_new_window():
 _FREE_BLOCKS = """
 import sys
 import numpy as np
-from lungseg.memory import current_rss_bytes, return_freed_memory_to_os
+from lungseg.training.memory import current_rss_bytes, return_freed_memory_to_os
 MIB = 1 << 20
 if sys.argv[1] == "fixed":
     assert return_freed_memory_to_os()
@@ -75,7 +75,7 @@ def test_a_child_does_not_report_its_parents_peak():
     # This process holds 1 GiB more when it starts the child; the child itself (python + torch,
     # ~220 MiB) stays far below that.
     ballast = np.ones(1024 * MIB, dtype=np.uint8)
-    code = "from lungseg.memory import peak_rss_bytes; print(peak_rss_bytes())"
+    code = "from lungseg.training.memory import peak_rss_bytes; print(peak_rss_bytes())"
     child_peak = int(
         subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from lungseg import metrics
+from lungseg.evaluation import metrics
 
 
 def voxels(shape, *points):

@@ -27,7 +27,7 @@ from lungseg.core.atomic import atomic_path  # noqa: E402
 from lungseg.detection.evaluate import reference_findings  # noqa: E402
 from lungseg.detection.froc import OPERATING_POINTS  # noqa: E402
 from lungseg.detection.scans import geometry, read_scan_table  # noqa: E402
-from lungseg.hdf5_io import read_volume  # noqa: E402
+from lungseg.io.hdf5 import read_volume  # noqa: E402
 
 DPI = 150
 HU_WINDOW = (-1000.0, 400.0)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lungseg.data import normalise_hu
+from lungseg.training.data import normalise_hu
 
 
 def volume_logits(model: torch.nn.Module, images: torch.Tensor, settings: Mapping[str, Any]):

@@ -18,7 +18,7 @@ import pandas as pd
 
 from lungseg.core.atomic import write_csv_atomic
 from lungseg.core.errors import InputError
-from lungseg.hdf5_io import read_attrs
+from lungseg.io.hdf5 import read_attrs
 
 AXES = ("z", "y", "x")
 SUBSETS = ("train", "val", "none")

@@ -18,13 +18,15 @@ from lungseg.core.errors import SettingsError
 from lungseg.core.settings import StageSettings
 
 MODES = ("whole", "patch")
+#: Keys of ``detection`` that are not detector settings.
+NOT_DETECTOR_KEYS = frozenset({"volumes", "resources"})
 
 
 @dataclass(frozen=True)
 class VolumeSettings(StageSettings):
     """``detection.volumes``: the scan cropped to the lungs, resampled, on a fixed canvas."""
 
-    SECTION: ClassVar[str] = "detection.volumes"
+    SECTIONS: ClassVar[tuple[str, ...]] = ("detection.volumes",)
 
     spacing: tuple[float, float, float]
     shape: tuple[int, int, int]
@@ -50,8 +52,7 @@ class VolumeSettings(StageSettings):
 class DetectorSettings(StageSettings):
     """One detector: ``detection`` (less ``volumes``, ``resources``) with its ``detectors`` entry."""
 
-    SECTION: ClassVar[str] = "detection"
-    EXCLUDE: ClassVar[frozenset[str]] = frozenset({"volumes", "resources"})
+    SECTIONS: ClassVar[tuple[str, ...]] = ("detection",)
 
     mode: str
     arch: str
@@ -112,7 +113,7 @@ def merged_detector_config(config: Mapping[str, Any], name: str) -> dict[str, An
     The same merge as ``detector_settings`` in rules/common.smk (a train job's params).
     """
     shared = {
-        k: v for k, v in (config.get("detection") or {}).items() if k not in DetectorSettings.EXCLUDE
+        k: v for k, v in (config.get("detection") or {}).items() if k not in NOT_DETECTOR_KEYS
     }
     overrides = (config.get("detectors") or {}).get(name) or {}
     return {**shared, **{k: v for k, v in overrides.items() if v is not None}}

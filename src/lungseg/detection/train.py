@@ -30,15 +30,15 @@ import torch
 import torch.nn.functional as F
 
 from lungseg.core.errors import InputError
-from lungseg.data import augment, batches, normalise_hu
+from lungseg.training.data import augment, batches, normalise_hu
 from lungseg.detection.inference import volume_logits
 from lungseg.detection.scans import read_scan_table
 from lungseg.detection.settings import DetectorSettings
 from lungseg.detection.volumes import IGNORE, NODULE
-from lungseg.hdf5_io import read_attrs, read_volume
-from lungseg.losses import soft_dice_loss
-from lungseg.metrics import dice
-from lungseg.training import Trainer, choose_device, resumable
+from lungseg.io.hdf5 import read_attrs, read_volume
+from lungseg.training.losses import soft_dice_loss
+from lungseg.evaluation.metrics import dice
+from lungseg.training.trainer import Trainer, choose_device, resumable
 
 logger = logging.getLogger(__name__)
 

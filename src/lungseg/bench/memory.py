@@ -96,13 +96,13 @@ def measure_step(point: Point, device_name: str, steps: int, threads: int) -> di
     """Build the model, run ``steps`` training steps, return peak memory and time per step."""
     import torch
 
-    from lungseg.memory import (
+    from lungseg.nets.models import build_model
+    from lungseg.training.memory import (
         current_rss_bytes,
         peak_memory_bytes,
         reset_peak_rss,
         return_freed_memory_to_os,
     )
-    from lungseg.models import build_model
 
     if VARIANTS[point.variant][1]:
         return_freed_memory_to_os()
@@ -140,7 +140,7 @@ def measure_step(point: Point, device_name: str, steps: int, threads: int) -> di
 
 def guard_cpu_memory(budget_bytes: int) -> None:
     """Cap this process's data segment so that its RSS cannot grow past ``budget_bytes``."""
-    from lungseg.memory import current_rss_bytes
+    from lungseg.training.memory import current_rss_bytes
 
     with open("/proc/self/status") as status:
         data_kib = next(int(line.split()[1]) for line in status if line.startswith("VmData:"))
@@ -190,7 +190,7 @@ def run_point(
     command = [
         sys.executable,
         "-c",
-        "import sys; from lungseg.benchmark import child_main; sys.exit(child_main())",
+        "import sys; from lungseg.bench.memory import child_main; sys.exit(child_main())",
         json.dumps(request),
     ]
     try:

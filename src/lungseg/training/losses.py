@@ -2,7 +2,7 @@
 
 ``build_loss(settings)`` returns an ``nn.Module`` called as ``loss(list_of_logits, target)``: the
 first logits tensor is at full resolution, the others at coarser decoder scales (deep
-supervision, see :mod:`lungseg.models`). Each coarser scale is compared with the target
+supervision, see :mod:`lungseg.nets.models`). Each coarser scale is compared with the target
 downsampled to its shape and the per-scale losses are combined with per-scale weights:
 
 - ``equal``: every scale weighs 1 (the plain sum over scales);
@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lungseg.core.settings import schema_defaults
 
 LOSSES = ("dice_bce", "dice", "bce")
 WEIGHT_SCHEMES = ("equal", "halving", "learned")
@@ -153,10 +155,11 @@ def build_loss(settings: dict[str, Any]) -> MultiScaleLoss:
     ``learned``/list), ``target_downsampling`` (``area``/``maxpool``); the number of scales
     follows the model keys ``deep_supervision`` and ``levels``.
     """
-    n_scales = int(settings.get("levels", 4)) if settings.get("deep_supervision") else 1
+    settings = {**schema_defaults("training"), **settings}  # defaults: the schema's
+    n_scales = int(settings["levels"]) if settings["deep_supervision"] else 1
     return MultiScaleLoss(
-        loss=settings.get("loss", "dice_bce"),
+        loss=settings["loss"],
         n_scales=n_scales,
-        scale_weights=settings.get("scale_weights", "equal"),
-        target_downsampling=settings.get("target_downsampling", "maxpool"),
+        scale_weights=settings["scale_weights"],
+        target_downsampling=settings["target_downsampling"],
     )

@@ -2,7 +2,7 @@
 
 The crops (a few MB even for all of LIDC at 32^3..64^3) are read into memory once; batches are
 drawn by a seeded ``torch.Generator`` so that shuffling and augmentation are reproducible and
-their state can be checkpointed (see :mod:`lungseg.training`).
+their state can be checkpointed (see :mod:`lungseg.training.trainer`).
 """
 
 from __future__ import annotations

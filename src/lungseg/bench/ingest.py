@@ -1,8 +1,8 @@
 """Ingestion benchmarks (not timed tests): HDF5 codecs, conversion throughput, DAG build time.
 
-    python -m lungseg.ingest_benchmark codecs SERIES_FOLDER
-    python -m lungseg.ingest_benchmark throughput SERIES_FOLDER
-    python -m lungseg.ingest_benchmark dag --n-series 1018
+    python -m lungseg.bench.ingest codecs SERIES_FOLDER
+    python -m lungseg.bench.ingest throughput SERIES_FOLDER
+    python -m lungseg.bench.ingest dag --n-series 1018
 
 Figures go to stdout as a Markdown table (and ``--out`` as CSV); docs/ingestion.md records them.
 """
@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 import pydicom
 
-from lungseg.dicom_io import iter_files, read_series
-from lungseg.hdf5_io import COMPRESSIONS, DEFAULT_VOLUME_COMPRESSION, write_volume
+from lungseg.ingest.dicom import iter_files, read_series
+from lungseg.io.hdf5 import COMPRESSIONS, DEFAULT_VOLUME_COMPRESSION, write_volume
 
 REPO = Path(__file__).resolve().parents[2]
 #: (name, codec, level) compared by ``codecs``
@@ -163,7 +163,7 @@ def benchmark_throughput(
         [
             sys.executable,
             "-m",
-            "lungseg.ingest_benchmark",
+            "lungseg.bench.ingest",
             "_convert",
             str(series_folder),
             "--repeats",
@@ -190,17 +190,17 @@ def benchmark_throughput(
         shape=result["shape"],
         convert_job_cpu_s=round(job_cpu_s, 2),
         convert_job_peak_rss_mb=job_peak_mb,
-        convert_job_imports_cpu_s=round(startup_cpu_seconds("lungseg.ingest"), 2),
-        pylidc_import_cpu_s=round(startup_cpu_seconds("lungseg.lidc"), 2),
+        convert_job_imports_cpu_s=round(startup_cpu_seconds("lungseg.ingest.convert"), 2),
+        pylidc_import_cpu_s=round(startup_cpu_seconds("lungseg.lidc.adapter"), 2),
     )
     return frame
 
 
 def _convert_job(paths: list[str], compression: str, env: dict) -> tuple[float, int]:
     """CPU seconds and peak RSS (MB) of one ``lungseg convert`` job as the workflow runs it."""
-    from lungseg import lidc
-    from lungseg.annotations import write_annotations
-    from lungseg.dicom_io import read_header
+    from lungseg.ingest.dicom import read_header
+    from lungseg.lidc import adapter as lidc
+    from lungseg.lidc.annotations import write_annotations
 
     series_uid = read_header(paths[0]).series_uid
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,8 +210,8 @@ def _convert_job(paths: list[str], compression: str, env: dict) -> tuple[float, 
         )
         write_annotations(out / "a.h5", [lidc.series_annotations(series_uid, 0.5)], 0.5)
         argv = [
-            "convert", "--files", str(out / "files.csv"), "--series-uid", series_uid,
-            "--out", str(out / "v.h5"), "--nodules-out", str(out / "v.csv"),
+            "convert", "--files", str(out / "files.csv"), "--series_uid", series_uid,
+            "--volume", str(out / "v.h5"), "--nodules", str(out / "v.csv"),
             "--annotations", str(out / "a.h5"), "--compression", compression,
         ]  # fmt: skip
         before = _children_cpu()
@@ -226,9 +226,9 @@ def _convert_job(paths: list[str], compression: str, env: dict) -> tuple[float, 
 
 def _convert_child(series_folder: Path, repeats: int, compression: str) -> None:
     """Child process of :func:`benchmark_throughput`: interleaved timings, best of each."""
-    from lungseg import lidc  # import cost is not conversion time (reported separately)
-    from lungseg.annotations import write_annotations
-    from lungseg.ingest import convert_series, paint_nodules
+    from lungseg.ingest.convert import convert_series, paint_nodules
+    from lungseg.lidc import adapter as lidc  # import cost is not conversion time
+    from lungseg.lidc.annotations import write_annotations
 
     paths = sorted(iter_files(series_folder))
     _raw_read(paths)  # warm the page cache
@@ -355,7 +355,7 @@ def benchmark_dag(n_series: int = 1018, repeats: int = 2) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lungseg.ingest_benchmark", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lungseg.bench.ingest", description=__doc__)
     sub = parser.add_subparsers(dest="what", required=True)
     for name in ("codecs", "throughput", "_convert"):
         p = sub.add_parser(name)
