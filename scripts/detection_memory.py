@@ -18,8 +18,8 @@ import sys
 def child(settings: dict, size: list[int]) -> dict:
     import torch
 
-    from lungseg.training.memory import current_rss_bytes, peak_memory_bytes, reset_peak_rss
     from lungseg.nets.models import build_model
+    from lungseg.training.memory import current_rss_bytes, peak_memory_bytes, reset_peak_rss
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -71,7 +71,12 @@ def main() -> int:
         command += ["--child", json.dumps({**base, **extra})]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         result = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"{name}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+        print(
+            f"{name}: "
+            + ", ".join(
+                f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()
+            )
+        )
     return 0
 
 

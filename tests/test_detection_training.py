@@ -47,10 +47,14 @@ def data(tmp_path_factory):
         series = f"1.2.826.0.{k}"
         path, table = chest_volume(root / "volumes", patient, series, findings, seed=k)
         nodules.append(table)
-        split.append({"nodule_id": table["nodule_id"].iloc[0], "patient_id": patient, "subset": subset})
+        split.append(
+            {"nodule_id": table["nodule_id"].iloc[0], "patient_id": patient, "subset": subset}
+        )
         out = root / "detection_volumes" / patient / f"{series}.h5"
         table.to_csv(root / "own.csv", index=False)
-        detection_volume(volume=str(path), nodules=str(root / "own.csv"), detection=str(out), settings=settings)
+        detection_volume(
+            volume=str(path), nodules=str(root / "own.csv"), detection=str(out), settings=settings
+        )
         volumes.append(str(out))
     pd.concat(nodules).to_csv(root / "nodules.csv", index=False)
     pd.DataFrame(split).to_csv(root / "split.csv", index=False)

@@ -37,7 +37,9 @@ def scan(tmp_path):
 def run(tmp_path, scan, **changes):
     path, nodules, _ = scan
     out = tmp_path / "detection" / "d.h5"
-    detection_volume(volume=str(path), nodules=str(nodules), detection=str(out), settings=settings(**changes))
+    detection_volume(
+        volume=str(path), nodules=str(nodules), detection=str(out), settings=settings(**changes)
+    )
     return read_volume(out)
 
 

@@ -1,4 +1,4 @@
-"""Snakemake rule `detect`. From the shell: python workflow_scripts/detect.py --help."""
+"""Snakemake rule `detect`. Shell: python workflow_scripts/detect.py -h."""
 
 from lungseg.core.rule import run_rule
 from lungseg.detection.predict import detect

@@ -1,4 +1,4 @@
-"""Snakemake rule `detection_scans`. From the shell: python workflow_scripts/detection_scans.py --help."""
+"""Snakemake rule `detection_scans`. Shell: python workflow_scripts/detection_scans.py -h."""
 
 from lungseg.core.rule import run_rule
 from lungseg.detection.scans import write_scan_table

@@ -1,4 +1,4 @@
-"""Snakemake rule `detection_summary`. From the shell: python workflow_scripts/detection_summary.py --help."""
+"""Snakemake rule `detection_summary`. Shell: python workflow_scripts/detection_summary.py -h."""
 
 from lungseg.core.rule import run_rule
 from lungseg.detection.evaluate import summarise_detectors

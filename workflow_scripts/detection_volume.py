@@ -1,4 +1,4 @@
-"""Snakemake rule `detection_volume`. From the shell: python workflow_scripts/detection_volume.py --help."""
+"""Snakemake rule `detection_volume`. Shell: python workflow_scripts/detection_volume.py -h."""
 
 from lungseg.core.rule import run_rule
 from lungseg.detection.volumes import detection_volume

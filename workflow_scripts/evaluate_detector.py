@@ -1,4 +1,4 @@
-"""Snakemake rule `evaluate_detector`. From the shell: python workflow_scripts/evaluate_detector.py --help."""
+"""Snakemake rule `evaluate_detector`. Shell: python workflow_scripts/evaluate_detector.py -h."""
 
 from lungseg.core.rule import run_rule
 from lungseg.detection.evaluate import evaluate_detector

@@ -1,4 +1,4 @@
-"""Snakemake rule `plot_detections`. From the shell: python workflow_scripts/plot_detections.py --help."""
+"""Snakemake rule `plot_detections`. Shell: python workflow_scripts/plot_detections.py -h."""
 
 from lungseg.core.rule import run_rule
 from lungseg.detection.figures import plot_detections

@@ -1,4 +1,4 @@
-"""Snakemake rule `plot_froc`. From the shell: python workflow_scripts/plot_froc.py --help."""
+"""Snakemake rule `plot_froc`. Shell: python workflow_scripts/plot_froc.py -h."""
 
 from lungseg.core.rule import run_rule
 from lungseg.detection.figures import plot_froc

@@ -1,4 +1,4 @@
-"""Snakemake rule `train_detector`. From the shell: python workflow_scripts/train_detector.py --help."""
+"""Snakemake rule `train_detector`. Shell: python workflow_scripts/train_detector.py -h."""
 
 from lungseg.core.rule import run_rule
 from lungseg.detection.train import train_detector

@@ -48,7 +48,9 @@ def froc_figure(frocs: list[str], bootstraps: list[str], summaries: list[str]) -
         curve, band = pd.read_csv(froc_path), pd.read_csv(band_path)
         row = pd.read_csv(summary_path).iloc[0]
         colour = colours(i % 10)
-        label = f"{row['detector']}: CPM {row['cpm']:.3f} ({row['cpm_low']:.3f}-{row['cpm_high']:.3f})"
+        label = (
+            f"{row['detector']}: CPM {row['cpm']:.3f} ({row['cpm_low']:.3f}-{row['cpm_high']:.3f})"
+        )
         ax.plot(curve["fps_per_scan"], curve["sensitivity"], color=colour, lw=1.8, label=label)
         ax.fill_between(
             band["fps_per_scan"],
@@ -73,7 +75,9 @@ def froc_figure(frocs: list[str], bootstraps: list[str], summaries: list[str]) -
     return figure
 
 
-def plot_froc(*, frocs: list[str], bootstraps: list[str], summaries: list[str], figure: str) -> None:
+def plot_froc(
+    *, frocs: list[str], bootstraps: list[str], summaries: list[str], figure: str
+) -> None:
     """results/plots/froc.png from every detector's froc.csv, bootstrap band and summary."""
     save(froc_figure(frocs, bootstraps, summaries), figure)
 
@@ -108,7 +112,9 @@ def detections_figure(
             volumes[scan["path"]] = (image, float(vattrs["spacing"][1]))
         image, pixel_mm = volumes[scan["path"]]
         nodule = nodules.loc[ref["nodule_id"]]
-        centre = _canvas_points([[nodule["centroid_z"], nodule["centroid_y"], nodule["centroid_x"]]], attrs)[0]
+        centre = _canvas_points(
+            [[nodule["centroid_z"], nodule["centroid_y"], nodule["centroid_x"]]], attrs
+        )[0]
         z = int(np.clip(round(centre[0]), 0, image.shape[0] - 1))
         slab = image[max(z - 1, 0) : z + 2].max(axis=0)
         ax.imshow(slab, cmap="gray", vmin=HU_WINDOW[0], vmax=HU_WINDOW[1], origin="upper")
@@ -143,10 +149,8 @@ def detections_figure(
                 lw=1.2,
             )
         )
-        ax.set_title(
-            f"{ref['nodule_id']}\n{ref['diameter_mm']:.0f} mm, {'hit' if hit_by[this] else 'missed'}",
-            fontsize=6,
-        )
+        outcome = "hit" if hit_by[this] else "missed"
+        ax.set_title(f"{ref['nodule_id']}\n{ref['diameter_mm']:.0f} mm, {outcome}", fontsize=6)
         ax.set_axis_off()
     if panels.empty:
         figure.text(0.5, 0.5, "no reference nodule in the validation scans", ha="center")
@@ -160,7 +164,13 @@ def detections_figure(
 
 
 def plot_detections(
-    *, candidates: str, scans: str, nodules: str, operating_point: str, volumes: list[str], figure: str
+    *,
+    candidates: str,
+    scans: str,
+    nodules: str,
+    operating_point: str,
+    volumes: list[str],
+    figure: str,
 ) -> None:
     """results/plots/detections_{detector}.png (module docstring); ``volumes``: the canvases."""
     del volumes  # read through the scan table's paths; an input so that the figure follows them

@@ -182,10 +182,7 @@ def compute_froc(
     fp = np.r_[0.0, np.cumsum(1 - label)[last_of_value]]
     thresholds = np.r_[np.inf, score[last_of_value]]
     fps = fp / max(n_scans, 1)
-    if n_nodules == 0:
-        sensitivity = np.full(len(tp), np.nan)
-    else:
-        sensitivity = tp / n_nodules
+    sensitivity = np.full(len(tp), np.nan) if n_nodules == 0 else tp / n_nodules
     return Froc(fps, sensitivity, thresholds, int(n_scans), n_nodules)
 
 

@@ -40,7 +40,9 @@ COLUMNS = [
 ]
 
 
-def scan_candidates(probability: np.ndarray, row, settings: DetectorSettings, spacing) -> pd.DataFrame:
+def scan_candidates(
+    probability: np.ndarray, row, settings: DetectorSettings, spacing
+) -> pd.DataFrame:
     """One scan's candidates in the candidates.csv columns."""
     found = find_candidates(
         probability, settings.candidate_threshold, settings.max_candidates, spacing

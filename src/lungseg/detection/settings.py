@@ -50,7 +50,7 @@ class VolumeSettings(StageSettings):
 
 @dataclass(frozen=True)
 class DetectorSettings(StageSettings):
-    """One detector: ``detection`` (less ``volumes``, ``resources``) with its ``detectors`` entry."""
+    """One detector: ``detection`` (less volumes, resources) with its ``detectors`` entry."""
 
     SECTIONS: ClassVar[tuple[str, ...]] = ("detection",)
 

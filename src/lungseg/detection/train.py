@@ -30,14 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from lungseg.core.errors import InputError
-from lungseg.training.data import augment, batches, normalise_hu
 from lungseg.detection.inference import volume_logits
 from lungseg.detection.scans import read_scan_table
 from lungseg.detection.settings import DetectorSettings
 from lungseg.detection.volumes import IGNORE, NODULE
-from lungseg.io.hdf5 import read_attrs, read_volume
-from lungseg.training.losses import soft_dice_loss
 from lungseg.evaluation.metrics import dice
+from lungseg.io.hdf5 import read_attrs, read_volume
+from lungseg.training.data import augment, batches, normalise_hu
+from lungseg.training.losses import soft_dice_loss
 from lungseg.training.trainer import Trainer, choose_device, resumable
 
 logger = logging.getLogger(__name__)
@@ -251,6 +251,10 @@ def train_detector(
         trainer.resume_from(checkpoint)
         logger.info("resuming after epoch %d from %s", checkpoint["epoch"], out_dir / "last.pt")
     table = trainer.fit()
+    best_epoch = trainer.best_state["epoch"] if trainer.best_state else 0
     logger.info(
-        "best val Dice %.3f (epoch %d)", table["val_dice"].max(), table["val_dice"].idxmax() + 1
+        "best.pt: epoch %d (val Dice %.3f, val loss %.4f)",
+        best_epoch,
+        table["val_dice"].iloc[best_epoch - 1],
+        table["val_loss"].iloc[best_epoch - 1],
     )

@@ -165,7 +165,9 @@ def make_detection_volume(
     return hu.astype(np.int16), target, geometry
 
 
-def detection_volume(*, volume: str, nodules: str, detection: str, settings: VolumeSettings) -> None:
+def detection_volume(
+    *, volume: str, nodules: str, detection: str, settings: VolumeSettings
+) -> None:
     """Write one scan's detection volume (HU canvas, target label map, geometry attributes)."""
     image, mask, attrs = read_volume(volume)
     table = pd.read_csv(nodules)
