@@ -62,6 +62,32 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "validation Dice of all models in one figure",
     ),
     "benchmark": ("lungseg.bench.memory", "memory and speed of one training step vs volume size"),
+    "detection-volume": (
+        "lungseg.detection.volumes:detection_volume",
+        "one scan's detection volume: lung box, resampled canvas, target with ignore label",
+    ),
+    "detection-scans": (
+        "lungseg.detection.scans:write_scan_table",
+        "table of the detection volumes with their split subset and geometry",
+    ),
+    "train-detector": (
+        "lungseg.detection.train:train_detector",
+        "train one detector on whole scans or patches",
+    ),
+    "detect": ("lungseg.detection.predict:detect", "candidates of the validation scans"),
+    "evaluate-detector": (
+        "lungseg.detection.evaluate:evaluate_detector",
+        "LUNA16 FROC, CPM with bootstrap interval and operating point of one detector",
+    ),
+    "detection-summary": (
+        "lungseg.detection.evaluate:summarise_detectors",
+        "results/detection.csv from every detector's summary",
+    ),
+    "plot-froc": ("lungseg.detection.figures:plot_froc", "FROC of every detector"),
+    "plot-detections": (
+        "lungseg.detection.figures:plot_detections",
+        "validation slabs with one detector's candidates circled",
+    ),
 }
 
 
