@@ -111,6 +111,12 @@ CROSS_KEY_CASES = [
     ({"split": {"folds": 3, "val_fold": 3}}, "split.val_fold = 3 must be in 0 .. split.folds - 1"),
     ({"evaluation": {"size_buckets_mm": [10, 6]}}, "evaluation.size_buckets_mm must increase"),
     ({"models": {"u": {"arch": "unet", "levels": 6}}}, "of models.u (levels 6)"),
+    (
+        {"detectors": {"unet_patch": {"patch_size": [32, 48, 128]}}},
+        "detectors.unet_patch.patch_size [32, 48, 128] is larger than the detection volume",
+    ),
+    ({"detection": {"volumes": {"spacing": [4.0, 0.0, 4.0]}}}, "detection.volumes.spacing"),
+    ({"detection": {"volumes": {"shape": [90, 80, 96]}}}, "detection.volumes.shape [90, 80, 96]"),
 ]
 
 
