@@ -24,15 +24,10 @@ import yaml
 from workflow_helpers import copy_workflow, write_config
 
 from lungseg.evaluation.metrics import dice
+from lungseg.training.checkpoint import read_checkpoint
 from lungseg.training.data import augment, load_crop_sets, normalise_hu, read_subset_indices
-from lungseg.training.trainer import (
-    METRICS_COLUMNS,
-    load_model,
-    predict,
-    read_checkpoint,
-    resumable,
-    train,
-)
+from lungseg.training.inference import load_model, predict
+from lungseg.training.trainer import METRICS_COLUMNS, resumable, train
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]

@@ -168,7 +168,8 @@ def evaluate_model(
     """Run ``checkpoint`` on the validation crops; write per-nodule metrics (and probabilities)."""
     import torch
 
-    from lungseg.training.trainer import choose_device, load_model, predict
+    from lungseg.training.inference import load_model, predict
+    from lungseg.training.trainer import choose_device
 
     torch.set_num_threads(max(1, int(threads)))
     crops, arrays = read_validation_crops(crops_h5, crops_csv, split_csv)
