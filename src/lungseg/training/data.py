@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-SUBSETS = ("train", "val")
+from lungseg.dataset.split import SUBSETS
 
 
 def normalise_hu(images_hu: np.ndarray | torch.Tensor, hu_min: float, hu_max: float):
