@@ -42,9 +42,9 @@ pytest: venv system-deps
 
 test: lint pytest
 
-# Development tier: everything but the whole-workflow runs (tests marked slow).
+# Development tier: everything but the whole-workflow runs (tests marked slow), on every core.
 test-fast: venv
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow" -n $(CORES)
 
 # Rule graph for the README (after `make run`: convert, behind the index checkpoint, shows then).
 dag: venv

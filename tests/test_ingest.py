@@ -493,6 +493,7 @@ def test_missing_annotated_slice_excludes_series_and_convert_survives(
     assert "nodules not painted" in attrs["notes"] and plan.n_slices == scan.n_slices - 1
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_times_every_part_and_a_whole_job(sample_lidc, tmp_path):
     """The benchmark behind docs/ingestion.md runs and reports sane numbers (not timed goals)."""
     from lungseg.bench.ingest import THROUGHPUT_ROWS, benchmark_throughput
