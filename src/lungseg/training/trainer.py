@@ -30,6 +30,7 @@ import yaml
 from tqdm import tqdm
 
 from lungseg.core.atomic import atomic_path, write_csv_atomic
+from lungseg.core.errors import DataError, InputError
 from lungseg.evaluation.metrics import dice
 from lungseg.nets.models import ModelSettings, build_model
 from lungseg.training.data import CropSet, augment, batches, load_crop_sets, normalise_hu
@@ -294,19 +295,52 @@ class Trainer:
             save_checkpoint(self.best_state, best_path)
 
 
+class _RecordingWriter:
+    """A file whose write errors are kept: torch turns them into ``unexpected pos`` errors."""
+
+    def __init__(self, file) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """``torch.save`` atomically; a full disk is reported as such, with the path."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        writer = _RecordingWriter(file)
+        try:
+            torch.save(state, writer)
+        except RuntimeError as error:
+            if writer.error is not None:
+                raise writer.error from error
+            raise
 
 
 def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint written by :class:`Trainer`, with a clear error for anything else."""
+    """A checkpoint written by :class:`Trainer`; :class:`DataError` naming the file otherwise."""
+    rebuild = "delete it and rerun `snakemake train_all` (the model is trained again)"
+    if not Path(path).is_file():
+        raise DataError(f"{path}: checkpoint not found; {rebuild}")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:
-        raise ValueError(f"{path}: not a readable lungseg checkpoint ({error})") from error
+        # torch's own text asks to file an issue with torch: not what a truncated file needs
+        kind = type(error).__name__
+        raise DataError(
+            f"{path}: not a readable lungseg checkpoint, truncated or corrupt ({kind}); {rebuild}"
+        ) from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a lungseg checkpoint of format {CHECKPOINT_FORMAT}")
+        raise DataError(
+            f"{path}: not a lungseg checkpoint of format {CHECKPOINT_FORMAT}; {rebuild}"
+        )
     return checkpoint
 
 
@@ -316,8 +350,10 @@ def resumable(path: Path, settings: dict[str, Any], fingerprint: str) -> dict[st
         return None
     try:
         checkpoint = read_checkpoint(path)
-    except ValueError as error:
-        logger.warning("ignoring %s", error)
+    except InputError:
+        logger.warning(
+            "%s is not a readable checkpoint (truncated or corrupt): starting afresh", path
+        )
         return None
     epochs = TrainingSettings.from_dict(settings).epochs
     if checkpoint["settings"] != settings:
