@@ -67,7 +67,15 @@ def test_cli_writes_scans_nodules_and_reports(tmp_path):
     )
     index.to_csv(tmp_path / "series.csv", index=False)
     out = tmp_path / "cohort"
-    argv = ["cohort", "--max_slice_thickness", "2.5", "--min_readers", "3", "--min_diameter_mm", "3"]
+    argv = [
+        "cohort",
+        "--max_slice_thickness",
+        "2.5",
+        "--min_readers",
+        "3",
+        "--min_diameter_mm",
+        "3",
+    ]
     argv += ["--series", str(tmp_path / "series.csv"), *cohort_outputs(out)]
     assert main([*argv, "--scope", "indexed_patients"]) == 0
     scans = pd.read_csv(out / "scans.csv")

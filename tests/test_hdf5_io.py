@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import lungseg
+from lungseg.core.errors import InputError
 from lungseg.io.hdf5 import COMPRESSIONS, read_attrs, read_volume, write_volume
 
 ATTRS = {
@@ -129,7 +130,7 @@ def test_unknown_codec_and_missing_file_name_the_problem(tmp_path):
     image, mask = _volume()
     with pytest.raises(ValueError, match="unknown compression 'zip'"):
         write_volume(tmp_path / "v.h5", image, mask, {}, compression="zip")
-    with pytest.raises(FileNotFoundError, match="nothere.h5"):
+    with pytest.raises(InputError, match="nothere.h5: file not found; rebuild it"):
         read_volume(tmp_path / "nothere.h5")
 
 

@@ -26,8 +26,8 @@ from lungseg.core.atomic import atomic_path
 from lungseg.core.errors import InputError
 
 #: How to rebuild each kind of HDF5 file of the workflow (named in the errors below).
-REBUILD_VOLUME = "delete it and run `snakemake --force {path}` (or ask for `volumes`/`crops` again)"
-REBUILD_CROPS = "delete it and run `snakemake crops` (the crops are rebuilt from the volumes)"
+REBUILD_VOLUME = "`snakemake --force {path}` (or ask for `volumes` or `crops` again)"
+REBUILD_CROPS = "`snakemake crops` (the crops are made again from the volumes)"
 
 #: Compression codecs (benchmarked in docs/ingestion.md: Blosc/Zstd-1 writes ~8x faster than
 #: gzip-4 at a slightly better ratio; Blosc/LZ4 writes ~2x faster again at a ~20 % worse ratio).
@@ -177,7 +177,7 @@ def open_hdf5(path: str | os.PathLike[str], rebuild: str = REBUILD_VOLUME) -> It
     path = Path(path)
     hint = rebuild.format(path=path)
     if not path.is_file():
-        raise InputError(f"{path}: file not found; {hint}")
+        raise InputError(f"{path}: file not found; rebuild it: {hint}")
     try:
         with h5py.File(path, "r") as f:
             yield f
@@ -185,7 +185,8 @@ def open_hdf5(path: str | os.PathLike[str], rebuild: str = REBUILD_VOLUME) -> It
         if isinstance(error, InputError):
             raise
         raise InputError(
-            f"{path}: unreadable HDF5 file, truncated or corrupt ({error}); {hint}"
+            f"{path}: unreadable HDF5 file, truncated or corrupt ({error}); "
+            f"delete it and rebuild it: {hint}"
         ) from error
 
 
@@ -210,7 +211,7 @@ def check_volume(f: h5py.File, path: Path) -> None:
     if missing:
         raise InputError(
             f"{path}: not a lungseg volume (missing dataset(s) {missing}); "
-            + REBUILD_VOLUME.format(path=path)
+            f"delete it and rebuild it: {REBUILD_VOLUME.format(path=path)}"
         )
 
 
