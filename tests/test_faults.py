@@ -357,3 +357,57 @@ def test_a_full_disk_says_so_and_keeps_the_earlier_result(full_disk, write):
     assert "unexpected pos" not in message
     assert path.read_text() == "earlier result"
     assert sorted(p.name for p in full_disk.iterdir()) == ["result"]  # no temporary left
+
+
+# --- the whole workflow -------------------------------------------------------------------------
+
+#: Two more small sample patients, damaged: one truncated slice (found by the index) and one
+#: slice whose pixel data are shorter than its matrix (found by its convert job).
+TRUNCATED_PATIENT, SHORT_PIXELS_PATIENT = "LIDC-IDRI-0983", "LIDC-IDRI-0611"
+
+
+@pytest.mark.slow
+def test_workflow_completes_for_the_good_series_and_names_the_bad_files(sample_lidc, tmp_path):
+    from workflow_helpers import copy_workflow, dry_run_jobs, snakemake, tiny_config
+
+    from lungseg.sample.generate import write_patient
+
+    raw = tmp_path / "LIDC-IDRI"
+    for pid in sample_lidc.patients:
+        shutil.copytree(sample_lidc.lidc_root / pid, raw / pid)
+    for pid in (TRUNCATED_PATIENT, SHORT_PIXELS_PATIENT):
+        write_patient(tmp_path, pid, sample_lidc.seed)
+    truncated = sorted((raw / TRUNCATED_PATIENT).rglob("1-050.dcm"))[0]
+    _truncate(truncated, 0.6)
+    short = sorted((raw / SHORT_PIXELS_PATIENT).rglob("1-020.dcm"))[0]
+    _short_pixel_data(short)
+    hashes = tree_hashes(raw)
+
+    work = copy_workflow(tmp_path / "work", tiny_config(raw))
+    snakemake(work, "--profile", "profiles/default", "--cores", "2", timeout=600)
+    assert tree_hashes(raw) == hashes
+
+    series = pd.read_csv(work / "results/index/series.csv", dtype=str, keep_default_na=False)
+    by_patient = series.set_index("patient_id")
+    assert by_patient.at[TRUNCATED_PATIENT, "status"] == "skipped"
+    assert by_patient.at[TRUNCATED_PATIENT, "reason"].startswith(f"{truncated}: pixel data trunc")
+    conversion = pd.read_csv(work / "results/index/conversion.csv", dtype=str).set_index(
+        "patient_id"
+    )
+    assert conversion.at[SHORT_PIXELS_PATIENT, "conversion"] == "failed"
+    assert str(short) in conversion.at[SHORT_PIXELS_PATIENT, "reason"]
+    assert conversion.at[TRUNCATED_PATIENT, "conversion"] == "skipped"
+    assert set(conversion.loc[list(sample_lidc.patients), "conversion"]) == {"converted"}
+    summary = (work / "logs/nodules.log").read_text()
+    assert str(truncated) in summary and str(short) in summary
+    assert "2 series converted, 1 failed, 1 skipped by the index" in summary
+
+    crops = pd.read_csv(work / "results/crops/crops.csv")
+    assert set(crops["patient_id"]) == set(sample_lidc.patients)
+    assert (work / "results/evaluation.csv").exists()
+
+    # A volume deleted afterwards is rebuilt by asking for the stage that needs it.
+    pid = sample_lidc.patients[0]
+    volume = next((work / "results/volumes" / pid).glob("*.h5"))
+    volume.unlink()
+    assert dry_run_jobs(work, "crops")["convert"] == 1

@@ -25,3 +25,7 @@ class DataError(InputError, ValueError):
 
 class OutputError(LungsegError, OSError):
     """An output cannot be written (no space left on device, no permission); names the path."""
+
+
+class MissingFileError(InputError, FileNotFoundError):
+    """An input file that a stage needs is absent; the message says how to rebuild it."""

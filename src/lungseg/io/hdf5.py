@@ -23,7 +23,7 @@ import hdf5plugin
 import numpy as np
 
 from lungseg.core.atomic import atomic_path
-from lungseg.core.errors import InputError
+from lungseg.core.errors import InputError, MissingFileError
 
 #: How to rebuild each kind of HDF5 file of the workflow (named in the errors below).
 REBUILD_VOLUME = "`snakemake --force {path}` (or ask for `volumes` or `crops` again)"
@@ -177,7 +177,7 @@ def open_hdf5(path: str | os.PathLike[str], rebuild: str = REBUILD_VOLUME) -> It
     path = Path(path)
     hint = rebuild.format(path=path)
     if not path.is_file():
-        raise InputError(f"{path}: file not found; rebuild it: {hint}")
+        raise MissingFileError(f"{path}: file not found; rebuild it: {hint}")
     try:
         with h5py.File(path, "r") as f:
             yield f
