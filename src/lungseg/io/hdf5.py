@@ -26,7 +26,9 @@ from lungseg.core.atomic import atomic_path
 from lungseg.core.errors import InputError, MissingFileError
 
 #: How to rebuild each kind of HDF5 file of the workflow (named in the errors below).
-REBUILD_VOLUME = "`snakemake --force {path}` (or ask for `volumes` or `crops` again)"
+REBUILD_VOLUME = (
+    "`snakemake --forcerun crops` or `snakemake --force {path}` (or `snakemake volumes`)"
+)
 REBUILD_CROPS = "`snakemake crops` (the crops are made again from the volumes)"
 
 #: Compression codecs (benchmarked in docs/ingestion.md: Blosc/Zstd-1 writes ~8x faster than
