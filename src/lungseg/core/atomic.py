@@ -12,8 +12,9 @@ import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from lungseg.core.errors import OutputError
 
@@ -52,6 +53,39 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         _raise_if_full(error, target)
         raise
+
+
+class _RecordingWriter:
+    """A binary file whose write errors are kept: libraries (torch) wrap them in their own."""
+
+    def __init__(self, file) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def write_through_file(path: str | os.PathLike[str], save: Callable[[Any], None]) -> None:
+    """Write ``path`` atomically by ``save(file)`` (e.g. ``torch.save(state, file)``).
+
+    A write error the library wraps (torch: ``unexpected pos``) is raised as the OSError it
+    was, so a full disk reads "no space left on device while writing PATH".
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        writer = _RecordingWriter(file)
+        try:
+            save(writer)
+        except Exception as error:
+            if writer.error is not None:
+                raise writer.error from error
+            raise
 
 
 def disk_full(error: BaseException) -> bool:

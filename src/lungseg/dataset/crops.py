@@ -33,14 +33,8 @@ from scipy import ndimage
 
 from lungseg.core.atomic import atomic_path, write_csv_atomic
 from lungseg.dataset.split import training_nodules
-from lungseg.io.hdf5 import (
-    COMPRESSIONS,
-    DEFAULT_COMPRESSION,
-    check_volume,
-    compression_options,
-    open_hdf5,
-    read_volume,
-)
+from lungseg.io import hdf5 as volume_files
+from lungseg.io.hdf5 import COMPRESSIONS, DEFAULT_COMPRESSION, compression_options, read_volume
 
 logger = logging.getLogger(__name__)
 
@@ -231,8 +225,8 @@ class SourceVolume:
 
     @classmethod
     def open(cls, path: Path, series_uid: str) -> SourceVolume:
-        with open_hdf5(path) as file:  # names a missing, corrupt or failed volume
-            check_volume(file, path)
+        with volume_files.open_hdf5(path) as file:  # names a missing, corrupt or failed one
+            volume_files.check_volume(file, path)
             shape = tuple(int(n) for n in file["image"].shape)
             spacing = tuple(float(v) for v in np.ravel(file.attrs.get("spacing", [])))
             stored_uid = file.attrs.get("series_uid")

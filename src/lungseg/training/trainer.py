@@ -29,7 +29,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from lungseg.core.atomic import atomic_path, write_csv_atomic
+from lungseg.core.atomic import write_csv_atomic, write_through_file
 from lungseg.core.errors import DataError, InputError
 from lungseg.evaluation.metrics import dice
 from lungseg.nets.models import ModelSettings, build_model
@@ -295,33 +295,9 @@ class Trainer:
             save_checkpoint(self.best_state, best_path)
 
 
-class _RecordingWriter:
-    """A file whose write errors are kept: torch turns them into ``unexpected pos`` errors."""
-
-    def __init__(self, file) -> None:
-        self.file, self.error = file, None
-
-    def write(self, data) -> int:
-        try:
-            return self.file.write(data)
-        except OSError as error:
-            self.error = error
-            raise
-
-    def flush(self) -> None:
-        self.file.flush()
-
-
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """``torch.save`` atomically; a full disk is reported as such, with the path."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as file:
-        writer = _RecordingWriter(file)
-        try:
-            torch.save(state, writer)
-        except RuntimeError as error:
-            if writer.error is not None:
-                raise writer.error from error
-            raise
+    write_through_file(path, lambda file: torch.save(state, file))
 
 
 def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
