@@ -27,6 +27,7 @@ from lungseg.core.atomic import atomic_path, write_csv_atomic
 from lungseg.core.settings import schema_defaults
 from lungseg.evaluation.metrics import SURFACE_TOLERANCE_MM, segmentation_metrics
 from lungseg.evaluation.settings import BucketSettings, EvaluationSettings
+from lungseg.io.hdf5 import REBUILD_CROPS, open_hdf5
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def read_validation_crops(
         raise ValueError(f"{crops_csv}: missing column(s) {missing}")
     rows = read_subset_indices(crops_csv, split_csv)["val"]
     arrays = {}
-    with h5py.File(crops_h5, "r") as file:
+    with open_hdf5(crops_h5, REBUILD_CROPS) as file:
         for name in ("image", "mask", "other"):
             if name not in file:
                 raise ValueError(f"{crops_h5}: no dataset {name!r}")

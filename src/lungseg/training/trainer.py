@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from lungseg.core.atomic import write_csv_atomic
-from lungseg.core.errors import SettingsError
+from lungseg.core.errors import InputError, SettingsError
 from lungseg.core.settings import schema_defaults
 from lungseg.evaluation.metrics import dice
 from lungseg.nets.models import ModelSettings, build_model
@@ -291,8 +291,10 @@ def resumable(path: Path, settings: dict[str, Any], fingerprint: str) -> dict[st
         return None
     try:
         checkpoint = read_checkpoint(path)
-    except ValueError as error:
-        logger.warning("ignoring %s", error)
+    except InputError:
+        logger.warning(
+            "%s is not a readable checkpoint (truncated or corrupt): starting afresh", path
+        )
         return None
     epochs = TrainingSettings.from_dict(settings).epochs
     if checkpoint["settings"] != settings:
