@@ -89,9 +89,19 @@ def volume_nodule_tables(wildcards=None):
     return [path[: -len(".h5")] + ".nodules.csv" for path in volume_files()]
 
 
+def volume_status_files(wildcards=None):
+    """The convert jobs' status files (converted or failed, and why), one per converted series."""
+    return [path[: -len(".h5")] + ".status.csv" for path in volume_files()]
+
+
 def series_uid_of(wildcards):
     """The {series_uid} wildcard of a convert job (its stage function's argument)."""
     return wildcards.series_uid
+
+
+def patient_id_of(wildcards):
+    """The {patient_id} wildcard of a convert job (its stage function's argument)."""
+    return wildcards.patient_id
 
 
 # --- crops and split ---

@@ -9,6 +9,7 @@ checkpoint index:
     output:
         series="results/index/series.csv",
         files="results/index/files.csv",
+        unreadable="results/index/unreadable.csv",
     log:
         "logs/index.log",
     benchmark:
@@ -59,6 +60,9 @@ rule convert:
     output:
         volume="results/volumes/{patient_id}/{series_uid}.h5",
         nodules="results/volumes/{patient_id}/{series_uid}.nodules.csv",
+        # converted/failed + why: a series' bad data fail that series only (the job
+        # succeeds; rule nodules reports it in results/index/conversion.csv)
+        status="results/volumes/{patient_id}/{series_uid}.status.csv",
     log:
         "logs/convert/{patient_id}/{series_uid}.log",
     benchmark:
@@ -76,6 +80,7 @@ rule convert:
         runtime=20,
     params:
         series_uid=series_uid_of,
+        patient_id=patient_id_of,
         settings=settings_of(ConvertSettings),
         code=source_hash("ingest", "io", "lidc"),
     script:
@@ -86,8 +91,10 @@ rule nodules:
     input:
         series="results/index/series.csv",
         tables=volume_nodule_tables,
+        statuses=volume_status_files,
     output:
         nodules="results/nodules.csv",
+        conversion="results/index/conversion.csv",
     log:
         "logs/nodules.log",
     conda:

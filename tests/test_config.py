@@ -110,7 +110,10 @@ CROSS_KEY_CASES = [
     ({"training": {"hu_min": 500}}, "training.hu_min (500) must be below training.hu_max (400)"),
     ({"split": {"folds": 3, "val_fold": 3}}, "split.val_fold = 3 must be in 0 .. split.folds - 1"),
     ({"evaluation": {"size_buckets_mm": [10, 6]}}, "evaluation.size_buckets_mm must increase"),
-    ({"models": {"u": {"arch": "unet", "levels": 6}}}, "of models.u (levels 6)"),
+    (
+        {"crops": {"size": [36, 36, 36]}, "models": {"u": {"arch": "unet", "levels": 4}}},
+        "of models.u (levels 4)",
+    ),
     (
         {"detectors": {"unet_patch": {"patch_size": [32, 48, 128]}}},
         "detectors.unet_patch.patch_size [32, 48, 128] is larger than the detection volume",

@@ -17,7 +17,9 @@ from lungseg.detection.scans import write_scan_table
 from lungseg.detection.settings import DetectorSettings, VolumeSettings
 from lungseg.detection.train import DetectionTrainer, masked_loss, train_detector
 from lungseg.detection.volumes import detection_volume
-from lungseg.training.trainer import METRICS_COLUMNS, load_model, read_checkpoint
+from lungseg.training.checkpoint import read_checkpoint
+from lungseg.training.inference import load_model
+from lungseg.training.trainer import METRICS_COLUMNS
 
 torch.set_num_threads(1)
 

@@ -17,16 +17,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from lungseg.ingest.dicom import (
-    DicomFileError,
-    _native_pixels,
-    group_by_series,
-    plan_series,
-    read_header,
-    read_hu,
-    read_series,
-    scan_folder,
-)
+from lungseg.ingest.dicom import DicomFileError, read_header, scan_folder
+from lungseg.ingest.pixels import _native_pixels, read_hu, read_series
+from lungseg.ingest.series import group_by_series, plan_series
 from lungseg.ingest.status import STATUS_EXCLUDED, STATUS_OK, STATUS_SKIPPED
 
 
@@ -98,7 +91,7 @@ def write_series(folder: Path, zs, **kwargs) -> list[Path]:
 
 
 def _plan(folder: Path, tolerance: float = 0.05):
-    headers, problems = scan_folder(folder)
+    headers, problems, _ = scan_folder(folder)
     groups = group_by_series(headers)
     assert len(groups) == 1, groups.keys()
     return plan_series(next(iter(groups.values())), tolerance), problems
@@ -161,7 +154,7 @@ def test_series_grouped_by_uid_not_by_folder(tmp_path):
     write_series(tmp_path / "mixed", [0, 2.5, 5], series_uid="1.2.3.1")
     write_series(tmp_path / "mixed2", [0, 1, 2], series_uid="1.2.3.2")
     write_slice(tmp_path / "elsewhere" / "x.dcm", z=7.5, series_uid="1.2.3.1")
-    headers, _ = scan_folder(tmp_path)
+    headers, _, _ = scan_folder(tmp_path)
     groups = group_by_series(headers)
     assert sorted(groups) == ["1.2.3.1", "1.2.3.2"]
     assert plan_series(groups["1.2.3.1"]).z_positions == [0, 2.5, 5, 7.5]
@@ -173,7 +166,7 @@ def test_non_dicom_and_unreadable_files_are_skipped_and_named(tmp_path):
     (tmp_path / "069.xml").write_text("<LidcReadMessage/>")
     truncated = tmp_path / "truncated.dcm"
     truncated.write_bytes((tmp_path / "1-001.dcm").read_bytes()[:140])
-    headers, problems = scan_folder(tmp_path)
+    headers, problems, _ = scan_folder(tmp_path)
     assert len(headers) == 3
     assert len(problems) == 3
     for name in ("notes.txt", "069.xml", "truncated.dcm"):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import lungseg
+from lungseg.core.errors import InputError
 from lungseg.io.hdf5 import COMPRESSIONS, read_attrs, read_volume, write_volume
 
 ATTRS = {
@@ -129,17 +130,21 @@ def test_unknown_codec_and_missing_file_name_the_problem(tmp_path):
     image, mask = _volume()
     with pytest.raises(ValueError, match="unknown compression 'zip'"):
         write_volume(tmp_path / "v.h5", image, mask, {}, compression="zip")
-    with pytest.raises(FileNotFoundError, match="nothere.h5"):
+    with pytest.raises(InputError, match="nothere.h5: file not found; rebuild it"):
         read_volume(tmp_path / "nothere.h5")
 
 
 def _modules_that_use_h5py() -> list[str]:
     package = Path(lungseg.__file__).parent
     return sorted(
-        f"lungseg.{path.stem}"
-        for path in package.glob("*.py")
+        "lungseg." + ".".join(path.relative_to(package).with_suffix("").parts)
+        for path in package.rglob("*.py")
         if re.search(r"^import h5py", path.read_text(), flags=re.MULTILINE)
     )
+
+
+def test_modules_that_use_h5py_are_found():
+    assert "lungseg.io.hdf5" in _modules_that_use_h5py()
 
 
 @pytest.mark.parametrize("compression", ["blosc-lz4", "blosc-zstd"])

@@ -19,6 +19,7 @@ import pytest
 from test_dicom_io import write_series, write_slice
 from workflow_helpers import copy_workflow
 
+from lungseg.core.errors import InputError
 from lungseg.ingest.convert import convert_series, extract_annotations, series_paths
 from lungseg.ingest.index import write_index
 from lungseg.ingest.nodules import merge_nodule_tables
@@ -113,7 +114,7 @@ def test_index_lists_files_and_names_skipped_ones(quirky, caplog):
 
 def test_empty_folder_fails_with_clear_error(tmp_path):
     (tmp_path / "raw").mkdir()
-    with pytest.raises(ValueError, match="no DICOM series found"):
+    with pytest.raises(InputError, match="no DICOM series found"):
         write_index(tmp_path / "raw", tmp_path / "s.csv", tmp_path / "f.csv")
 
 
@@ -294,6 +295,7 @@ def test_convert_job_with_the_annotation_file_does_not_import_pylidc(
     base = converted["base"]
     argv = [
         "convert", "--files", str(base / "files.csv"), "--series_uid", scan.series_uid,
+        "--patient_id", scan.patient_id, "--status", str(tmp_path / "v.status.csv"),
         "--volume", str(tmp_path / "v.h5"), "--nodules", str(tmp_path / "v.csv"),
         "--annotations", str(base / "annotations.h5"),
     ]  # fmt: skip
@@ -493,6 +495,7 @@ def test_missing_annotated_slice_excludes_series_and_convert_survives(
     assert "nodules not painted" in attrs["notes"] and plan.n_slices == scan.n_slices - 1
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_times_every_part_and_a_whole_job(sample_lidc, tmp_path):
     """The benchmark behind docs/ingestion.md runs and reports sane numbers (not timed goals)."""
     from lungseg.bench.ingest import THROUGHPUT_ROWS, benchmark_throughput

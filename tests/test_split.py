@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from lungseg.cli import main
+from lungseg.dataset.settings import SplitSettings
 from lungseg.dataset.split import (
     REQUIRED_COLUMNS,
     assign_groups,
@@ -15,6 +16,11 @@ from lungseg.dataset.split import (
     training_nodules,
     write_split,
 )
+
+
+def settings(**keys) -> SplitSettings:
+    """The schema's split defaults with ``keys`` changed."""
+    return SplitSettings.from_config(keys)
 
 
 def nodule_table(n_patients: int = 60, seed: int = 0) -> pd.DataFrame:
@@ -51,7 +57,9 @@ def patients_per_subset(split: pd.DataFrame, column: str = "subset") -> pd.Serie
     [(0.2, 0, 0), (0.2, 1, 0), (0.3, 5, 0), (0.5, 2, 0), (0.2, 0, 5), (0.2, 3, 3)],
 )
 def test_no_patient_on_both_sides(val_fraction, seed, folds):
-    split = split_nodules(nodule_table(), val_fraction, seed, folds=folds)
+    split = split_nodules(
+        nodule_table(), settings(val_fraction=val_fraction, seed=seed, folds=folds)
+    )
     assert (patients_per_subset(split) == 1).all()
     if folds:
         assert (patients_per_subset(split, "fold") == 1).all()
@@ -62,18 +70,18 @@ def test_no_patient_on_both_sides(val_fraction, seed, folds):
 @pytest.mark.parametrize("seed", [0, 1, 42])
 def test_same_seed_same_split_other_seed_other_split(seed):
     table = nodule_table()
-    first = split_nodules(table, seed=seed)
-    again = split_nodules(table.sample(frac=1.0, random_state=9), seed=seed)  # row order
+    first = split_nodules(table, settings(seed=seed))
+    again = split_nodules(table.sample(frac=1.0, random_state=9), settings(seed=seed))  # row order
     pd.testing.assert_frame_equal(
         first.set_index("nodule_id").sort_index(), again.set_index("nodule_id").sort_index()
     )
-    other = split_nodules(table, seed=seed + 1)
+    other = split_nodules(table, settings(seed=seed + 1))
     assert not first["subset"].equals(other["subset"])
 
 
 @pytest.mark.parametrize(("val_fraction", "seed"), [(0.2, 0), (0.2, 7), (0.25, 3)])
 def test_fractions_and_size_strata_are_balanced(val_fraction, seed):
-    split = split_nodules(nodule_table(), val_fraction, seed)
+    split = split_nodules(nodule_table(), settings(val_fraction=val_fraction, seed=seed))
     share = (split["subset"] == "val").mean()
     assert abs(share - val_fraction) < 0.03
     per_stratum = pd.crosstab(split["size_stratum"], split["subset"])
@@ -83,7 +91,7 @@ def test_fractions_and_size_strata_are_balanced(val_fraction, seed):
 
 
 def test_k_folds_are_equal_and_val_is_the_chosen_fold():
-    split = split_nodules(nodule_table(), folds=5, val_fold=2, seed=0)
+    split = split_nodules(nodule_table(), settings(folds=5, val_fold=2, seed=0))
     sizes = split["fold"].value_counts()
     assert sizes.max() - sizes.min() <= 3, sizes
     assert (split["subset"] == "val").equals(split["fold"] == 2)
@@ -123,7 +131,7 @@ def test_only_ok_cohort_nodules_are_split_and_cli_writes_the_table(tmp_path):
     written = pd.read_csv(out)
     assert list(written.columns[:3]) == ["nodule_id", "patient_id", "subset"]
     assert set(written["nodule_id"]) == set(table["nodule_id"][2:])
-    expected = write_split(nodules_csv, tmp_path / "again.csv", seed=3)
+    expected = write_split(nodules_csv, tmp_path / "again.csv", settings(seed=3))
     assert written["subset"].tolist() == expected["subset"].tolist()
 
 

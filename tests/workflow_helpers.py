@@ -137,7 +137,8 @@ def snakemake(
 
 def dry_run_jobs(workdir: Path, *args: str) -> Counter:
     """{rule: number of jobs} that `snakemake -n` schedules (empty when nothing would run)."""
-    out = snakemake(workdir, "-n", "--cores", "1", "--quiet", "rules", *args, timeout=120).stdout
+    # --quiet takes values: put the caller's options (and targets) before it
+    out = snakemake(workdir, "-n", "--cores", "1", *args, "--quiet", "rules", timeout=120).stdout
     jobs: Counter = Counter()
     in_table = False
     for line in out.splitlines():

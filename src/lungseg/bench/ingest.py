@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 import pydicom
 
-from lungseg.ingest.dicom import iter_files, read_series
+from lungseg.ingest.dicom import iter_files
+from lungseg.ingest.pixels import read_series
 from lungseg.io.hdf5 import COMPRESSIONS, DEFAULT_VOLUME_COMPRESSION, write_volume
 
 REPO = Path(__file__).resolve().parents[2]
@@ -211,6 +212,7 @@ def _convert_job(paths: list[str], compression: str, env: dict) -> tuple[float, 
         write_annotations(out / "a.h5", [lidc.series_annotations(series_uid, 0.5)], 0.5)
         argv = [
             "convert", "--files", str(out / "files.csv"), "--series_uid", series_uid,
+            "--patient_id", "bench", "--status", str(out / "v.status.csv"),
             "--volume", str(out / "v.h5"), "--nodules", str(out / "v.csv"),
             "--annotations", str(out / "a.h5"), "--compression", compression,
         ]  # fmt: skip

@@ -16,3 +16,16 @@ class SettingsError(LungsegError, ValueError):
 
 class InputError(LungsegError):
     """An input file or folder is missing, unreadable or corrupt."""
+
+
+class DataError(InputError, ValueError):
+    """One input item (a series, a volume, a checkpoint) is unusable: corrupt, truncated, or its
+    making failed upstream; the message names it and how to rebuild it."""
+
+
+class OutputError(LungsegError, OSError):
+    """An output cannot be written (no space left on device, no permission); names the path."""
+
+
+class MissingFileError(InputError, FileNotFoundError):
+    """An input file that a stage needs is absent; the message says how to rebuild it."""

@@ -34,6 +34,7 @@ from lungseg.core.atomic import atomic_path, write_csv_atomic
 from lungseg.core.errors import InputError
 from lungseg.dataset.settings import CropSettings
 from lungseg.dataset.split import training_nodules
+from lungseg.io import hdf5 as volume_files
 from lungseg.io.hdf5 import DEFAULT_COMPRESSION, compression_options, read_volume
 
 logger = logging.getLogger(__name__)
@@ -225,11 +226,8 @@ class SourceVolume:
 
     @classmethod
     def open(cls, path: Path, series_uid: str) -> SourceVolume:
-        if not path.is_file():
-            raise FileNotFoundError(f"volume of series {series_uid} not found: {path}")
-        with h5py.File(path, "r") as file:
-            if "image" not in file or "mask" not in file:
-                raise ValueError(f"{path}: not a lungseg volume (needs datasets image and mask)")
+        with volume_files.open_hdf5(path) as file:  # names a missing, corrupt or failed one
+            volume_files.check_volume(file, path)
             shape = tuple(int(n) for n in file["image"].shape)
             spacing = tuple(float(v) for v in np.ravel(file.attrs.get("spacing", [])))
             stored_uid = file.attrs.get("series_uid")

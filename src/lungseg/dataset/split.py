@@ -43,7 +43,6 @@ REQUIRED_COLUMNS = (
     "in_cohort",
 )
 SUBSETS = ("train", "val")
-DEFAULT_SIZE_BINS_MM = (6.0, 10.0, 20.0)
 
 
 def _as_bool(values: pd.Series) -> pd.Series:
@@ -135,20 +134,16 @@ def assign_groups(
     return bucket_of
 
 
-def split_nodules(
-    nodules: pd.DataFrame,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    size_bins_mm: Sequence[float] = DEFAULT_SIZE_BINS_MM,
-    folds: int = 0,
-    val_fold: int = 0,
-) -> pd.DataFrame:
+def split_nodules(nodules: pd.DataFrame, settings: SplitSettings) -> pd.DataFrame:
     """``nodule_id, patient_id, subset[, fold], size_stratum, diameter_mm`` of every nodule.
 
     ``folds`` < 2: one train/val split with ``val_fraction`` of the nodules (by patient) in val.
     ``folds`` >= 2: k patient-level folds of equal size; ``fold`` is each nodule's fold and subset
     ``val`` marks fold ``val_fold`` (``val_fraction`` is then unused).
     """
+    val_fraction, seed, folds, val_fold = (
+        settings.val_fraction, settings.seed, settings.folds, settings.val_fold
+    )  # fmt: skip
     if folds >= 2:
         if not 0 <= val_fold < folds:
             raise ValueError(f"val_fold must lie in 0..{folds - 1}, got {val_fold}")
@@ -158,7 +153,7 @@ def split_nodules(
             raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
         fractions = [1.0 - val_fraction, val_fraction]
     table = nodules[["nodule_id", "patient_id", "diameter_mm"]].copy()
-    table["size_stratum"] = size_strata(table["diameter_mm"], size_bins_mm)
+    table["size_stratum"] = size_strata(table["diameter_mm"], settings.size_bins_mm)
     counts_frame = pd.crosstab(table["patient_id"], table["size_stratum"]).sort_index()
     patients = counts_frame.index.to_numpy()
     buckets = assign_groups(counts_frame.to_numpy(), fractions, np.random.default_rng(seed))
@@ -182,18 +177,10 @@ def log_balance(split: pd.DataFrame) -> None:
 
 
 def write_split(
-    nodules_csv: str | Path,
-    out_csv: str | Path,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    size_bins_mm: Sequence[float] = DEFAULT_SIZE_BINS_MM,
-    folds: int = 0,
-    val_fold: int = 0,
+    nodules_csv: str | Path, out_csv: str | Path, settings: SplitSettings
 ) -> pd.DataFrame:
     """Split the training nodules of ``nodules_csv`` and write ``out_csv`` atomically."""
-    split = split_nodules(
-        training_nodules(nodules_csv), val_fraction, seed, size_bins_mm, folds, val_fold
-    )
+    split = split_nodules(training_nodules(nodules_csv), settings)
     log_balance(split)
     write_csv_atomic(out_csv, split)
     return split
@@ -201,12 +188,4 @@ def write_split(
 
 def run_split(*, nodules: str, split: str, settings: SplitSettings) -> None:
     """Split the training nodules of ``nodules`` by patient into ``split`` (split.csv)."""
-    write_split(
-        nodules,
-        split,
-        val_fraction=settings.val_fraction,
-        seed=settings.seed,
-        size_bins_mm=settings.size_bins_mm,
-        folds=settings.folds,
-        val_fold=settings.val_fold,
-    )
+    write_split(nodules, split, settings)

@@ -24,8 +24,10 @@ import numpy as np
 import pandas as pd
 
 from lungseg.core.atomic import atomic_path, write_csv_atomic
+from lungseg.core.settings import schema_defaults
 from lungseg.evaluation.metrics import SURFACE_TOLERANCE_MM, segmentation_metrics
 from lungseg.evaluation.settings import BucketSettings, EvaluationSettings
+from lungseg.io.hdf5 import REBUILD_CROPS, open_hdf5
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +48,17 @@ EVALUATION_COLUMNS = [
 METRIC_COLUMNS = ["dice", "iou", "hd95_mm", "surface_dice_1mm"]
 CROP_COLUMNS = ["nodule_id", "patient_id", "spacing_z", "spacing_y", "spacing_x", "diameter_mm"]
 #: Default bucket edges (mm): < 6 (Lung-RADS' lowest solid category), 6-10, 10-20, >= 20.
-DEFAULT_BUCKET_EDGES_MM = (6.0, 10.0, 20.0)
 
 
-def size_bucket_labels(edges_mm: Sequence[float]) -> list[str]:
-    """Readable labels of the buckets cut at ``edges_mm``: ``<6 mm, 6-10 mm, ..., >=20 mm``."""
-    edges = [float(e) for e in edges_mm]
+def default_bucket_edges() -> tuple[float, ...]:
+    """The schema's ``evaluation.size_buckets_mm`` (the one place the default lives)."""
+    return tuple(schema_defaults("evaluation")["size_buckets_mm"])
+
+
+def size_bucket_labels(edges_mm: Sequence[float] | None = None) -> list[str]:
+    """Readable labels of the buckets cut at ``edges_mm`` (default: the schema's):
+    ``<6 mm, 6-10 mm, ..., >=20 mm``."""
+    edges = [float(e) for e in (default_bucket_edges() if edges_mm is None else edges_mm)]
     if any(b <= a for a, b in zip(edges, edges[1:], strict=False)) or any(e <= 0 for e in edges):
         raise ValueError(f"size bucket edges must be positive and increasing, got {edges}")
     if not edges:
@@ -61,8 +68,11 @@ def size_bucket_labels(edges_mm: Sequence[float]) -> list[str]:
     return [f"<{text[0]} mm", *middle, f">={text[-1]} mm"]
 
 
-def size_bucket(diameters_mm: Sequence[float], edges_mm: Sequence[float]) -> list[str]:
+def size_bucket(
+    diameters_mm: Sequence[float], edges_mm: Sequence[float] | None = None
+) -> list[str]:
     """The bucket label of each diameter (left-closed intervals: 6.0 mm is in 6-10 mm)."""
+    edges_mm = default_bucket_edges() if edges_mm is None else edges_mm
     labels = size_bucket_labels(edges_mm)
     positions = np.searchsorted(np.asarray(edges_mm, dtype=float), diameters_mm, side="right")
     return [labels[i] for i in positions]
@@ -80,7 +90,7 @@ def read_validation_crops(
         raise ValueError(f"{crops_csv}: missing column(s) {missing}")
     rows = read_subset_indices(crops_csv, split_csv)["val"]
     arrays = {}
-    with h5py.File(crops_h5, "r") as file:
+    with open_hdf5(crops_h5, REBUILD_CROPS) as file:
         for name in ("image", "mask", "other"):
             if name not in file:
                 raise ValueError(f"{crops_h5}: no dataset {name!r}")
@@ -99,7 +109,7 @@ def score_predictions(
     other: np.ndarray,
     crops: pd.DataFrame,
     threshold: float = 0.5,
-    bucket_edges_mm: Sequence[float] = DEFAULT_BUCKET_EDGES_MM,
+    bucket_edges_mm: Sequence[float] | None = None,
 ) -> pd.DataFrame:
     """Per-nodule metrics (``EVALUATION_COLUMNS``) of thresholded probabilities vs the masks."""
     if not 0.0 < threshold < 1.0:
@@ -160,7 +170,7 @@ def evaluate_model(
     out_csv: str | Path,
     predictions_h5: str | Path | None = None,
     threshold: float = 0.5,
-    bucket_edges_mm: Sequence[float] = DEFAULT_BUCKET_EDGES_MM,
+    bucket_edges_mm: Sequence[float] | None = None,
     batch_size: int = 4,
     device: str = "auto",
     threads: int = 1,
@@ -168,7 +178,8 @@ def evaluate_model(
     """Run ``checkpoint`` on the validation crops; write per-nodule metrics (and probabilities)."""
     import torch
 
-    from lungseg.training.trainer import choose_device, load_model, predict
+    from lungseg.training.inference import load_model, predict
+    from lungseg.training.trainer import choose_device
 
     torch.set_num_threads(max(1, int(threads)))
     crops, arrays = read_validation_crops(crops_h5, crops_csv, split_csv)
@@ -193,7 +204,7 @@ def evaluate_model(
 
 def summarise(
     evaluations: Mapping[str, pd.DataFrame],
-    bucket_edges_mm: Sequence[float] = DEFAULT_BUCKET_EDGES_MM,
+    bucket_edges_mm: Sequence[float] | None = None,
 ) -> pd.DataFrame:
     """One row per model and size bucket (``all``, then each bucket in size order, empty ones
     included with ``n_nodules`` 0): ``model, size_bucket, n_nodules, n_empty_predictions`` and
@@ -228,7 +239,7 @@ def summarise_files(
     models: Sequence[str],
     evaluation_csvs: Sequence[str | Path],
     out_csv: str | Path,
-    bucket_edges_mm: Sequence[float] = DEFAULT_BUCKET_EDGES_MM,
+    bucket_edges_mm: Sequence[float] | None = None,
 ) -> pd.DataFrame:
     """:func:`summarise` of the per-model evaluation tables, written to ``out_csv``."""
     if len(models) != len(evaluation_csvs):

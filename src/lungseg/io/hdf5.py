@@ -11,9 +11,10 @@ through it (or ``import hdf5plugin`` first) so that h5py can decode them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,13 @@ import hdf5plugin
 import numpy as np
 
 from lungseg.core.atomic import atomic_path
+from lungseg.core.errors import InputError, MissingFileError
+
+#: How to rebuild each kind of HDF5 file of the workflow (named in the errors below).
+REBUILD_VOLUME = (
+    "`snakemake --forcerun crops` or `snakemake --force {path}` (or `snakemake volumes`)"
+)
+REBUILD_CROPS = "`snakemake crops` (the crops are made again from the volumes)"
 
 #: Compression codecs (benchmarked in docs/ingestion.md: Blosc/Zstd-1 writes ~8x faster than
 #: gzip-4 at a slightly better ratio; Blosc/LZ4 writes ~2x faster again at a ~20 % worse ratio).
@@ -163,9 +171,55 @@ def _write_nonzero_slabs(dataset: h5py.Dataset, array: np.ndarray) -> None:
         dataset[z0 : z0 + len(slab), y0:y1, x0:x1] = slab[:, y0:y1, x0:x1]
 
 
+@contextlib.contextmanager
+def open_hdf5(path: str | os.PathLike[str], rebuild: str = REBUILD_VOLUME) -> Iterator[h5py.File]:
+    """``h5py.File(path, "r")``; a missing, truncated or corrupt file raises :class:`InputError`
+    naming the file and how to rebuild it (``rebuild``, may hold ``{path}``), also when the
+    damage shows only while reading a dataset inside the ``with`` block."""
+    path = Path(path)
+    hint = rebuild.format(path=path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: file not found; rebuild it: {hint}")
+    try:
+        with h5py.File(path, "r") as f:
+            yield f
+    except (OSError, KeyError, RuntimeError) as error:  # h5py's errors for damaged files
+        if isinstance(error, InputError):
+            raise
+        raise InputError(
+            f"{path}: unreadable HDF5 file, truncated or corrupt ({error}); "
+            f"delete it and rebuild it: {hint}"
+        ) from error
+
+
+def write_failed_volume(
+    path: str | os.PathLike[str], patient_id: str, series_uid: str, reason: str
+) -> None:
+    """The placeholder a failed ``convert`` job leaves: no datasets, attrs saying why."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update({"patient_id": patient_id, "series_uid": series_uid, "conversion": "failed"})
+        f.attrs["reason"] = reason
+
+
+def check_volume(f: h5py.File, path: Path) -> None:
+    """:class:`InputError` unless ``f`` holds a volume (naming a failed conversion as such)."""
+    if f.attrs.get("conversion") == "failed":
+        raise InputError(
+            f"{path}: no volume: the conversion of series {f.attrs.get('series_uid')} failed "
+            f"({f.attrs.get('reason')}); see results/index/conversion.csv. Fix or remove the "
+            f"bad files, then run `snakemake --force {path}`"
+        )
+    missing = [name for name in ("image", "mask") if name not in f]
+    if missing:
+        raise InputError(
+            f"{path}: not a lungseg volume (missing dataset(s) {missing}); "
+            f"delete it and rebuild it: {REBUILD_VOLUME.format(path=path)}"
+        )
+
+
 def read_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The file attributes of a volume as plain Python values."""
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path) as f:
         return {key: _python_value(value) for key, value in f.attrs.items()}
 
 
@@ -173,15 +227,15 @@ def read_volume(
     path: str | os.PathLike[str],
     region: tuple[slice, slice, slice] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Read ``(image, mask, attrs)``; ``region`` (z, y, x slices) reads only that box."""
+    """Read ``(image, mask, attrs)``; ``region`` (z, y, x slices) reads only that box.
+
+    A missing, truncated or corrupt file, or the placeholder of a failed conversion, raises
+    :class:`InputError` naming the file and how to rebuild it.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"volume file not found: {path}")
     selection = region if region is not None else np.s_[...]
-    with h5py.File(path, "r") as f:
-        missing = [name for name in ("image", "mask") if name not in f]
-        if missing:
-            raise ValueError(f"{path}: not a lungseg volume (missing dataset(s) {missing})")
+    with open_hdf5(path) as f:
+        check_volume(f, path)
         image = f["image"][selection]
         mask = f["mask"][selection]
         attrs = {key: _python_value(value) for key, value in f.attrs.items()}

@@ -32,6 +32,7 @@ import hdf5plugin  # noqa: F401  (registers the Blosc filters, as every h5py use
 import numpy as np
 
 from lungseg.core.atomic import atomic_path
+from lungseg.core.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +282,7 @@ def read_series_annotations(
             return None
         group = f[series_uid]
         if "error" in group.attrs:
-            raise ValueError(
+            raise DataError(
                 f"{path}: the annotations of series {series_uid} could not be made: "
                 f"{group.attrs['error']}"
             )

@@ -11,13 +11,13 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import hdf5plugin  # noqa: F401 (registers the Blosc filters the crops may be written with)
 import numpy as np
 import pandas as pd
 import torch
 
-SUBSETS = ("train", "val")
+from lungseg.dataset.split import SUBSETS
+from lungseg.io.hdf5 import REBUILD_CROPS, open_hdf5
 
 
 def normalise_hu(images_hu: np.ndarray | torch.Tensor, hu_min: float, hu_max: float):
@@ -70,7 +70,7 @@ def read_subset_indices(crops_csv: str | Path, split_csv: str | Path) -> dict[st
 
 def read_crops(crops_h5: str | Path, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """``image`` int16 and ``mask`` uint8 arrays of crops.h5, checked against the contract."""
-    with h5py.File(crops_h5, "r") as file:
+    with open_hdf5(crops_h5, REBUILD_CROPS) as file:
         for name in ("image", "mask"):
             if name not in file:
                 raise ValueError(f"{crops_h5}: no dataset {name!r}")

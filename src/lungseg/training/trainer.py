@@ -27,12 +27,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from lungseg.core.atomic import atomic_path, write_csv_atomic
-from lungseg.core.errors import SettingsError
+from lungseg.core.atomic import write_csv_atomic
+from lungseg.core.errors import InputError, SettingsError
 from lungseg.core.settings import schema_defaults
 from lungseg.evaluation.metrics import dice
 from lungseg.nets.models import ModelSettings, build_model
-from lungseg.training.data import CropSet, augment, batches, load_crop_sets, normalise_hu
+from lungseg.training.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
+from lungseg.training.data import CropSet, augment, batches, load_crop_sets
 from lungseg.training.losses import build_loss
 from lungseg.training.memory import peak_memory_bytes
 from lungseg.training.settings import VariantSettings
@@ -48,7 +49,6 @@ METRICS_COLUMNS = [
     "seconds",
     "peak_memory_mb",
 ]
-CHECKPOINT_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -285,30 +285,16 @@ class Trainer:
             save_checkpoint(self.best_state, best_path)
 
 
-def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint written by :class:`Trainer`, with a clear error for anything else."""
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path}: not a readable lungseg checkpoint ({error})") from error
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a lungseg checkpoint of format {CHECKPOINT_FORMAT}")
-    return checkpoint
-
-
 def resumable(path: Path, settings: dict[str, Any], fingerprint: str) -> dict[str, Any] | None:
     """``last.pt`` if it belongs to an unfinished run with these settings and data, else None."""
     if not path.exists():
         return None
     try:
         checkpoint = read_checkpoint(path)
-    except ValueError as error:
-        logger.warning("ignoring %s", error)
+    except InputError:
+        logger.warning(
+            "%s is not a readable checkpoint (truncated or corrupt): starting afresh", path
+        )
         return None
     epochs = TrainingSettings.from_dict(settings).epochs
     if checkpoint["settings"] != settings:
@@ -373,43 +359,6 @@ def train(
     return metrics
 
 
-# -- inference, for the evaluation stage -------------------------------------------------------
-def load_model(checkpoint_path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """The trained model of a checkpoint (in eval mode, on ``device``) and its settings."""
-    checkpoint = read_checkpoint(checkpoint_path, device)
-    settings = dict(checkpoint["settings"])
-    model = build_model(settings)
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), settings
-
-
-@torch.no_grad()
-def predict(
-    model: torch.nn.Module,
-    images_hu: np.ndarray,
-    settings: dict[str, Any],
-    batch_size: int = 4,
-) -> np.ndarray:
-    """Foreground probabilities ``(N, D, H, W)`` float32 for int16 HU crops ``(N, D, H, W)``.
-
-    Applies the training intensity window (``hu_min``/``hu_max`` of ``settings``) and reads the
-    full-resolution output; runs on the model's device in float32.
-    """
-    if images_hu.ndim != 4:
-        raise ValueError(f"expected HU crops of shape (N, D, H, W), got {images_hu.shape}")
-    options = TrainingSettings.from_dict(settings)
-    device = next(model.parameters()).device
-    model.eval()
-    probabilities = np.empty(images_hu.shape, dtype=np.float32)
-    for start in range(0, len(images_hu), batch_size):
-        chunk = normalise_hu(images_hu[start : start + batch_size], options.hu_min, options.hu_max)
-        logits = model(torch.from_numpy(chunk).unsqueeze(1).to(device))[0]
-        probabilities[start : start + batch_size] = (
-            torch.sigmoid(logits.float())[:, 0].cpu().numpy()
-        )
-    return probabilities
-
-
 # -- the rule ------------------------------------------------------------------------------------
 def run_train(
     *,
@@ -432,4 +381,4 @@ def run_train(
     train(crops, table, split, out_dir, settings.to_config(), threads=threads)
 
 
-__all__ = ["Trainer", "TrainingSettings", "load_model", "predict", "run_train", "train"]
+__all__ = ["Trainer", "TrainingSettings", "run_train", "train"]

@@ -1,0 +1,415 @@
+"""Bad input and faults (issue 16): one bad file costs its series only, nothing vanishes silently,
+every message names the file and what to do.
+
+Each case runs on real files made for the test (truncated slice, linked and looping folders, an
+unreadable folder, corrupt volume / crops / checkpoint, a full disk), checks the promised
+behaviour, that the raw files are unchanged and that no earlier result was deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from test_dicom_io import write_series
+
+from lungseg.core.atomic import write_csv_atomic, write_text_atomic
+from lungseg.core.errors import InputError, OutputError
+from lungseg.ingest.convert import run_convert
+from lungseg.ingest.index import write_index
+from lungseg.ingest.nodules import run_nodules
+from lungseg.ingest.settings import CohortCriteria, ConvertSettings
+from lungseg.io.hdf5 import read_volume, write_volume
+
+SHAPE = (16, 16)
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def patient(root: Path, number: int, zs=(0.0, 2.5, 5.0, 7.5)) -> tuple[str, list[Path]]:
+    """A patient folder with one small CT series; returns its series uid and files."""
+    pid = f"LIDC-IDRI-98{number:02d}"
+    uid = f"1.2.826.0.1.3680043.8.498.9{number:02d}"
+    folder = root / pid / "01-01-2000-NA-1" / f"3000.{number}-NA"
+    return uid, write_series(folder, zs, series_uid=uid, patient_id=pid, shape=SHAPE)
+
+
+def index(root: Path, out: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    write_index(
+        root, out / "series.csv", out / "files.csv", out / "unreadable.csv",
+        check_annotation_db=False,
+    )  # fmt: skip
+    read = lambda name: pd.read_csv(out / name, dtype=str, keep_default_na=False)  # noqa: E731
+    return read("series.csv"), read("files.csv"), read("unreadable.csv")
+
+
+# --- the DICOM tree -----------------------------------------------------------------------------
+
+
+def _truncated_slice(raw: Path, outside: Path) -> dict:
+    uid, files = patient(raw, 1)
+    patient(raw, 2)
+    data = files[2].read_bytes()
+    files[2].write_bytes(data[: len(data) - 300])  # half-written: 212 of 512 pixel bytes left
+    return {"skipped": {uid: f"{files[2]}: pixel data truncated (212 of 512 bytes"}, "ok": 1}
+
+
+def _linked_patient_folder(raw: Path, outside: Path) -> dict:
+    patient(raw, 1)
+    patient(outside, 2)  # data on another disk, linked into the download
+    (raw / "LIDC-IDRI-9802").symlink_to(outside / "LIDC-IDRI-9802", target_is_directory=True)
+    return {"skipped": {}, "ok": 2}
+
+
+def _link_loop(raw: Path, outside: Path) -> dict:
+    patient(raw, 1)
+    patient(outside, 2)
+    (raw / "LIDC-IDRI-9802").symlink_to(outside / "LIDC-IDRI-9802", target_is_directory=True)
+    # a link back up the tree (a loop) and a second link to a folder already walked
+    (outside / "LIDC-IDRI-9802" / "loop").symlink_to(raw, target_is_directory=True)
+    (raw / "again").symlink_to(raw / "LIDC-IDRI-9801", target_is_directory=True)
+    return {"skipped": {}, "ok": 2, "log": "walked already"}
+
+
+TREE_CASES = {
+    "truncated slice": _truncated_slice,
+    "linked patient folder": _linked_patient_folder,
+    "link loop and a folder linked twice": _link_loop,
+}
+
+
+@pytest.mark.parametrize("make", TREE_CASES.values(), ids=TREE_CASES.keys())
+def test_index_over_damaged_or_linked_trees(tmp_path, caplog, make):
+    raw, outside, out = tmp_path / "raw", tmp_path / "other_disk", tmp_path / "out"
+    expected = make(raw, outside)
+    hashes = tree_hashes(raw), tree_hashes(outside)
+    with caplog.at_level(logging.INFO):
+        series, files, unreadable = index(raw, out)
+    assert (tree_hashes(raw), tree_hashes(outside)) == hashes  # raw files unchanged
+    assert (series["status"] == "ok").sum() == expected["ok"]
+    for uid, reason in expected["skipped"].items():
+        row = series.set_index("series_uid").loc[uid]
+        assert row["status"] == "skipped" and row["reason"].startswith(reason), row["reason"]
+    assert not files["path"].duplicated().any()  # each real file once, loops or not
+    assert unreadable.empty and list(unreadable.columns) == ["path", "error"]
+    assert expected.get("log", "indexed") in caplog.text
+
+
+def _unreadable_index(raw: Path, out: Path) -> subprocess.CompletedProcess:
+    """The index with root's permission override dropped (the tests run as root)."""
+    code = (
+        "import sys; from lungseg.ingest.index import write_index; from lungseg.core.log import "
+        "setup_logging; setup_logging(); write_index(sys.argv[1], *sys.argv[2:5], "
+        "check_annotation_db=False)"
+    )
+    argv = [sys.executable, "-c", code, str(raw), *(str(out / n) for n in
+            ("series.csv", "files.csv", "unreadable.csv"))]  # fmt: skip
+    if os.geteuid() == 0:
+        argv = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *argv]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+
+needs_setpriv = pytest.mark.skipif(
+    os.geteuid() == 0 and shutil.which("setpriv") is None,
+    reason="running as root without setpriv: cannot drop the permission override",
+)
+
+
+@needs_setpriv
+@pytest.mark.parametrize("what", ["series folder", "root"])
+def test_unreadable_folders_are_reported_not_lost(tmp_path, what):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    patient(raw, 1)
+    uid, files = patient(raw, 2)
+    locked = files[0].parent if what == "series folder" else raw
+    hashes = tree_hashes(raw)
+    out.mkdir()
+    locked.chmod(0)
+    try:
+        result = _unreadable_index(raw, out)
+    finally:
+        locked.chmod(0o755)
+    assert tree_hashes(raw) == hashes
+    if what == "root":
+        assert result.returncode != 0
+        assert f"cannot read the DICOM folder {raw}: Permission denied" in result.stderr
+        assert not (out / "series.csv").exists()
+        return
+    assert result.returncode == 0, result.stderr
+    assert f"cannot read folder {locked}: Permission denied" in result.stderr
+    unreadable = pd.read_csv(out / "unreadable.csv")
+    assert unreadable.to_dict("records") == [{"path": str(locked), "error": "Permission denied"}]
+    series = pd.read_csv(out / "series.csv", dtype=str)
+    assert uid not in set(series["series_uid"]) and len(series) == 1
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p.write_text("x") and p, "is a file, not a folder"),
+        (lambda p: p, "DICOM folder not found"),
+    ],
+    ids=["a file given as lidc_root", "a missing lidc_root"],
+)
+def test_bad_root_is_a_clear_error(tmp_path, make, message):
+    root = make(tmp_path / "LIDC-IDRI")
+    with pytest.raises(InputError, match=message):
+        index(root, tmp_path / "out")
+    assert not (tmp_path / "out" / "series.csv").exists()
+
+
+# --- conversion: a bad series costs that series only --------------------------------------------
+
+
+def _short_pixel_data(path: Path) -> None:
+    """A consistent file whose pixel data are shorter than its matrix (the index cannot tell)."""
+    ds = pydicom.dcmread(path)
+    ds.PixelData = ds.PixelData[:10]
+    ds.save_as(path)
+
+
+def test_a_failing_series_is_recorded_and_the_others_go_on(tmp_path, caplog):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    good, _ = patient(raw, 1)
+    bad, bad_files = patient(raw, 2)
+    _short_pixel_data(bad_files[1])
+    series, _, _ = index(raw, out)
+    assert set(series["status"]) == {"ok"}  # nothing the headers show
+    hashes = tree_hashes(raw)
+    settings = ConvertSettings.from_config({})
+    made = {}
+    for uid, pid in zip(series["series_uid"], series["patient_id"], strict=True):
+        stem = out / "volumes" / pid / uid
+        made[uid] = {k: f"{stem}.{k}" for k in ("h5", "nodules.csv", "status.csv")}
+        run_convert(
+            files=str(out / "files.csv"), series_uid=uid, patient_id=pid,
+            volume=made[uid]["h5"], nodules=made[uid]["nodules.csv"],
+            status=made[uid]["status.csv"], settings=settings,
+        )  # fmt: skip
+    assert tree_hashes(raw) == hashes
+    image, _, _ = read_volume(made[good]["h5"])
+    assert image.shape == (4, *SHAPE)
+    with pytest.raises(InputError, match=rf"conversion of series {bad} failed .*1-002\.dcm"):
+        read_volume(made[bad]["h5"])
+    with caplog.at_level(logging.INFO):
+        run_nodules(
+            series=str(out / "series.csv"),
+            tables=[m["nodules.csv"] for m in made.values()],
+            statuses=[m["status.csv"] for m in made.values()],
+            nodules=str(out / "nodules.csv"),
+            conversion=str(out / "conversion.csv"),
+            criteria=CohortCriteria.from_config({}),
+        )
+    table = pd.read_csv(out / "conversion.csv", dtype=str, keep_default_na=False)
+    assert list(table.columns) == [
+        "patient_id",
+        "series_uid",
+        "index_status",
+        "conversion",
+        "reason",
+    ]
+    outcome = table.set_index("series_uid")
+    assert outcome.at[good, "conversion"] == "converted"
+    assert outcome.at[bad, "conversion"] == "failed"
+    assert "1-002.dcm: pixel data of 10 bytes, expected 512" in outcome.at[bad, "reason"]
+    assert "1 series converted, 1 failed, 0 skipped" in caplog.text
+    assert f"series {bad} (LIDC-IDRI-9802) failed" in caplog.text
+
+
+# --- corrupt results: named, with how to rebuild them -------------------------------------------
+
+
+def _volume(path: Path) -> Path:
+    image = np.full((4, 32, 32), -1000, np.int16)
+    write_volume(path, image, np.zeros(image.shape, np.uint8), {"series_uid": "1.2.3"})
+    return path
+
+
+def _truncate(path: Path, keep: float = 0.5) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def _read_crops(path: Path):
+    from lungseg.training.data import read_crops
+
+    return read_crops(path, 1)
+
+
+def _read_source_volume(path: Path):
+    from lungseg.dataset.crops import SourceVolume
+
+    return SourceVolume.open(path, "1.2.3")
+
+
+def _read_checkpoint(path: Path):
+    from lungseg.training.trainer import read_checkpoint
+
+    return read_checkpoint(path)
+
+
+CORRUPT_CASES = {
+    "truncated volume": (_volume, _truncate, read_volume, "snakemake --force"),
+    "truncated volume, read by crops": (_volume, _truncate, _read_source_volume, "--force"),
+    "garbage volume": (
+        _volume,
+        lambda p: p.write_bytes(b"\0" * 4096) and p,
+        read_volume,
+        "--force",
+    ),
+    "truncated crops file": (_volume, _truncate, _read_crops, "snakemake crops"),
+    "garbage checkpoint": (
+        lambda p: p.write_bytes(b"PK\x03\x04" + b"x" * 500) and p,
+        lambda p: p,
+        _read_checkpoint,
+        "snakemake train_all",
+    ),
+}
+
+
+@pytest.mark.parametrize(("write", "damage", "read", "rebuild"), CORRUPT_CASES.values(),
+                         ids=CORRUPT_CASES.keys())  # fmt: skip
+def test_corrupt_results_are_named_with_how_to_rebuild_them(tmp_path, write, damage, read, rebuild):
+    path = tmp_path / "file.h5"
+    write(path)
+    damage(path)
+    with pytest.raises(InputError) as caught:
+        read(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and rebuild in message
+    assert "please file an issue" not in message and "\n" not in message
+    assert path.exists()  # reading never deletes
+
+
+def test_a_garbage_last_checkpoint_means_starting_afresh(tmp_path, caplog):
+    from lungseg.training.trainer import resumable
+
+    last = tmp_path / "last.pt"
+    last.write_bytes(b"PK\x03\x04 not a checkpoint")
+    with caplog.at_level(logging.WARNING):
+        assert resumable(last, {}, "") is None
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"{last} is not a readable checkpoint (truncated or corrupt): starting afresh"]
+
+
+# --- a full disk --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A folder on a 256 KB tmpfs (root may mount one), else one whose writes fail with ENOSPC."""
+    folder = tmp_path / "small_disk"
+    folder.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True
+    ).returncode == 0  # fmt: skip
+    if not mounted:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def _save_checkpoint(path: Path) -> None:
+    import torch
+
+    from lungseg.training.trainer import save_checkpoint
+
+    save_checkpoint({"weights": torch.zeros(200_000)}, path)
+
+
+FULL_CASES = {
+    "table": lambda p: write_csv_atomic(p, pd.DataFrame({"a": np.arange(100_000)})),
+    "volume": lambda p: write_volume(
+        p,
+        np.arange(2 * 256 * 256, dtype=np.int16).reshape(2, 256, 256),
+        np.zeros((2, 256, 256), np.uint8),
+        {},
+        compression="none",
+    ),  # fmt: skip
+    "checkpoint": _save_checkpoint,
+}
+
+
+@pytest.mark.parametrize("write", FULL_CASES.values(), ids=FULL_CASES.keys())
+def test_a_full_disk_says_so_and_keeps_the_earlier_result(full_disk, write):
+    path = full_disk / "result"
+    write_text_atomic(path, "earlier result")
+    with pytest.raises(OutputError) as caught:
+        write(path)
+    message = str(caught.value)
+    assert message.startswith(f"no space left on device while writing {path}")
+    assert "unexpected pos" not in message
+    assert path.read_text() == "earlier result"
+    assert sorted(p.name for p in full_disk.iterdir()) == ["result"]  # no temporary left
+
+
+# --- the whole workflow -------------------------------------------------------------------------
+
+#: Two more small sample patients, damaged: one truncated slice (found by the index) and one
+#: slice whose pixel data are shorter than its matrix (found by its convert job).
+TRUNCATED_PATIENT, SHORT_PIXELS_PATIENT = "LIDC-IDRI-0983", "LIDC-IDRI-0611"
+
+
+@pytest.mark.slow
+def test_workflow_completes_for_the_good_series_and_names_the_bad_files(sample_lidc, tmp_path):
+    from workflow_helpers import copy_workflow, dry_run_jobs, snakemake, tiny_config
+
+    from lungseg.sample.generate import write_patient
+
+    raw = tmp_path / "LIDC-IDRI"
+    for pid in sample_lidc.patients:
+        shutil.copytree(sample_lidc.lidc_root / pid, raw / pid)
+    for pid in (TRUNCATED_PATIENT, SHORT_PIXELS_PATIENT):
+        write_patient(tmp_path, pid, sample_lidc.seed)
+    truncated = sorted((raw / TRUNCATED_PATIENT).rglob("1-050.dcm"))[0]
+    _truncate(truncated, 0.6)
+    short = sorted((raw / SHORT_PIXELS_PATIENT).rglob("1-020.dcm"))[0]
+    _short_pixel_data(short)
+    hashes = tree_hashes(raw)
+
+    work = copy_workflow(tmp_path / "work", tiny_config(raw))
+    snakemake(work, "--profile", "profiles/default", "--cores", "2", timeout=600)
+    assert tree_hashes(raw) == hashes
+
+    series = pd.read_csv(work / "results/index/series.csv", dtype=str, keep_default_na=False)
+    by_patient = series.set_index("patient_id")
+    assert by_patient.at[TRUNCATED_PATIENT, "status"] == "skipped"
+    assert by_patient.at[TRUNCATED_PATIENT, "reason"].startswith(f"{truncated}: pixel data trunc")
+    conversion = pd.read_csv(work / "results/index/conversion.csv", dtype=str).set_index(
+        "patient_id"
+    )
+    assert conversion.at[SHORT_PIXELS_PATIENT, "conversion"] == "failed"
+    assert str(short) in conversion.at[SHORT_PIXELS_PATIENT, "reason"]
+    assert conversion.at[TRUNCATED_PATIENT, "conversion"] == "skipped"
+    assert set(conversion.loc[list(sample_lidc.patients), "conversion"]) == {"converted"}
+    summary = (work / "logs/nodules.log").read_text()
+    assert str(truncated) in summary and str(short) in summary
+    assert "2 series converted, 1 failed, 1 skipped by the index" in summary
+
+    crops = pd.read_csv(work / "results/crops/crops.csv")
+    assert set(crops["patient_id"]) == set(sample_lidc.patients)
+    assert (work / "results/evaluation.csv").exists()
+
+    # A volume deleted afterwards is rebuilt when the stage that reads it runs again. (While
+    # the crops are up to date nothing needs it: `snakemake crops` alone does nothing.)
+    pid = sample_lidc.patients[0]
+    volume = next((work / "results/volumes" / pid).glob("*.h5"))
+    volume.unlink()
+    jobs = dry_run_jobs(work, "--forcerun", "crops", "--", "crops")
+    assert (jobs["convert"], jobs["crops"]) == (1, 1), jobs
