@@ -3,7 +3,6 @@
 from snakemake.utils import min_version, validate
 
 from lungseg.config_checks import check_config
-from lungseg.detection import check_detection_config
 
 min_version("9.0")
 
@@ -15,7 +14,6 @@ configfile: "config.yaml"
 # and runs every check across keys before any job starts or any output is deleted.
 check_config(config)
 validate(config, "schemas/config.schema.yaml")
-check_detection_config(config)
 
 
 report: "report/workflow.rst"

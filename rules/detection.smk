@@ -24,6 +24,7 @@ rule detection_volume:
         mem_mb=2500,
         runtime=20,
     params:
+        code=source_hash("detection", "io"),
         settings=settings_of(VolumeSettings),
     script:
         "../workflow_scripts/detection_volume.py"
@@ -43,6 +44,8 @@ rule detection_scans:
     resources:
         mem_mb=500,
         runtime=10,
+    params:
+        code=source_hash("detection"),
     script:
         "../workflow_scripts/detection_scans.py"
 
@@ -68,6 +71,7 @@ rule train_detector:
         runtime=detection_resource("runtime"),
         gpu=detection_resource("gpu"),
     params:
+        code=source_hash("detection", "training", "nets"),
         settings=detector_settings,
     script:
         "../workflow_scripts/train_detector.py"
@@ -91,6 +95,7 @@ rule detect:
         mem_mb=detection_resource("mem_mb"),
         runtime=30,
     params:
+        code=source_hash("detection", "training", "nets"),
         settings=detector_settings,
     script:
         "../workflow_scripts/detect.py"
@@ -124,6 +129,7 @@ rule evaluate_detector:
         mem_mb=1000,
         runtime=10,
     params:
+        code=source_hash("detection"),
         detector="{detector}",
         settings=detector_settings,
     script:
@@ -149,6 +155,8 @@ rule detection_summary:
     resources:
         mem_mb=500,
         runtime=5,
+    params:
+        code=source_hash("detection"),
     script:
         "../workflow_scripts/detection_summary.py"
 
@@ -174,6 +182,8 @@ rule plot_froc:
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        code=source_hash("detection", "figures"),
     script:
         "../workflow_scripts/plot_froc.py"
 
@@ -203,6 +213,8 @@ rule plot_detections:
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        code=source_hash("detection", "figures"),
     script:
         "../workflow_scripts/plot_detections.py"
 

@@ -14,6 +14,7 @@ import pytest
 import lungseg
 from lungseg.config_checks import JOB_SETTINGS
 from lungseg.core.settings import StageSettings, section_schema
+from lungseg.detection.settings import DetectorSettings, VolumeSettings
 from lungseg.training.settings import VariantSettings
 
 PACKAGE = Path(lungseg.__file__).parent
@@ -106,7 +107,7 @@ def test_every_module_imports():
         importlib.import_module(info.name)
 
 
-SETTINGS_CLASSES = [*JOB_SETTINGS, VariantSettings]
+SETTINGS_CLASSES = [*JOB_SETTINGS, VariantSettings, VolumeSettings, DetectorSettings]
 
 
 @pytest.mark.parametrize("cls", SETTINGS_CLASSES, ids=lambda c: c.__name__)

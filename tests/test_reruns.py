@@ -159,7 +159,9 @@ def test_editing_the_package_reruns_its_stage_and_what_depends_on_it(
     """A copy of the package first on PYTHONPATH (the run's own is the repository's): unedited
     it schedules nothing (the hash is of the sources, not their mtimes); edited, its stage."""
     shutil.copytree(REPO / "src" / "lungseg", tmp_path / "src" / "lungseg")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "src")}
+    # the copy finds the schema beside the repository's package, not beside itself
+    schema = REPO / "schemas" / "config.schema.yaml"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "src"), "LUNGSEG_SCHEMA": str(schema)}
     assert planned_jobs(run, env=env) == []
     with open(tmp_path / "src" / "lungseg" / module, "a") as source:
         source.write("\n# edited by test_reruns\n")

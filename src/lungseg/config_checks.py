@@ -13,6 +13,7 @@ from typing import Any
 from lungseg.core.errors import SettingsError
 from lungseg.core.settings import StageSettings, check_against_schema
 from lungseg.dataset.settings import CropSettings, CropsOverviewSettings, SplitSettings
+from lungseg.detection.settings import check_detection_config
 from lungseg.evaluation.settings import BucketSettings, EvaluationSettings
 from lungseg.figures.settings import ExamplesSettings
 from lungseg.ingest.settings import (
@@ -59,3 +60,4 @@ def check_config(config: Mapping[str, Any]) -> None:
                 f"{2 ** (variant.levels - 1)} of models.{name} (levels {variant.levels}): "
                 "change crops.size or the model's levels"
             )
+    check_detection_config(config)
