@@ -36,7 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lungseg.training.trainer", "train one model variant on the crops"),
     "evaluate": ("lungseg.evaluation.evaluate", "evaluate a trained model on the validation crops"),
     "plots": ("lungseg.figures.curves", "render Dice curves, examples and overview figures"),
-    "benchmark": ("lungseg.bench.memory", "memory and speed of one training step vs volume size"),
+    "benchmark": (
+        "lungseg.bench.memory:run_benchmark",
+        "memory and speed of one training step vs volume size",
+    ),
 }
 
 
