@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "lungseg.bench.memory:run_benchmark",
         "memory and speed of one training step vs volume size",
     ),
+    "bench-scale": (
+        "lungseg.bench.scale:run_scale",
+        "cost of each workflow stage vs the number of sample scans (10, 30, 100)",
+    ),
 }
 
 
