@@ -88,6 +88,8 @@ rule nodules:
         "results/nodules.csv",
     log:
         "logs/nodules.log",
+    benchmark:
+        "benchmarks/nodules.tsv"
     conda:
         "../envs/lungseg.yaml"
     threads: 1
