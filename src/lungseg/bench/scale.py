@@ -129,6 +129,14 @@ def disk_mb(workdir: Path, paths: list[str]) -> float:
     return total / 1e6
 
 
+def stage_disk_mb(workdir: Path, stage: str) -> float:
+    """What ``stage`` left on disk: measured now, or recorded before ``results/`` was removed."""
+    recorded = workdir / "benchmarks" / f"{stage}.disk_mb"
+    if recorded.exists():
+        return float(recorded.read_text())
+    return disk_mb(workdir, STAGE_OUTPUTS[stage])
+
+
 def stage_costs(workdir: Path) -> pd.DataFrame:
     """Per stage of a finished run: jobs, CPU and wall seconds, largest job RSS, MB written."""
     rows = []
@@ -147,7 +155,7 @@ def stage_costs(workdir: Path) -> pd.DataFrame:
                 "wall_s": float(jobs["s"].sum()),
                 "max_rss_mb": float(jobs["max_rss"].max()),
                 "written_mb": float(pd.to_numeric(jobs["io_out"], errors="coerce").sum()),
-                "disk_mb": disk_mb(workdir, STAGE_OUTPUTS[stage]),
+                "disk_mb": stage_disk_mb(workdir, stage),
             }
         )
     return pd.DataFrame(rows)
@@ -217,14 +225,25 @@ def run_scale(
     frames = []
     for n in sorted(int(s) for s in scans or (10, 30, 100)):
         run_dir = Path(workdir) / f"N{n}"
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        log.info("workflow on %d sample scans in %s", n, run_dir)
-        wall = run_workflow(run_dir, scale_patients(n), epochs, threads, timeout_s)
+        done = run_dir / "run_wall_s.txt"  # a finished run is reused (delete it to rerun)
+        if done.exists():
+            wall = float(done.read_text())
+            log.info("%d scans: reusing the finished run in %s", n, run_dir)
+        else:
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            log.info("workflow on %d sample scans in %s", n, run_dir)
+            wall = run_workflow(run_dir, scale_patients(n), epochs, threads, timeout_s)
         costs = stage_costs(run_dir).assign(scans=n, run_wall_s=round(wall, 1))
         log.info("%d scans: %.0f s wall\n%s", n, wall, costs.to_string(index=False))
         frames.append(costs)
-        shutil.rmtree(run_dir / "results", ignore_errors=True)  # keep benchmarks/ and logs/
+        if not done.exists():
+            for stage in costs["stage"]:  # what each stage left on disk, before it goes
+                (run_dir / "benchmarks" / f"{stage}.disk_mb").write_text(
+                    str(disk_mb(run_dir, STAGE_OUTPUTS[stage]))
+                )
+            shutil.rmtree(run_dir / "results", ignore_errors=True)  # keep benchmarks/, logs/
+            done.write_text(f"{wall:.1f}")
     frame = pd.concat(frames, ignore_index=True)[SCALE_COLUMNS].round(2)
     fits = growth(frame)
     write_csv_atomic(Path(table), frame)
