@@ -8,7 +8,7 @@ STAMP := $(VENV)/.lungseg-installed
 CORES ?= 2
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all venv system-deps run test lint pytest dag clean lock
+.PHONY: all venv system-deps run test test-fast lint pytest dag clean lock
 
 all: test
 
@@ -41,6 +41,10 @@ pytest: venv system-deps
 	$(BIN)/pytest
 
 test: lint pytest
+
+# Development tier: everything but the whole-workflow runs (tests marked slow).
+test-fast: venv
+	$(BIN)/pytest -m "not slow"
 
 # Rule graph for the README (after `make run`: convert, behind the index checkpoint, shows then).
 dag: venv

@@ -2,12 +2,17 @@
 # All logic lives in the lungseg package (src/lungseg); rules only wire files together.
 from snakemake.utils import min_version, validate
 
+from lungseg.config_checks import check_config
+
 min_version("9.0")
 
 
 configfile: "config.yaml"
 
 
+# Our check first: it names the bad key in one line (then Snakemake's fills in the defaults),
+# and runs every check across keys before any job starts or any output is deleted.
+check_config(config)
 validate(config, "schemas/config.schema.yaml")
 
 

@@ -2,7 +2,27 @@
 import functools
 from pathlib import Path
 
+from lungseg.bench.settings import BenchmarkSettings
+from lungseg.core.provenance import source_hash
+from lungseg.figures.settings import ExamplesSettings
+from lungseg.sample.settings import SampleSettings
+from lungseg.training.settings import variant_config
+from lungseg.evaluation.settings import BucketSettings, EvaluationSettings
+from lungseg.dataset.settings import CropSettings, CropsOverviewSettings, SplitSettings
+from lungseg.ingest.settings import (
+    AnnotationSettings,
+    CohortCriteria,
+    CohortSettings,
+    ConvertSettings,
+    IndexSettings,
+)
+
 SAMPLE_ROOT = "results/sample_data"
+
+
+def settings_of(cls):
+    """The config keys a job's settings class reads, as its rule's params (reruns track them)."""
+    return cls.config_subset(config)
 
 
 def using_sample_data():
@@ -68,22 +88,9 @@ def volume_nodule_tables(wildcards=None):
     return [path[: -len(".h5")] + ".nodules.csv" for path in volume_files()]
 
 
-def cohort_criteria_args():
-    """Cohort criteria from config as `lungseg cohort`/`lungseg nodules` arguments."""
-    cohort = config["cohort"]
-    args = [
-        "--max-slice-thickness",
-        str(cohort["max_slice_thickness"]),
-        "--min-readers",
-        str(cohort["min_readers"]),
-        "--min-diameter",
-        str(cohort["min_diameter_mm"]),
-        "--spacing-tolerance",
-        str(config["ingest"]["spacing_tolerance"]),
-    ]
-    if not cohort["exclude_irregular"]:
-        args.append("--keep-irregular")
-    return args
+def series_uid_of(wildcards):
+    """The {series_uid} wildcard of a convert job (its stage function's argument)."""
+    return wildcards.series_uid
 
 
 # --- crops and split ---
@@ -93,39 +100,6 @@ def crops_outputs():
         "results/crops/crops.csv",
         "results/split/split.csv",
         "results/plots/crops_overview.png",
-    ]
-
-
-def crops_args():
-    """config["crops"] as `lungseg crops` arguments (a null spacing is "none": native)."""
-    crops = config["crops"]
-    spacing = crops["target_spacing"] or [None, None, None]
-    return [
-        "--size",
-        *[str(n) for n in crops["size"]],
-        "--target-spacing",
-        *["none" if s is None else str(s) for s in spacing],
-        "--mask-interpolation",
-        crops["mask_interpolation"],
-        "--compression",
-        crops["compression"],
-    ]
-
-
-def split_args():
-    """config["split"] as `lungseg split` arguments."""
-    split = config["split"]
-    return [
-        "--val-fraction",
-        str(split["val_fraction"]),
-        "--seed",
-        str(split["seed"]),
-        "--size-bins",
-        *[str(b) for b in split["size_bins_mm"]],
-        "--folds",
-        str(split["folds"]),
-        "--val-fold",
-        str(split["val_fold"]),
     ]
 
 
@@ -142,15 +116,14 @@ def model_wildcard_pattern():
     return "|".join(re.escape(name) for name in model_names())
 
 
-def model_settings(wildcards):
-    """A variant's merged settings: config["training"] (less resources), then its overrides.
+def model_of(wildcards):
+    """The {model} wildcard (titles of a model's figures)."""
+    return wildcards.model
 
-    Null or unset keys of a variant inherit the training value. These are the train job's params,
-    so editing one variant reruns only that variant's training.
-    """
-    shared = {k: v for k, v in config["training"].items() if k != "resources"}
-    overrides = config["models"][wildcards.model] or {}
-    return {**shared, **{k: v for k, v in overrides.items() if v is not None}}
+
+def model_settings(wildcards):
+    """A variant's merged settings (training, then its overrides): the train job's params."""
+    return variant_config(config, wildcards.model)
 
 
 def train_resource(name):
@@ -194,11 +167,12 @@ def evaluation_model_pattern():
     return "|".join(re.escape(name) for name in evaluated_models())
 
 
-def evaluation_device():
-    """Device of the evaluate jobs: cuda when they are given a GPU, else the configured one."""
+def evaluation_settings():
+    """Settings of the evaluate jobs; the device is cuda when they are given a GPU."""
+    settings = settings_of(EvaluationSettings)
     if config["evaluation"]["resources"]["gpu"]:
-        return "cuda"
-    return config["evaluation"]["device"]
+        settings["device"] = "cuda"
+    return settings
 
 
 def evaluation_tables():

@@ -21,8 +21,8 @@ rule crops:
         mem_mb=1000,
         runtime=60,
     params:
-        volumes_dir="results/volumes",
-        options=crops_args(),
+        settings=settings_of(CropSettings),
+        code=source_hash("dataset", "io"),
     script:
         "../workflow_scripts/crops.py"
 
@@ -31,7 +31,7 @@ rule split:
     input:
         nodules="results/nodules.csv",
     output:
-        "results/split/split.csv",
+        split="results/split/split.csv",
     log:
         "logs/split.log",
     benchmark:
@@ -43,7 +43,8 @@ rule split:
         mem_mb=500,
         runtime=5,
     params:
-        options=split_args(),
+        settings=settings_of(SplitSettings),
+        code=source_hash("dataset"),
     script:
         "../workflow_scripts/split.py"
 
@@ -54,7 +55,12 @@ rule crops_overview:
         table="results/crops/crops.csv",
         split="results/split/split.csv",
     output:
-        "results/plots/crops_overview.png",
+        figure=report(
+            "results/plots/crops_overview.png",
+            caption="../report/crops_overview.rst",
+            category="Data",
+            labels={"figure": "crops overview"},
+        ),
     log:
         "logs/crops_overview.log",
     conda:
@@ -64,6 +70,7 @@ rule crops_overview:
         mem_mb=1000,
         runtime=10,
     params:
-        max_crops=config["crops"]["overview_max"],
+        settings=settings_of(CropsOverviewSettings),
+        code=source_hash("figures", "dataset"),
     script:
         "../workflow_scripts/crops_overview.py"

@@ -31,10 +31,8 @@ rule evaluate:
         runtime=config["evaluation"]["resources"]["runtime"],
         gpu=config["evaluation"]["resources"]["gpu"],
     params:
-        threshold=config["evaluation"]["threshold"],
-        batch_size=config["evaluation"]["batch_size"],
-        device=evaluation_device(),
-        size_buckets=config["evaluation"]["size_buckets_mm"],
+        settings=evaluation_settings(),
+        code=source_hash("evaluation", "training", "nets"),
     script:
         "../workflow_scripts/evaluate.py"
 
@@ -43,7 +41,7 @@ rule evaluate_summary:
     input:
         evaluations=evaluation_tables(),
     output:
-        report(
+        summary=report(
             "results/evaluation.csv",
             caption="../report/evaluation_summary.rst",
             category="Evaluation",
@@ -60,6 +58,7 @@ rule evaluate_summary:
         runtime=10,
     params:
         models=evaluated_models(),
-        size_buckets=config["evaluation"]["size_buckets_mm"],
+        settings=settings_of(BucketSettings),
+        code=source_hash("evaluation"),
     script:
         "../workflow_scripts/evaluate_summary.py"

@@ -21,8 +21,8 @@ checkpoint index:
         runtime=60,
     params:
         root=index_root,
-        spacing_tolerance=config["ingest"]["spacing_tolerance"],
-        exclude_irregular=config["cohort"]["exclude_irregular"],
+        settings=settings_of(IndexSettings),
+        code=source_hash("ingest", "lidc"),
     script:
         "../workflow_scripts/index.py"
 
@@ -46,7 +46,8 @@ rule annotations:
         mem_mb=2000,
         runtime=60,
     params:
-        consensus_level=config["ingest"]["consensus_level"],
+        settings=settings_of(AnnotationSettings),
+        code=source_hash("ingest", "lidc"),
     script:
         "../workflow_scripts/annotations.py"
 
@@ -74,8 +75,9 @@ rule convert:
         mem_mb=1000,
         runtime=20,
     params:
-        compression=config["ingest"]["compression"],
-        spacing_tolerance=config["ingest"]["spacing_tolerance"],
+        series_uid=series_uid_of,
+        settings=settings_of(ConvertSettings),
+        code=source_hash("ingest", "io", "lidc"),
     script:
         "../workflow_scripts/convert.py"
 
@@ -85,7 +87,7 @@ rule nodules:
         series="results/index/series.csv",
         tables=volume_nodule_tables,
     output:
-        "results/nodules.csv",
+        nodules="results/nodules.csv",
     log:
         "logs/nodules.log",
     benchmark:
@@ -97,7 +99,8 @@ rule nodules:
         mem_mb=1000,
         runtime=10,
     params:
-        criteria=cohort_criteria_args(),
+        criteria=settings_of(CohortCriteria),
+        code=source_hash("ingest"),
     script:
         "../workflow_scripts/nodules.py"
 
@@ -121,8 +124,8 @@ rule cohort:
         mem_mb=2000,
         runtime=30,
     params:
-        scope=config["cohort"]["scope"],
-        criteria=cohort_criteria_args(),
+        settings=settings_of(CohortSettings),
+        code=source_hash("ingest", "lidc"),
     script:
         "../workflow_scripts/cohort.py"
 

@@ -30,6 +30,9 @@ rule plots:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        model=model_of,
+        code=source_hash("figures"),
     script:
         "../workflow_scripts/plots.py"
 
@@ -41,7 +44,7 @@ rule plot_examples:
         crops="results/crops/crops.h5",
         crops_table="results/crops/crops.csv",
     output:
-        report(
+        figure=report(
             "results/plots/examples_{model}.png",
             caption="../report/examples.rst",
             category="Validation examples",
@@ -58,7 +61,9 @@ rule plot_examples:
         mem_mb=2000,
         runtime=10,
     params:
-        examples=config["plots"]["examples"],
+        model=model_of,
+        settings=settings_of(ExamplesSettings),
+        code=source_hash("figures", "evaluation"),
     script:
         "../workflow_scripts/plot_examples.py"
 
@@ -67,7 +72,7 @@ rule plot_comparison:
     input:
         metrics=model_metrics_tables(),
     output:
-        report(
+        figure=report(
             "results/plots/dice_comparison.png",
             caption="../report/dice_comparison.rst",
             category="Training curves",
@@ -84,6 +89,7 @@ rule plot_comparison:
         runtime=10,
     params:
         models=evaluated_models(),
+        code=source_hash("figures"),
     script:
         "../workflow_scripts/plot_comparison.py"
 

@@ -18,7 +18,8 @@ rule sample_data:
         mem_mb=1500,
         runtime=10,
     params:
-        seed=config["sample_data"]["seed"],
+        settings=settings_of(SampleSettings),
+        code=source_hash("sample", "lidc"),
     script:
         "../workflow_scripts/sample_data.py"
 

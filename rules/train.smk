@@ -26,6 +26,7 @@ rule train:
         gpu=train_resource("gpu"),
     params:
         settings=model_settings,
+        code=source_hash("training", "nets"),
     script:
         "../workflow_scripts/train.py"
 

@@ -14,13 +14,13 @@ from lungseg.bench.memory import (
     FIT_COLUMNS,
     GIB,
     MIB,
-    BenchmarkSettings,
     largest_fitting,
     plan,
     predict_peak_bytes,
     run_benchmark,
     run_series,
 )
+from lungseg.bench.settings import BenchmarkSettings
 from lungseg.bench.step import Point
 from lungseg.core.errors import SettingsError
 from lungseg.core.settings import schema_defaults
@@ -143,7 +143,7 @@ def test_settings_come_from_the_schema_and_name_bad_keys():
     defaults = schema_defaults("benchmark")
     assert list(settings.variants) == defaults["variants"]
     assert settings.to_config() == {
-        k: v for k, v in defaults.items() if k not in BenchmarkSettings.EXCLUDE
+        k: v for k, v in defaults.items() if k not in ("threads", "runtime_min")
     }
     with pytest.raises(SettingsError, match=r"benchmark.sizes.*levels"):
         BenchmarkSettings.from_config({"sizes": [[8, 8, 6]], "levels": 3})

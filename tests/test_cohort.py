@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from lungseg.cli import main
-from lungseg.ingest.cohort import CohortCriteria, scan_problem, select_cohort
+from lungseg.ingest.cohort import scan_problem, select_cohort
+from lungseg.ingest.settings import CohortCriteria
 
 
 @pytest.fixture(scope="module")
@@ -19,12 +20,12 @@ def scans_by_patient():
 @pytest.mark.parametrize(
     ("patient_id", "criteria", "problem"),
     [
-        ("LIDC-IDRI-0001", CohortCriteria(), None),  # 2.5 mm, regular
-        ("LIDC-IDRI-0078", CohortCriteria(), "slice thickness 3 mm > 2.5"),
-        ("LIDC-IDRI-0078", CohortCriteria(max_slice_thickness=3.0), None),
-        ("LIDC-IDRI-0123", CohortCriteria(), "irregular slice spacing"),
-        ("LIDC-IDRI-0514", CohortCriteria(), "missing slices: about 18 absent"),
-        ("LIDC-IDRI-0514", CohortCriteria(exclude_irregular=False), None),
+        ("LIDC-IDRI-0001", CohortCriteria.from_config(), None),  # 2.5 mm, regular
+        ("LIDC-IDRI-0078", CohortCriteria.from_config(), "slice thickness 3 mm > 2.5"),
+        ("LIDC-IDRI-0078", CohortCriteria.from_config(dict(max_slice_thickness=3.0)), None),
+        ("LIDC-IDRI-0123", CohortCriteria.from_config(), "irregular slice spacing"),
+        ("LIDC-IDRI-0514", CohortCriteria.from_config(), "missing slices: about 18 absent"),
+        ("LIDC-IDRI-0514", CohortCriteria.from_config(dict(exclude_irregular=False)), None),
     ],
 )
 def test_scan_criteria_on_real_database_scans(scans_by_patient, patient_id, criteria, problem):
@@ -40,7 +41,7 @@ def test_nodule_criteria_select_exactly_the_matching_clusters(min_readers):
     from lungseg.lidc import adapter as lidc
 
     patients = {"LIDC-IDRI-0001", "LIDC-IDRI-0016", "LIDC-IDRI-0078"}
-    criteria = CohortCriteria(max_slice_thickness=3.0, min_readers=min_readers)
+    criteria = CohortCriteria.from_config(dict(max_slice_thickness=3.0, min_readers=min_readers))
     scans, nodules, excluded = select_cohort(criteria, patients)
     assert set(scans["patient_id"]) == patients and excluded.empty
     expected = {
@@ -66,8 +67,16 @@ def test_cli_writes_scans_nodules_and_reports(tmp_path):
     )
     index.to_csv(tmp_path / "series.csv", index=False)
     out = tmp_path / "cohort"
-    argv = ["cohort", "--max-slice-thickness", "2.5", "--min-readers", "3", "--min-diameter", "3"]
-    argv += ["--out", str(out), "--index", str(tmp_path / "series.csv")]
+    argv = [
+        "cohort",
+        "--max_slice_thickness",
+        "2.5",
+        "--min_readers",
+        "3",
+        "--min_diameter_mm",
+        "3",
+    ]
+    argv += ["--series", str(tmp_path / "series.csv"), *cohort_outputs(out)]
     assert main([*argv, "--scope", "indexed_patients"]) == 0
     scans = pd.read_csv(out / "scans.csv")
     nodules = pd.read_csv(out / "nodules.csv")
@@ -81,6 +90,13 @@ def test_cli_writes_scans_nodules_and_reports(tmp_path):
     assert list(missing["index_status"]) == ["absent"]  # 0001's real series is not indexed
 
 
-def test_indexed_scope_needs_an_index(tmp_path):
-    with pytest.raises(ValueError, match="needs --index"):
-        main(["cohort", "--out", str(tmp_path), "--scope", "indexed_patients"])
+def cohort_outputs(folder):
+    names = ("scans", "nodules", "excluded", "missing")
+    files = ("scans.csv", "nodules.csv", "excluded_scans.csv", "missing_on_disk.csv")
+    return [arg for n, f in zip(names, files, strict=True) for arg in (f"--{n}", str(folder / f))]
+
+
+def test_indexed_scope_needs_an_index(tmp_path, capsys):
+    assert main(["cohort", *cohort_outputs(tmp_path), "--scope", "indexed_patients"]) == 1
+    assert "cohort.scope 'indexed_patients' needs the index" in capsys.readouterr().err
+    assert not (tmp_path / "scans.csv").exists()

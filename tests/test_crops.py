@@ -12,8 +12,10 @@ from lungseg.cli import main
 from lungseg.dataset.crops import AIR_HU, CONTRACT_COLUMNS, crop_geometry, write_crops
 from lungseg.dataset.split import REQUIRED_COLUMNS
 from lungseg.figures.crops import crops_overview_figure, pick_rows, save_crops_overview
-from lungseg.ingest.cohort import CohortCriteria
-from lungseg.ingest.pipeline import convert_series, merge_nodule_tables, series_paths, write_index
+from lungseg.ingest.convert import convert_series, series_paths
+from lungseg.ingest.index import write_index
+from lungseg.ingest.nodules import merge_nodule_tables
+from lungseg.ingest.settings import CohortCriteria
 from lungseg.io.hdf5 import read_volume, write_volume
 
 PATIENT, SERIES = "LIDC-IDRI-9001", "1.2.826.0.1.3680043.8.498.7001"
@@ -199,10 +201,11 @@ def test_crops_cli_is_deterministic_and_writes_chunked_crops(tmp_path):
     )
     outputs = []
     for run in ("a", "b"):
-        argv = ["crops", "--nodules", str(nodules_csv), "--volumes-dir", str(volumes)]
-        argv += ["--out", str(tmp_path / run / "crops.h5")]
-        argv += ["--table-out", str(tmp_path / run / "crops.csv"), "--size", "8", "12", "12"]
-        argv += ["--target-spacing", "1.5", "none", "1.0"]
+        files = [str(p) for p in sorted(volumes.rglob("*.h5"))]
+        argv = ["crops", "--nodules", str(nodules_csv), "--volumes", *files]
+        argv += ["--crops", str(tmp_path / run / "crops.h5")]
+        argv += ["--table", str(tmp_path / run / "crops.csv"), "--size", "[8, 12, 12]"]
+        argv += ["--target_spacing", "[1.5, null, 1.0]"]
         assert main(argv) == 0
         outputs.append(read_crops(tmp_path / run / "crops.h5"))
     for name in ("image", "mask", "other"):
@@ -250,7 +253,13 @@ def sample_nodules(sample_lidc, tmp_path_factory):
         tables.append(out / f"{row.series_uid}.nodules.csv")
         convert_series(paths, out / f"{row.series_uid}.h5", tables[-1])
     # The sample scans have 3 and 5 mm slices; admit them so that the cohort is not empty.
-    nodules = merge_nodule_tables(tables, base / "series.csv", CohortCriteria(5.0, 3, 3.0))
+    nodules = merge_nodule_tables(
+        tables,
+        base / "series.csv",
+        CohortCriteria.from_config(
+            dict(max_slice_thickness=5.0, min_readers=3, min_diameter_mm=3.0)
+        ),
+    )
     nodules.to_csv(base / "nodules.csv", index=False)
     return base
 

@@ -18,9 +18,6 @@ from pydicom.uid import (
 )
 
 from lungseg.ingest.dicom import (
-    STATUS_EXCLUDED,
-    STATUS_OK,
-    STATUS_SKIPPED,
     DicomFileError,
     _native_pixels,
     group_by_series,
@@ -30,6 +27,7 @@ from lungseg.ingest.dicom import (
     read_series,
     scan_folder,
 )
+from lungseg.ingest.status import STATUS_EXCLUDED, STATUS_OK, STATUS_SKIPPED
 
 
 def write_slice(

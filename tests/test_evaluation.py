@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
+from workflow_helpers import copy_workflow
 
 from lungseg.cli import main
 from lungseg.evaluation import evaluate as evaluation
@@ -182,16 +182,16 @@ def test_summary_statistics_by_hand():
 
 
 def test_evaluate_runs_the_checkpoint_on_the_validation_crops(trained, tmp_path):
-    from lungseg.training.trainer import load_model, predict
+    from lungseg.training.inference import load_model, predict
 
     directory, arrays = trained
-    argv = ["evaluate", "model", "--checkpoint", str(directory / "model" / "best.pt"),
+    argv = ["evaluate", "--checkpoint", str(directory / "model" / "best.pt"),
             "--crops", str(directory / "crops.h5"), "--crops-table", str(directory / "crops.csv"),
             "--split", str(directory / "split.csv"), "--device", "cpu"]  # fmt: skip
     outputs = []
     for run in ("first", "second"):
         out, predictions = tmp_path / run / "evaluation.csv", tmp_path / run / "predictions.h5"
-        assert main([*argv, "--out", str(out), "--predictions", str(predictions)]) == 0
+        assert main([*argv, "--evaluation", str(out), "--predictions", str(predictions)]) == 0
         outputs.append((out, predictions))
     frame = pd.read_csv(outputs[0][0])
     assert list(frame.columns) == evaluation.EVALUATION_COLUMNS
@@ -253,14 +253,9 @@ def test_snakemake_evaluates_plots_and_reports(trained, tmp_path):
     a trained model; plots rerun when metrics.csv changes (not when merely touched), and only
     the figures drawn from it."""
     directory, _ = trained
-    for name in ("rules", "workflow_scripts", "report", "envs"):
-        shutil.copytree(REPO / name, tmp_path / name)
     # The real rule files, without the earlier stages: their outputs are given here as sources.
-    (tmp_path / "Snakefile").write_text(SNAKEFILE)
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    config["models"] = {"tiny": {"arch": "unet"}}
-    config["plots"]["examples"] = 2
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    updates = {"models": {"tiny": {"arch": "unet"}}, "plots": {"examples": 2}}
+    copy_workflow(tmp_path, updates, snakefile=SNAKEFILE)
     (tmp_path / "results" / "crops").mkdir(parents=True)
     for name in ("crops.h5", "crops.csv"):
         shutil.copy(directory / name, tmp_path / "results" / "crops" / name)

@@ -17,16 +17,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from test_dicom_io import write_series, write_slice
+from workflow_helpers import copy_workflow
 
-from lungseg.ingest.cohort import CohortCriteria
-from lungseg.ingest.pipeline import (
-    NODULE_COLUMNS,
-    convert_series,
-    extract_annotations,
-    merge_nodule_tables,
-    series_paths,
-    write_index,
-)
+from lungseg.ingest.convert import convert_series, extract_annotations, series_paths
+from lungseg.ingest.index import write_index
+from lungseg.ingest.nodules import merge_nodule_tables
+from lungseg.ingest.settings import CohortCriteria
+from lungseg.ingest.tables import NODULE_COLUMNS
 from lungseg.io.hdf5 import read_volume
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +74,11 @@ def tree_hashes(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+def criteria(**keys):
+    """Cohort criteria: the schema's defaults (LUNA16's) with ``keys`` changed."""
+    return CohortCriteria.from_config(keys)
 
 
 @pytest.fixture(scope="module")
@@ -183,14 +185,23 @@ def _nodule_table(path: Path, series_uid: str, rows: list[tuple[int, int, float]
     ("criteria", "expected"),
     [
         # LUNA16: >= 3 readers, >= 3 mm, thin ok series only
-        (CohortCriteria(), [False, True, False, False, False, False]),
-        (CohortCriteria(min_readers=1), [True, True, False, False, False, False]),
-        (CohortCriteria(min_diameter_mm=2.0), [False, True, True, False, False, False]),
-        (CohortCriteria(max_slice_thickness=3.0), [False, True, False, True, False, False]),
-        # excluded series never count: the index applies exclude_irregular itself
-        (CohortCriteria(exclude_irregular=False), [False, True, False, False, False, False]),
+        (criteria(), [False, True, False, False, False, False]),
+        (criteria(min_readers=1), [True, True, False, False, False, False]),
         (
-            CohortCriteria(min_readers=4, max_slice_thickness=3.0),
+            criteria(min_diameter_mm=2.0),
+            [False, True, True, False, False, False],
+        ),
+        (
+            criteria(max_slice_thickness=3.0),
+            [False, True, False, True, False, False],
+        ),
+        # excluded series never count: the index applies exclude_irregular itself
+        (
+            criteria(exclude_irregular=False),
+            [False, True, False, False, False, False],
+        ),
+        (
+            criteria(min_readers=4, max_slice_thickness=3.0),
             [False, True, False, True, False, False],
         ),
     ],
@@ -220,14 +231,7 @@ def test_snakemake_fans_out_over_the_index_and_survives_bad_series(tmp_path):
     """Real Snakemake: checkpoint index, one convert job per convertible series, nodules.csv."""
     raw = tmp_path / "raw"
     write_quirky_tree(raw)
-    work = tmp_path / "work"
-    work.mkdir()
-    for name in ("Snakefile", "rules", "schemas", "workflow_scripts", "envs", "config.yaml"):
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, work / name)
-        elif source.exists():
-            shutil.copy2(source, work / name)
+    work = copy_workflow(tmp_path / "work")
     command = [
         sys.executable, "-m", "snakemake", "volumes", "--cores", "2",
         "--workflow-profile", "none", "--config", f"lidc_root={raw}",
@@ -289,8 +293,8 @@ def test_convert_job_with_the_annotation_file_does_not_import_pylidc(
     scan = sample_lidc.scans[0]
     base = converted["base"]
     argv = [
-        "convert", "--files", str(base / "files.csv"), "--series-uid", scan.series_uid,
-        "--out", str(tmp_path / "v.h5"), "--nodules-out", str(tmp_path / "v.csv"),
+        "convert", "--files", str(base / "files.csv"), "--series_uid", scan.series_uid,
+        "--volume", str(tmp_path / "v.h5"), "--nodules", str(tmp_path / "v.csv"),
         "--annotations", str(base / "annotations.h5"),
     ]  # fmt: skip
     code = (
@@ -424,11 +428,11 @@ def test_masks_overlap_the_painted_nodules(sample_lidc, converted):
 def test_cohort_from_database_matches_the_converted_nodules(sample_lidc, converted, tmp_path):
     from lungseg.ingest.cohort import write_cohort
 
-    criteria = CohortCriteria(max_slice_thickness=5.0)
+    thick = criteria(max_slice_thickness=5.0)
     base = converted["base"]
     tables = sorted(base.rglob("*.nodules.csv"))
-    merged = merge_nodule_tables(tables, base / "series.csv", criteria)
-    scans, nodules = write_cohort(tmp_path, criteria, base / "series.csv", "indexed_patients")
+    merged = merge_nodule_tables(tables, base / "series.csv", thick)
+    scans, nodules = write_cohort(tmp_path, thick, base / "series.csv", "indexed_patients")
     assert set(scans["series_uid"]) == {s.series_uid for s in sample_lidc.scans}
     assert sorted(nodules["nodule_id"]) == sorted(merged.loc[merged["in_cohort"], "nodule_id"])
     merged_diam = merged.set_index("nodule_id")["diameter_mm"]
@@ -436,9 +440,7 @@ def test_cohort_from_database_matches_the_converted_nodules(sample_lidc, convert
         assert row.diameter_mm == pytest.approx(merged_diam[row.nodule_id], abs=1e-3)
     assert pd.read_csv(tmp_path / "missing_on_disk.csv").empty
     # LUNA16's 2.5 mm limit drops both sample scans (3 and 5 mm), with the reason
-    scans, nodules = write_cohort(
-        tmp_path, CohortCriteria(), base / "series.csv", "indexed_patients"
-    )
+    scans, nodules = write_cohort(tmp_path, criteria(), base / "series.csv", "indexed_patients")
     excluded = pd.read_csv(tmp_path / "excluded_scans.csv")
     assert scans.empty and nodules.empty
     assert excluded["reason"].str.contains("slice thickness").all() and len(excluded) == 2
@@ -451,7 +453,7 @@ def test_cohort_scans_absent_or_unusable_on_disk_are_reported(sample_lidc, conve
     gone, broken = (scan.series_uid for scan in sample_lidc.scans)
     index = series[series["series_uid"] != gone].copy()
     index.loc[index["series_uid"] == broken, ["status", "reason"]] = ["excluded", "missing slices"]
-    scans, _, _ = select_cohort(CohortCriteria(max_slice_thickness=5.0), set(sample_lidc.patients))
+    scans, _, _ = select_cohort(criteria(max_slice_thickness=5.0), set(sample_lidc.patients))
     report = missing_on_disk(scans, index).set_index("series_uid")
     assert report.loc[gone, "index_status"] == "absent"
     assert report.loc[gone, "index_reason"] == "series not found on disk"

@@ -58,7 +58,6 @@ def test_bad_input_is_named(arch, shape, message):
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"channels": 4}, "arch"),
         ({"arch": "vnet"}, "unknown model arch"),
         ({"arch": "unet", "levels": 1}, "levels must be >= 2"),
     ],
@@ -66,6 +65,17 @@ def test_bad_input_is_named(arch, shape, message):
 def test_bad_settings_are_named(settings, message):
     with pytest.raises(ValueError, match=message):
         build_model(settings)
+
+
+def test_missing_model_keys_take_the_schema_defaults():
+    """Defaults live in the schema only: ModelSettings has none of its own (but lean_memory)."""
+    from lungseg.core.settings import schema_defaults
+    from lungseg.nets.models import ModelSettings
+
+    defaults = schema_defaults("training")
+    chosen = ModelSettings.from_dict({})
+    for key in ("arch", "channels", "levels", "blocks_per_level", "deep_supervision"):
+        assert getattr(chosen, key) == defaults[key]
 
 
 def test_cayley_kernel_matches_iunets_values_with_exact_gradient():

@@ -11,6 +11,7 @@ from PIL import Image
 from lungseg.cli import main
 from lungseg.evaluation.evaluate import write_predictions
 from lungseg.figures import curves as plots
+from lungseg.figures.style import DPI
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ def test_save_figure_writes_a_png_of_the_figure_size(metrics, tmp_path):
     with Image.open(out) as image:
         assert image.format == "PNG"
         width, height = plots.CURVE_SIZE
-        assert image.size == (round(width * plots.DPI), round(height * plots.DPI))
+        assert image.size == (round(width * DPI), round(height * DPI))
         assert np.asarray(image.convert("L")).std() > 10  # something is drawn
     assert [p.name for p in out.parent.iterdir()] == ["dice.png"]  # no temporary left over
 
@@ -199,50 +200,19 @@ def test_cli_writes_every_figure(crops, metrics):
     write_model_outputs(directory, "m", masks.astype(np.float32), table)
     metrics.to_csv(directory / "metrics.csv", index=False)
     out = directory / "plots"
-    assert (
-        main(
-            [
-                "plots",
-                "curves",
-                "--model",
-                "m",
-                "--metrics",
-                str(directory / "metrics.csv"),
-                "--dice-out",
-                str(out / "dice_m.png"),
-                "--loss-out",
-                str(out / "loss_m.png"),
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "plots",
-                "examples",
-                "--model",
-                "m",
-                "--predictions",
-                str(directory / "m.h5"),
-                "--crops",
-                str(directory / "crops.h5"),
-                "--crops-table",
-                str(directory / "crops.csv"),
-                "--evaluation",
-                str(directory / "m.csv"),
-                "--count",
-                "2",
-                "--out",
-                str(out / "examples_m.png"),
-            ]
-        )
-        == 0
-    )
-    assert main(["plots", "comparison", "--models", "m", "n", "--metrics",
+    curves = ["plots", "--model", "m", "--metrics", str(directory / "metrics.csv"),
+              "--dice", str(out / "dice_m.png"), "--loss", str(out / "loss_m.png")]  # fmt: skip
+    assert main(curves) == 0
+    examples = ["plot-examples", "--model", "m", "--predictions", str(directory / "m.h5"),
+                "--crops", str(directory / "crops.h5"),
+                "--crops_table", str(directory / "crops.csv"),
+                "--evaluation", str(directory / "m.csv"), "--examples", "2",
+                "--figure", str(out / "examples_m.png")]  # fmt: skip
+    assert main(examples) == 0
+    assert main(["plot-comparison", "--models", "m", "n", "--metrics",
                  str(directory / "metrics.csv"), str(directory / "metrics.csv"),
-                 "--out", str(out / "dice_comparison.png")]) == 0  # fmt: skip
+                 "--figure", str(out / "dice_comparison.png")]) == 0  # fmt: skip
     names = sorted(p.name for p in out.iterdir())
     assert names == ["dice_comparison.png", "dice_m.png", "examples_m.png", "loss_m.png"]
     with Image.open(out / "examples_m.png") as image:
-        assert image.size == (round((1.8 * 2 + 0.6) * plots.DPI), round(6.0 * plots.DPI))
+        assert image.size == (round((1.8 * 2 + 0.6) * DPI), round(6.0 * DPI))

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import finished_local_run, snakemake
+from workflow_helpers import REPO, finished_local_run, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -31,9 +32,11 @@ def run(tmp_path_factory, sample_lidc) -> Path:
     return finished_local_run(tmp_path_factory, sample_lidc.lidc_root)
 
 
-def planned_jobs(workdir: Path, *args: str) -> list[tuple[str, dict[str, str]]]:
+def planned_jobs(
+    workdir: Path, *args: str, env: dict | None = None
+) -> list[tuple[str, dict[str, str]]]:
     """(rule, wildcards) of every job `snakemake -n` would run."""
-    out = snakemake(workdir, "-n", "--cores", "1", *args, timeout=180).stdout
+    out = snakemake(workdir, "-n", "--cores", "1", *args, timeout=180, env=env).stdout
     jobs: list[tuple[str, dict[str, str]]] = []
     for line in out.splitlines():
         header = JOB_HEADER.match(line)
@@ -89,8 +92,7 @@ def test_changing_crop_size_reruns_crops_and_training_but_no_conversion(run):
     ), rules
     trained = {w["model"] for rule, w in jobs if rule == "train"}
     assert trained == set(config["models"])
-    if "split" in rules:  # allowed only when the split reads the crops
-        assert "results/crops/" in (run / "rules/split.smk").read_text()
+    assert "split" not in rules  # the split reads only results/nodules.csv
 
 
 def test_changing_consensus_level_reruns_conversion(run):
@@ -119,3 +121,34 @@ def test_editing_a_workflow_script_reruns_only_its_rules(run, script, rules_usin
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert rules_of(jobs) - {"all"} == rules_using_it
     assert planned_jobs(run) == []
+
+
+CONVERSION = {"sample_data", "index", "annotations", "convert", "nodules", "cohort"}
+TRAINING = CONVERSION | {"crops", "split", "train", "evaluate"}
+
+
+@pytest.mark.parametrize(
+    ("module", "reruns", "spared"),
+    [
+        ("dataset/crops.py", {"crops", "train", "evaluate", "plots"}, CONVERSION),
+        (
+            "figures/curves.py",
+            {"plots", "plot_examples", "plot_comparison"},
+            CONVERSION | {"train"},
+        ),
+        ("ingest/convert.py", {"convert", "nodules", "crops", "train"}, {"sample_data"}),
+    ],
+)
+def test_editing_the_package_reruns_its_stage_and_what_depends_on_it(
+    run, tmp_path, module, reruns, spared
+):
+    """A copy of the package first on PYTHONPATH (the run's own is the repository's): unedited
+    it schedules nothing (the hash is of the sources, not their mtimes); edited, its stage."""
+    shutil.copytree(REPO / "src" / "lungseg", tmp_path / "src" / "lungseg")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "src")}
+    assert planned_jobs(run, env=env) == []
+    with open(tmp_path / "src" / "lungseg" / module, "a") as source:
+        source.write("\n# edited by test_reruns\n")
+    rules = rules_of(planned_jobs(run, env=env))
+    assert reruns <= rules, rules
+    assert rules.isdisjoint(spared), rules

@@ -45,7 +45,7 @@ def _read_volume(files: list[Path]) -> tuple[np.ndarray, list[float], list[pydic
 
 @pytest.fixture(scope="module")
 def volumes(sample_lidc):
-    """Per scan: (scan, HU volume, z positions, datasets, nodules placed by lungseg.lidc.adapter)."""
+    """Per scan: (scan, HU volume, z positions, datasets, nodules placed by the lidc adapter)."""
     result = []
     for scan in sample_lidc.scans:
         hu, z, datasets = _read_volume(_series_files(sample_lidc.lidc_root, scan))
@@ -187,7 +187,7 @@ def test_same_seed_same_bytes_other_seed_other_pixels_and_atomic_replace(tmp_pat
     (scan,) = [s for s in sample_lidc.scans if s.patient_id == patient]
     reference = _series_files(sample_lidc.lidc_root, scan)
     out = tmp_path / "out"
-    argv = ["sample-data", str(out), "--patients", patient, "--seed"]
+    argv = ["sample-data", "--patient", str(out / "LIDC-IDRI" / patient), "--seed"]
     assert main([*argv, str(sample_lidc.seed)]) == 0
     again = _series_files(out / "LIDC-IDRI", scan)
     assert [p.relative_to(out) for p in again] == [
@@ -205,9 +205,9 @@ def test_same_seed_same_bytes_other_seed_other_pixels_and_atomic_replace(tmp_pat
     assert a.PixelData != b.PixelData
 
 
-def test_unknown_patient_fails_clearly_and_writes_nothing(tmp_path):
-    with pytest.raises(LookupError, match="LIDC-IDRI-9999"):
-        main(["sample-data", str(tmp_path), "--patients", "LIDC-IDRI-9999"])
+def test_unknown_patient_fails_clearly_and_writes_nothing(tmp_path, capsys):
+    assert main(["sample-data", "--patient", str(tmp_path / "LIDC-IDRI" / "LIDC-IDRI-9999")]) == 1
+    assert "sample_data.patients: LIDC-IDRI-9999 has no CT scan" in capsys.readouterr().err
     assert not (tmp_path / "LIDC-IDRI" / "LIDC-IDRI-9999").exists()
 
 

@@ -119,7 +119,7 @@ def test_only_ok_cohort_nodules_are_split_and_cli_writes_the_table(tmp_path):
     nodules_csv = tmp_path / "nodules.csv"
     table.to_csv(nodules_csv, index=False)
     out = tmp_path / "split" / "split.csv"
-    assert main(["split", "--nodules", str(nodules_csv), "--out", str(out), "--seed", "3"]) == 0
+    assert main(["split", "--nodules", str(nodules_csv), "--split", str(out), "--seed", "3"]) == 0
     written = pd.read_csv(out)
     assert list(written.columns[:3]) == ["nodule_id", "patient_id", "subset"]
     assert set(written["nodule_id"]) == set(table["nodule_id"][2:])

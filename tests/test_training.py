@@ -21,18 +21,13 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from workflow_helpers import copy_workflow, write_config
 
 from lungseg.evaluation.metrics import dice
+from lungseg.training.checkpoint import read_checkpoint
 from lungseg.training.data import augment, load_crop_sets, normalise_hu, read_subset_indices
-from lungseg.training.trainer import (
-    METRICS_COLUMNS,
-    load_model,
-    predict,
-    read_checkpoint,
-    read_settings,
-    resumable,
-    train,
-)
+from lungseg.training.inference import load_model, predict
+from lungseg.training.trainer import METRICS_COLUMNS, resumable, train
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -236,12 +231,12 @@ def test_same_config_same_metrics(data, reference, caplog):
 def test_killed_run_resumes_to_the_same_metrics(data, reference, tmp_path, caplog):
     _, metrics = reference
     settings_file = tmp_path / "settings.yaml"
-    settings_file.write_text(yaml.safe_dump(SETTINGS))
+    settings_file.write_text(yaml.safe_dump({"training": SETTINGS}))
     command = [
         sys.executable, "-m", "lungseg.cli", "train",
-        "--crops", str(data["crops.h5"]), "--crops-table", str(data["crops.csv"]),
-        "--split", str(data["split.csv"]), "--out-dir", str(tmp_path),
-        "--settings", str(settings_file), "--threads", "1", "--device", "cpu",
+        "--crops", str(data["crops.h5"]), "--table", str(data["crops.csv"]),
+        "--split", str(data["split.csv"]), "--metrics", str(tmp_path / "metrics.csv"),
+        "--best", str(tmp_path / "best.pt"), "--configfile", str(settings_file), "--threads", "1",
     ]  # fmt: skip
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -295,12 +290,37 @@ def test_load_model_and_predict_reproduce_val_dice(data, reference):
 
 
 @pytest.mark.parametrize(
-    ("text", "message"),
-    [("not-a-file.yaml", "neither JSON nor an existing file"), ("[1, 2]", "neither JSON")],
+    ("options", "message"),
+    [
+        (["--epoch", "2"], "unrecognized arguments: --epoch"),  # a typo is no silent default
+        (["--epochs", "abc"], "training.epochs: 'abc' is not of type 'integer'"),
+        (["--epochs", "0"], "training.epochs: 0 is less than the minimum of 1"),
+        (["--arch", "vnet"], "training.arch: 'vnet' is not one of"),
+        (["--hu_min", "500"], "training.hu_min (500) must be below training.hu_max (400)"),
+    ],
 )
-def test_bad_settings_argument_is_named(text, message):
-    with pytest.raises(ValueError, match=message):
-        read_settings(text)
+def test_bad_training_settings_are_named_before_training(data, tmp_path, options, message):
+    command = [
+        sys.executable, "-m", "lungseg.cli", "train",
+        "--crops", str(data["crops.h5"]), "--table", str(data["crops.csv"]),
+        "--split", str(data["split.csv"]), "--metrics", str(tmp_path / "metrics.csv"),
+        "--best", str(tmp_path / "best.pt"), *options,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode in (1, 2)
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_train_help_lists_every_setting_with_its_default():
+    result = subprocess.run(
+        [sys.executable, "-m", "lungseg.cli", "train", "--help"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    for key, default in (("--epochs", "30"), ("--hu_max", "400"), ("--arch", "'iunet'")):
+        assert key in result.stdout
+        assert f"[default: {default}]" in " ".join(result.stdout.split())
 
 
 def test_bad_checkpoint_is_named(tmp_path):
@@ -327,18 +347,17 @@ def test_models_learn_spheres(data, tmp_path, arch):
 
 def write_workflow(workdir: Path, crops: dict[str, Path]) -> dict:
     """A copy of the train stage (the repo's rules, schema, config) with tiny settings."""
-    for name in ("rules", "schemas", "workflow_scripts", "envs"):
-        shutil.copytree(REPO / name, workdir / name)
-    (workdir / "Snakefile").write_text(
-        'from snakemake.utils import validate\n\nconfigfile: "config.yaml"\n\n'
-        'validate(config, "schemas/config.schema.yaml")\n\n'
-        'include: "rules/common.smk"\ninclude: "rules/train.smk"\n'
-    )
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["training"].update(channels=4, levels=2, epochs=1, batch_size=8)
     # Two of the default variants keep the test short; both are edited below.
     config["models"] = {name: config["models"][name] for name in ("iunet_ms", "iunet_msw")}
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    snakefile = (
+        'from snakemake.utils import validate\n\nconfigfile: "config.yaml"\n\n'
+        'validate(config, "schemas/config.schema.yaml")\n\n'
+        'include: "rules/common.smk"\ninclude: "rules/train.smk"\n'
+    )
+    copy_workflow(workdir, {}, snakefile=snakefile)
+    write_config(workdir, config)
     for folder, names in (("crops", ("crops.h5", "crops.csv")), ("split", ("split.csv",))):
         (workdir / "results" / folder).mkdir(parents=True)
         for name in names:

@@ -1,8 +1,8 @@
 """Run the lungseg workflow with real Snakemake in a copy of the repository (never in its results/).
 
 - ``copy_workflow(dest, config_updates)``: copies the workflow files (Snakefile, rules/,
-  workflow_scripts/, schemas/, envs/, profiles/, config.yaml) into ``dest`` and writes there a
-  config.yaml = the repository's, deep-updated with ``config_updates`` (a mapping replaces a
+  workflow_scripts/, schemas/, envs/, profiles/, report/, config.yaml) into ``dest`` and writes
+  there a config.yaml = the repository's, deep-updated with ``config_updates`` (a mapping replaces a
   mapping only at keys listed in ``REPLACED_KEYS``, e.g. ``models``: the test picks its variants).
 - ``tiny_config(lidc_root=None)``: settings for a run of about a minute on one core.
 - ``snakemake(workdir, *args, timeout=...)``: ``timeout -k`` + the venv's snakemake; returns the
@@ -26,7 +26,9 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_PATHS = ("Snakefile", "rules", "workflow_scripts", "schemas", "envs", "profiles")
+WORKFLOW_PATHS = (
+    "Snakefile", "rules", "workflow_scripts", "schemas", "envs", "profiles", "report"
+)  # fmt: skip
 REPLACED_KEYS = ("models", "patients")
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 # Two small sample scans (87 slices of 3 mm, 65 of 5 mm; 5 nodules with >= 3 readers).
@@ -70,7 +72,15 @@ def tiny_config(lidc_root: Path | None = None) -> dict:
     return updates
 
 
-def copy_workflow(dest: Path, config_updates: dict | None = None) -> Path:
+def copy_workflow(
+    dest: Path,
+    config_updates: dict | None = None,
+    *,
+    snakefile: str | None = None,
+    config_text: str | None = None,
+) -> Path:
+    """The one way tests copy the workflow; ``snakefile`` replaces the Snakefile (a test of some
+    stages only), ``config_text`` the whole config.yaml (a test of the config file itself)."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in WORKFLOW_PATHS:
         source = REPO / name
@@ -78,8 +88,13 @@ def copy_workflow(dest: Path, config_updates: dict | None = None) -> Path:
             shutil.copytree(source, dest / name, dirs_exist_ok=True)
         else:
             shutil.copy2(source, dest / name)
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    write_config(dest, deep_update(config, config_updates or {}))
+    if snakefile is not None:
+        (dest / "Snakefile").write_text(snakefile)
+    if config_text is not None:
+        (dest / "config.yaml").write_text(config_text)
+    else:
+        config = yaml.safe_load((REPO / "config.yaml").read_text())
+        write_config(dest, deep_update(config, config_updates or {}))
     return dest
 
 

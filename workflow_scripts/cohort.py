@@ -1,18 +1,6 @@
 """Snakemake rule `cohort`. From the shell: python workflow_scripts/cohort.py --help."""
 
-import sys
-from pathlib import Path
+from lungseg.core.rule import run_rule
+from lungseg.ingest.cohort import run_cohort
 
-from lungseg.cli import main
-
-if "snakemake" in globals():
-    smk = snakemake  # noqa: F821 (injected by Snakemake)
-    argv = [
-        "--log", smk.log[0], "cohort",
-        "--out", str(Path(smk.output.scans).parent),
-        "--index", smk.input.series,
-        "--scope", smk.params.scope,
-        *smk.params.criteria,
-    ]  # fmt: skip
-    sys.exit(main(argv))
-sys.exit(main(["cohort", *sys.argv[1:]]))
+run_rule(run_cohort, globals())

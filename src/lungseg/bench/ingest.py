@@ -188,7 +188,7 @@ def benchmark_throughput(
         shape=result["shape"],
         convert_job_cpu_s=round(job_cpu_s, 2),
         convert_job_peak_rss_mb=job_peak_mb,
-        convert_job_imports_cpu_s=round(startup_cpu_seconds("lungseg.ingest.pipeline"), 2),
+        convert_job_imports_cpu_s=round(startup_cpu_seconds("lungseg.ingest.convert"), 2),
         pylidc_import_cpu_s=round(startup_cpu_seconds("lungseg.lidc.adapter"), 2),
     )
     return frame
@@ -208,8 +208,8 @@ def _convert_job(paths: list[str], compression: str, env: dict) -> tuple[float, 
         )
         write_annotations(out / "a.h5", [lidc.series_annotations(series_uid, 0.5)], 0.5)
         argv = [
-            "convert", "--files", str(out / "files.csv"), "--series-uid", series_uid,
-            "--out", str(out / "v.h5"), "--nodules-out", str(out / "v.csv"),
+            "convert", "--files", str(out / "files.csv"), "--series_uid", series_uid,
+            "--volume", str(out / "v.h5"), "--nodules", str(out / "v.csv"),
             "--annotations", str(out / "a.h5"), "--compression", compression,
         ]  # fmt: skip
         before = _children_cpu()
@@ -224,7 +224,7 @@ def _convert_job(paths: list[str], compression: str, env: dict) -> tuple[float, 
 
 def _convert_child(series_folder: Path, repeats: int, compression: str) -> None:
     """Child process of :func:`benchmark_throughput`: interleaved timings, best of each."""
-    from lungseg.ingest.pipeline import convert_series, paint_nodules
+    from lungseg.ingest.convert import convert_series, paint_nodules
     from lungseg.lidc import adapter as lidc  # import cost is not conversion time
     from lungseg.lidc.annotations import write_annotations
 

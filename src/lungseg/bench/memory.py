@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from lungseg.bench.settings import BenchmarkSettings
 from lungseg.bench.step import VARIANTS, Point, run_point
 from lungseg.core.atomic import write_csv_atomic
 from lungseg.core.errors import SettingsError
-from lungseg.core.settings import StageSettings
 
 log = logging.getLogger(__name__)
 
@@ -65,37 +65,6 @@ FIT_COLUMNS = [
 ]
 GIB = 1 << 30
 MIB = 1 << 20
-
-
-@dataclass(frozen=True)
-class BenchmarkSettings(StageSettings):
-    """The ``benchmark:`` section (defaults and meanings: schemas/config.schema.yaml)."""
-
-    SECTION = "benchmark"
-    EXCLUDE = frozenset({"threads", "runtime_min"})  # job resources
-
-    variants: tuple[str, ...]
-    channels: int
-    levels: int
-    blocks_per_level: int
-    sizes: tuple[tuple[int, int, int], ...]
-    depth_size: tuple[int, int, int]
-    depth_blocks: tuple[int, ...]
-    memory_budget_gb: float
-    fit_budgets_gb: tuple[float, ...]
-    device: str
-    steps: int
-    point_timeout_s: float
-
-    def check(self) -> None:
-        factor = 2 ** (self.levels - 1)
-        for key, sizes in (("sizes", self.sizes), ("depth_size", [self.depth_size])):
-            bad = [list(size) for size in sizes if any(side % factor for side in size)]
-            if bad:
-                raise SettingsError(
-                    f"benchmark.{key}: {bad} not divisible by 2**(levels-1) = {factor} "
-                    f"(benchmark.levels = {self.levels})"
-                )
 
 
 def predict_peak_bytes(done: list[dict], voxels: int) -> float | None:

@@ -1,8 +1,9 @@
 """Entry points: a stage function run from a Snakemake rule or from the shell, the same way.
 
 A stage function takes keyword arguments only: paths named as the rule's named ``input``,
-``output`` and ``params``, at most one :class:`StageSettings` (from a params dict), and
-optionally ``threads``. :func:`run_rule` passes Snakemake's named items straight to it;
+``output`` and ``params``, :class:`StageSettings` objects (each from a params dict) and
+optionally ``threads``; a ``code`` param (the stage's source hash) is a rerun trigger only.
+:func:`run_rule` passes Snakemake's named items straight to it;
 :func:`build_parser` derives the shell's options from the same signature. Either way the log
 goes to the rule's ``log:`` file, bad input and settings (:class:`LungsegError`) end with one
 line, and a bug keeps its traceback (in the log too).
@@ -25,21 +26,26 @@ from lungseg.core.settings import StageSettings, add_settings_arguments, setting
 log = logging.getLogger("lungseg")
 
 
-def _settings_parameter(func: Callable) -> tuple[str, type[StageSettings]] | None:
-    hints = typing.get_type_hints(func)
-    for name, hint in hints.items():
-        if isinstance(hint, type) and issubclass(hint, StageSettings):
-            return name, hint
-    return None
+#: Rule params that are rerun triggers only (a hash of the stage's source), not arguments.
+TRIGGER_PARAMS = frozenset({"code"})
+
+
+def settings_parameters(func: Callable) -> dict[str, type[StageSettings]]:
+    """The function's parameters annotated with a :class:`StageSettings` subclass."""
+    return {
+        name: hint
+        for name, hint in typing.get_type_hints(func).items()
+        if isinstance(hint, type) and issubclass(hint, StageSettings)
+    }
 
 
 def call_logged(func: Callable, kwargs: dict[str, Any], log_file: str | None) -> int:
     """Run ``func(**kwargs)`` with logging to ``log_file``; 0 on success, 1 on a LungsegError."""
     setup_logging(log_file)
     try:
-        settings = _settings_parameter(func)
-        if settings and not isinstance(kwargs.get(settings[0]), StageSettings | type(None)):
-            kwargs[settings[0]] = settings[1].from_config(kwargs[settings[0]])
+        for name, cls in settings_parameters(func).items():
+            if not isinstance(kwargs.get(name), StageSettings):
+                kwargs[name] = cls.from_config(kwargs.get(name))
         func(**kwargs)
     except LungsegError as exc:
         log.error("%s", exc)
@@ -56,7 +62,8 @@ def snakemake_kwargs(func: Callable, smk) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     for container in (smk.input, smk.output, smk.params):
         for name, value in container.items():
-            kwargs[name] = list(value) if isinstance(value, list) else value
+            if name not in TRIGGER_PARAMS:
+                kwargs[name] = list(value) if isinstance(value, list) else value
     if "threads" in accepted:
         kwargs["threads"] = smk.threads
     unknown = set(kwargs) - set(accepted)
@@ -68,12 +75,15 @@ def snakemake_kwargs(func: Callable, smk) -> dict[str, Any]:
 def build_parser(func: Callable, prog: str | None = None) -> argparse.ArgumentParser:
     """Options from the function's signature: ``--name`` per path, settings, ``--threads``."""
     doc = inspect.getdoc(func) or ""
-    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    # allow_abbrev=False: a misspelt setting (--epoch) must fail, not pass as a prefix
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc.split("\n\n")[0], allow_abbrev=False
+    )
     parser.add_argument("--log", help="also write the log to this file")
     hints = typing.get_type_hints(func)
-    settings = _settings_parameter(func)
+    settings = settings_parameters(func)
     for name, param in inspect.signature(func).parameters.items():
-        if settings and name == settings[0]:
+        if name in settings:
             continue
         hint = hints.get(name, str)
         required = param.default is inspect.Parameter.empty
@@ -88,7 +98,7 @@ def build_parser(func: Callable, prog: str | None = None) -> argparse.ArgumentPa
                 *flags, dest=name, required=required, default=None if required else param.default
             )
     if settings:
-        add_settings_arguments(parser, settings[1])
+        add_settings_arguments(parser, list(settings.values()))
     return parser
 
 
@@ -96,21 +106,20 @@ def run_shell(func: Callable, argv: list[str] | None = None, prog: str | None = 
     """Run ``func`` from the shell: parse ``argv`` with :func:`build_parser`, then call it."""
     parser = build_parser(func, prog)
     args = parser.parse_args(argv)
-    settings = _settings_parameter(func)
+    settings = settings_parameters(func)
     kwargs = {
         name: getattr(args, name)
         for name in inspect.signature(func).parameters
-        if not (settings and name == settings[0])
+        if name not in settings
     }
-    log_file = args.log
-    setup_logging(log_file)
-    if settings:
-        try:
-            kwargs[settings[0]] = settings_from_arguments(settings[1], args)
-        except LungsegError as exc:
-            log.error("%s", exc)
-            return 1
-    return call_logged(func, kwargs, log_file)
+    setup_logging(args.log)
+    try:
+        for name, cls in settings.items():
+            kwargs[name] = settings_from_arguments(cls, args)
+    except LungsegError as exc:
+        log.error("%s", exc)
+        return 1
+    return call_logged(func, kwargs, args.log)
 
 
 def run_rule(func: Callable, namespace: dict[str, Any]) -> None:

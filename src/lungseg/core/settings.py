@@ -1,8 +1,8 @@
-"""One typed settings object per stage, built from the validated config.
+"""Typed settings built from the validated config, one frozen dataclass per job kind.
 
-Defaults live in ``schemas/config.schema.yaml`` only: :func:`validated_section` fills them in
-(and rejects unknown keys and wrong types, naming the key), then a stage's frozen dataclass
-(:class:`StageSettings`) takes exactly the section's keys, under the config's names. The
+Defaults live in ``schemas/config.schema.yaml`` only: :meth:`StageSettings.from_config` fills
+them in and checks every value against the schema (unknown keys and wrong types are errors that
+name the key); the fields are config keys under the config's names. The
 ``lungseg`` command line derives its options from the same dataclasses
 (:func:`add_settings_arguments`), so a setting has one name from config.yaml to the function
 that uses it.
@@ -70,14 +70,37 @@ def _first_error_message(error: jsonschema.ValidationError, section: str) -> str
     return f"{where}: {error.message}"
 
 
-def validated_section(section: str, mapping: Mapping[str, Any] | None) -> dict:
-    """``mapping`` checked against the schema of ``section``, defaults filled in."""
-    schema = section_schema(section)
-    value = _fill_defaults(schema, dict(mapping or {}))
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+def check_against_schema(config: Mapping[str, Any]) -> None:
+    """Raise :class:`SettingsError` naming the first key of ``config`` the schema rejects.
+
+    Snakemake's own validation prints the whole schema fragment before the key; this names the
+    key and the problem in one line (the Snakefile runs it first).
+    """
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(dict(config)), key=lambda e: list(e.absolute_path))
     if errors:
-        raise SettingsError(_first_error_message(errors[0], section))
+        message = _first_error_message(errors[0], "config").removeprefix("config.")
+        raise SettingsError(f"{message} (schema: {SCHEMA_PATH.name})")
+
+
+def _property_schema(sections: tuple[str, ...], key: str) -> tuple[str, dict]:
+    """``(section, schema)`` of ``key``: the first of ``sections`` whose schema has it."""
+    for section in sections:
+        properties = section_schema(section).get("properties", {})
+        if key in properties:
+            return section, properties[key]
+    raise TypeError(f"no key {key!r} in config section(s) {', '.join(sections)}")
+
+
+def validated_value(section: str, key: str, schema: dict, value: Any) -> Any:
+    """``value`` checked against the schema of ``section.key`` (defaults of nested keys filled)."""
+    value = _fill_defaults(schema, value)
+    errors = sorted(
+        jsonschema.Draft202012Validator(schema).iter_errors(value),
+        key=lambda e: list(e.absolute_path),
+    )
+    if errors:
+        raise SettingsError(_first_error_message(errors[0], f"{section}.{key}"))
     return value
 
 
@@ -100,40 +123,63 @@ def _thawed(value: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class StageSettings:
-    """Base of every stage's settings: a frozen dataclass whose fields are a config section's keys.
+    """Base of the settings objects: a frozen dataclass whose fields are config keys.
 
-    Subclasses set ``SECTION`` (the dotted config path whose schema validates them), may list
-    section keys that are not settings in ``EXCLUDE`` (job resources), and override
-    :meth:`check` for checks that involve several keys. Fields carry no defaults: those are the
-    schema's.
+    ``SECTIONS`` names the config section(s) the fields come from (a field is looked up in the
+    first section whose schema has it); a rule's params carry only the keys its job uses, so a
+    changed key reruns only the jobs that read it. Subclasses override :meth:`check` for checks
+    across keys. Fields carry no defaults: a missing key takes the schema's.
     """
 
-    SECTION: ClassVar[str] = ""
-    EXCLUDE: ClassVar[frozenset[str]] = frozenset()
+    SECTIONS: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def field_sections(cls) -> dict[str, tuple[str, dict]]:
+        """Field name -> (config section, its schema)."""
+        return {f.name: _property_schema(cls.SECTIONS, f.name) for f in dataclasses.fields(cls)}
 
     @classmethod
     def from_config(cls, mapping: Mapping[str, Any] | None = None):
-        """Validate ``mapping`` (a config section) against the schema and build the settings."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        """Build from ``{key: value}`` (keys of this class; schema defaults fill the others)."""
         given = dict(mapping or {})
-        values = validated_section(cls.SECTION, given)
-        extra = set(values) - names - cls.EXCLUDE
-        if extra:  # the schema knows keys this class does not: a bug, not bad input
-            raise TypeError(f"{cls.__name__} lacks fields for {sorted(extra)} of {cls.SECTION}")
-        missing = names - set(values)
-        if missing:
+        sections = cls.field_sections()
+        unknown = sorted(set(given) - set(sections))
+        if unknown:
+            where = "/".join(cls.SECTIONS)
             raise SettingsError(
-                f"{cls.SECTION}: missing key(s) {', '.join(sorted(missing))} (no schema default)"
+                f"{where}: unknown setting(s) {', '.join(map(repr, unknown))} "
+                f"(known: {', '.join(sorted(sections))})"
             )
-        settings = cls(**{name: _frozen(values[name]) for name in names})
+        values = {}
+        for name, (section, schema) in sections.items():
+            if name in given:
+                value = given[name]
+            elif "default" in schema:
+                value = copy.deepcopy(schema["default"])
+            else:
+                raise SettingsError(f"{section}.{name}: missing (the schema has no default)")
+            values[name] = _frozen(validated_value(section, name, schema, value))
+        settings = cls(**values)
         settings.check()
         return settings
+
+    @classmethod
+    def config_subset(cls, config: Mapping[str, Any]) -> dict:
+        """The keys of this class taken from a (validated) config, for a rule's params."""
+        subset = {}
+        for name, (section, _schema) in cls.field_sections().items():
+            node: Any = config
+            for part in section.split("."):
+                node = (node or {}).get(part, {}) if isinstance(node, Mapping) else {}
+            if isinstance(node, Mapping) and name in node:
+                subset[name] = node[name]
+        return subset
 
     def check(self) -> None:
         """Checks across keys; raise :class:`SettingsError` naming the keys."""
 
     def to_config(self) -> dict:
-        """The settings as a plain config section (lists, not tuples)."""
+        """The settings as plain values (lists, not tuples)."""
         return {f.name: _thawed(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
@@ -142,38 +188,35 @@ def schema_defaults(section: str) -> dict:
     return _fill_defaults(section_schema(section), {})
 
 
-def add_settings_arguments(parser, cls: type[StageSettings]) -> None:
+def add_settings_arguments(parser, classes: list[type[StageSettings]]) -> None:
     """One option per setting, named as in the config (``--key`` and ``--key-with-dashes``).
 
     Values are YAML (``--size '[32, 32, 32]'``, ``--target_spacing null``); unset options take
     the ``--configfile``'s value, else the schema default shown in ``--help``.
     """
-    schema = section_schema(cls.SECTION).get("properties", {})
-    group = parser.add_argument_group(
-        f"settings (config section {cls.SECTION!r}; defaults from {SCHEMA_PATH.name})"
-    )
-    group.add_argument(
-        "--configfile",
-        help=f"a config.yaml whose {cls.SECTION!r} section is the base of these settings",
-    )
-    for field in dataclasses.fields(cls):
-        sub = schema.get(field.name, {})
-        flags = [f"--{field.name}"]
-        if "_" in field.name:
-            flags.append(f"--{field.name.replace('_', '-')}")
-        description = " ".join(str(sub.get("description", "")).split())
-        group.add_argument(
-            *flags,
-            dest=f"setting__{field.name}",
-            type=yaml.safe_load,
-            default=argparse_unset,
-            metavar="YAML",
-            help=f"{description} [default: {sub.get('default')!r}]".replace("%", "%%"),
-        )
+    group = parser.add_argument_group(f"settings (config keys; defaults from {SCHEMA_PATH.name})")
+    group.add_argument("--configfile", help="a config.yaml whose values are the base of these")
+    seen: set[str] = set()
+    for cls in classes:
+        for name, (section, schema) in cls.field_sections().items():
+            if name in seen:
+                continue
+            seen.add(name)
+            flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+            description = " ".join(str(schema.get("description", "")).split())
+            help_text = f"{section}.{name}: {description} [default: {schema.get('default')!r}]"
+            group.add_argument(
+                *flags,
+                dest=f"setting__{name}",
+                type=yaml.safe_load,
+                default=UNSET,
+                metavar="YAML",
+                help=help_text.replace("%", "%%"),
+            )
 
 
 #: Marks an option not given on the command line (None is a valid YAML value).
-argparse_unset = object()
+UNSET = object()
 
 
 def settings_from_arguments(cls: type[StageSettings], args) -> StageSettings:
@@ -185,12 +228,9 @@ def settings_from_arguments(cls: type[StageSettings], args) -> StageSettings:
             config = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise SettingsError(f"{path}: cannot read the config file ({exc})") from exc
-        node: Any = config
-        for part in cls.SECTION.split("."):
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        base = {k: v for k, v in (node or {}).items() if k not in cls.EXCLUDE}
-    for field in dataclasses.fields(cls):
-        value = getattr(args, f"setting__{field.name}", argparse_unset)
-        if value is not argparse_unset:
-            base[field.name] = value
+        base = cls.config_subset(config)
+    for name in cls.field_sections():
+        value = getattr(args, f"setting__{name}", UNSET)
+        if value is not UNSET:
+            base[name] = value
     return cls.from_config(base)

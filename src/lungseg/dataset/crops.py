@@ -19,7 +19,6 @@ stay in HU: the intensity window is applied at training time (config ``training.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from collections.abc import Sequence
@@ -32,8 +31,10 @@ import pandas as pd
 from scipy import ndimage
 
 from lungseg.core.atomic import atomic_path, write_csv_atomic
+from lungseg.core.errors import InputError
+from lungseg.dataset.settings import CropSettings
 from lungseg.dataset.split import training_nodules
-from lungseg.io.hdf5 import COMPRESSIONS, DEFAULT_COMPRESSION, compression_options, read_volume
+from lungseg.io.hdf5 import DEFAULT_COMPRESSION, compression_options, read_volume
 
 logger = logging.getLogger(__name__)
 
@@ -292,9 +293,26 @@ def crop_nodule(
     return image, mask, other, row
 
 
+def volume_locator(volumes: str | Path | Sequence[str | Path]):
+    """``(patient_id, series_uid) -> path``: a folder of ``<patient>/<series>.h5``, or the files."""
+    if isinstance(volumes, str | Path):
+        return lambda patient, series: Path(volumes) / patient / f"{series}.h5"
+    by_series = {Path(p).name[: -len(".h5")]: Path(p) for p in volumes}
+
+    def locate(patient: str, series: str) -> Path:
+        if series not in by_series:
+            raise InputError(
+                f"no volume of series {series} ({patient}) among the {len(by_series)} given; "
+                "was it converted? (results/index/series.csv)"
+            )
+        return by_series[series]
+
+    return locate
+
+
 def write_crops(
     nodules_csv: str | Path,
-    volumes_dir: str | Path,
+    volumes: str | Path | Sequence[str | Path],
     out_h5: str | Path,
     out_csv: str | Path,
     size: Sequence[int] = (32, 32, 32),
@@ -302,13 +320,15 @@ def write_crops(
     mask_interpolation: str = "linear",
     compression: str = DEFAULT_COMPRESSION,
 ) -> pd.DataFrame:
-    """Crop every training nodule of ``nodules_csv`` from ``volumes_dir/<patient>/<series>.h5``.
+    """Crop every training nodule of ``nodules_csv`` from its volume: ``volumes`` is a folder of
+    ``<patient>/<series>.h5`` or the list of volume files.
 
     Writes ``out_h5`` (``image``, ``mask``, ``other``; one chunk per crop) and ``out_csv`` (row i =
     crop i), both atomically, and returns the table.
     """
     if mask_interpolation not in MASK_INTERPOLATIONS:
         raise ValueError(f"mask_interpolation must be one of {MASK_INTERPOLATIONS}")
+    locate = volume_locator(volumes)
     if target_spacing is not None and all(t is None for t in target_spacing):
         target_spacing = None  # every axis native
     nodules = training_nodules(nodules_csv)
@@ -329,7 +349,7 @@ def write_crops(
         for i, nodule in nodules.iterrows():
             series_uid = str(nodule["series_uid"])
             if series_uid not in volumes:
-                path = Path(volumes_dir) / str(nodule["patient_id"]) / f"{series_uid}.h5"
+                path = locate(str(nodule["patient_id"]), series_uid)
                 volumes[series_uid] = SourceVolume.open(path, series_uid)
             image, mask, other, row = crop_nodule(
                 volumes[series_uid], nodule, size, target_spacing, mask_interpolation
@@ -358,40 +378,17 @@ def write_crops(
     return table
 
 
-def _spacing_value(text: str) -> float | None:
-    return None if text.lower() in ("none", "null", "native") else float(text)
-
-
-def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--nodules", required=True, help="results/nodules.csv")
-    parser.add_argument(
-        "--volumes-dir", required=True, help="folder of <patient_id>/<series_uid>.h5 volumes"
-    )
-    parser.add_argument("--out", required=True, help="crops.h5 to write")
-    parser.add_argument("--table-out", required=True, help="crops.csv to write")
-    parser.add_argument(
-        "--size", type=int, nargs=3, default=[32, 32, 32], metavar=("D", "H", "W"), help="voxels"
-    )
-    parser.add_argument(
-        "--target-spacing",
-        type=_spacing_value,
-        nargs=3,
-        metavar=("Z", "Y", "X"),
-        help="resample to this spacing (mm; 'none' keeps an axis native); default: native",
-    )
-    parser.add_argument("--mask-interpolation", choices=MASK_INTERPOLATIONS, default="linear")
-    parser.add_argument("--compression", choices=COMPRESSIONS, default=DEFAULT_COMPRESSION)
-
-
-def run_cli(args: argparse.Namespace, command: str) -> int:
+def run_crops(
+    *, nodules: str, volumes: list[str], crops: str, table: str, settings: CropSettings
+) -> None:
+    """Cut a crop around every training nodule of ``nodules`` from its volume in ``volumes``."""
     write_crops(
-        args.nodules,
-        args.volumes_dir,
-        args.out,
-        args.table_out,
-        size=args.size,
-        target_spacing=args.target_spacing,
-        mask_interpolation=args.mask_interpolation,
-        compression=args.compression,
+        nodules,
+        volumes,
+        crops,
+        table,
+        size=settings.size,
+        target_spacing=settings.spacing,
+        mask_interpolation=settings.mask_interpolation,
+        compression=settings.compression,
     )
-    return 0

@@ -10,7 +10,6 @@ per-stratum nodule counts fall furthest short of their targets (a greedy like sc
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from lungseg.core.atomic import write_csv_atomic
+from lungseg.dataset.settings import SplitSettings
 
 logger = logging.getLogger(__name__)
 
@@ -199,33 +199,14 @@ def write_split(
     return split
 
 
-def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--nodules", required=True, help="results/nodules.csv")
-    parser.add_argument("--out", required=True, help="split table to write (split.csv)")
-    parser.add_argument(
-        "--val-fraction", type=float, default=0.2, help="share of nodules in val (by patient)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the patient order")
-    parser.add_argument(
-        "--size-bins",
-        type=float,
-        nargs="*",
-        default=list(DEFAULT_SIZE_BINS_MM),
-        metavar="MM",
-        help="diameter thresholds (mm) of the size strata",
-    )
-    parser.add_argument("--folds", type=int, default=0, help="k >= 2: k patient-level folds")
-    parser.add_argument("--val-fold", type=int, default=0, help="with --folds: the val fold")
-
-
-def run_cli(args: argparse.Namespace, command: str) -> int:
+def run_split(*, nodules: str, split: str, settings: SplitSettings) -> None:
+    """Split the training nodules of ``nodules`` by patient into ``split`` (split.csv)."""
     write_split(
-        args.nodules,
-        args.out,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        size_bins_mm=args.size_bins,
-        folds=args.folds,
-        val_fold=args.val_fold,
+        nodules,
+        split,
+        val_fraction=settings.val_fraction,
+        seed=settings.seed,
+        size_bins_mm=settings.size_bins_mm,
+        folds=settings.folds,
+        val_fold=settings.val_fold,
     )
-    return 0

@@ -1,7 +1,8 @@
 """Evaluate a trained model on the validation crops; summarise all models by nodule size.
 
 Per validation nodule (:func:`evaluate_model`): the best checkpoint's probabilities, thresholded,
-compared with the consensus mask in millimetres (:mod:`lungseg.evaluation.metrics`). Voxels of *other*
+compared with the consensus mask in millimetres (:mod:`lungseg.evaluation.metrics`).
+Voxels of *other*
 nodules in the crop (``other`` in crops.h5) are removed from the prediction first: finding a
 neighbouring nodule is not an error on this one. The probabilities are kept in
 ``predictions.h5`` so the figures never run a model.
@@ -13,7 +14,6 @@ masks non-empty), with the number of empty predictions alongside.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +25,7 @@ import pandas as pd
 
 from lungseg.core.atomic import atomic_path, write_csv_atomic
 from lungseg.evaluation.metrics import SURFACE_TOLERANCE_MM, segmentation_metrics
+from lungseg.evaluation.settings import BucketSettings, EvaluationSettings
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +168,8 @@ def evaluate_model(
     """Run ``checkpoint`` on the validation crops; write per-nodule metrics (and probabilities)."""
     import torch
 
-    from lungseg.training.trainer import choose_device, load_model, predict
+    from lungseg.training.inference import load_model, predict
+    from lungseg.training.trainer import choose_device
 
     torch.set_num_threads(max(1, int(threads)))
     crops, arrays = read_validation_crops(crops_h5, crops_csv, split_csv)
@@ -239,48 +241,36 @@ def summarise_files(
     return summary
 
 
-def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
-    sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
-    model = sub.add_parser("model", help="evaluate one checkpoint on the validation crops")
-    model.add_argument("--checkpoint", required=True, help="best.pt of rule train")
-    model.add_argument("--crops", required=True, help="crops.h5 (image, mask, other)")
-    model.add_argument("--crops-table", required=True, help="crops.csv (row i = crop i)")
-    model.add_argument("--split", required=True, help="split.csv (nodule_id, subset)")
-    model.add_argument("--out", required=True, help="per-nodule evaluation.csv")
-    model.add_argument("--predictions", help="also write the probabilities (predictions.h5)")
-    model.add_argument("--threshold", type=float, default=0.5, help="probability -> mask")
-    model.add_argument("--batch-size", type=int, default=4)
-    model.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    model.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
-    summary = sub.add_parser("summary", help="summary table of several models' evaluations")
-    summary.add_argument("--models", nargs="+", required=True, help="model names")
-    summary.add_argument("--evaluations", nargs="+", required=True, help="their evaluation.csv")
-    summary.add_argument("--out", required=True, help="summary CSV")
-    for step in (model, summary):
-        step.add_argument(
-            "--size-buckets",
-            type=float,
-            nargs="*",
-            default=list(DEFAULT_BUCKET_EDGES_MM),
-            help="diameter bucket edges in mm (default: %(default)s)",
-        )
-
-
-def run_cli(args: argparse.Namespace, command: str) -> int:
-    if args.step == "summary":
-        summarise_files(args.models, args.evaluations, args.out, args.size_buckets)
-        return 0
+def run_evaluate(
+    *,
+    checkpoint: str,
+    crops: str,
+    crops_table: str,
+    split: str,
+    evaluation: str,
+    predictions: str | None = None,
+    settings: EvaluationSettings,
+    threads: int = 1,
+) -> None:
+    """Evaluate ``checkpoint`` (best.pt) on the validation crops: per-nodule ``evaluation`` CSV
+    and, when given, the probabilities (``predictions``, HDF5)."""
     evaluate_model(
-        args.checkpoint,
-        args.crops,
-        args.crops_table,
-        args.split,
-        args.out,
-        predictions_h5=args.predictions,
-        threshold=args.threshold,
-        bucket_edges_mm=args.size_buckets,
-        batch_size=args.batch_size,
-        device=args.device,
-        threads=args.threads,
+        checkpoint,
+        crops,
+        crops_table,
+        split,
+        evaluation,
+        predictions_h5=predictions,
+        threshold=settings.threshold,
+        bucket_edges_mm=settings.size_buckets_mm,
+        batch_size=settings.batch_size,
+        device=settings.device,
+        threads=threads,
     )
-    return 0
+
+
+def run_evaluate_summary(
+    *, evaluations: list[str], models: list[str], summary: str, settings: BucketSettings
+) -> None:
+    """One table (``summary``) of the ``evaluations`` of ``models``, per size bucket."""
+    summarise_files(models, evaluations, summary, settings.size_buckets_mm)

@@ -8,7 +8,6 @@ diameter range so that small and large nodules both appear.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from pathlib import Path
@@ -24,10 +23,11 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from lungseg.core.atomic import atomic_path  # noqa: E402
+from lungseg.dataset.settings import CropsOverviewSettings  # noqa: E402
+from lungseg.figures.style import HU_WINDOW  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-HU_WINDOW = (-1000.0, 400.0)  # display only; training applies its own window
 PANEL_INCHES = 1.6
 DPI = 150
 NODULE_COLOUR = "tab:red"
@@ -110,14 +110,13 @@ def save_crops_overview(
     logger.info("crops overview -> %s", out_png)
 
 
-def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--crops", required=True, help="crops.h5")
-    parser.add_argument("--crops-table", required=True, help="crops.csv")
-    parser.add_argument("--split", help="split.csv (optional: subset in each panel title)")
-    parser.add_argument("--out", required=True, help="PNG to write")
-    parser.add_argument("--max-crops", type=int, default=40, help="panels at most")
-
-
-def run_cli(args: argparse.Namespace, command: str) -> int:
-    save_crops_overview(args.crops, args.crops_table, args.out, args.split, args.max_crops)
-    return 0
+def run_crops_overview(
+    *,
+    crops: str,
+    table: str,
+    split: str | None = None,
+    figure: str,
+    settings: CropsOverviewSettings,
+) -> None:
+    """Overview figure of the crops (mid-slices; the subset in each title when ``split``)."""
+    save_crops_overview(crops, table, figure, split, settings.overview_max)

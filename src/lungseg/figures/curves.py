@@ -8,7 +8,6 @@ column (about 4.5 x 3.2 inches) with fonts readable when printed at that size.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,16 +24,14 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from lungseg.core.atomic import atomic_path  # noqa: E402
+from lungseg.figures.settings import ExamplesSettings  # noqa: E402
+from lungseg.figures.style import ANNOTATION_COLOUR, DPI, HU_WINDOW, PREDICTION_COLOUR  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 METRICS_COLUMNS = ["epoch", "train_loss", "train_dice", "val_loss", "val_dice"]
 CURVE_SIZE = (4.5, 3.2)  # inches
-DPI = 200
 #: Display window of the example crops (HU): the lung window of the training intensities.
-HU_WINDOW = (-1000.0, 400.0)
-ANNOTATION_COLOUR = "tab:red"
-PREDICTION_COLOUR = "tab:cyan"
 
 
 def read_metrics(path: str | Path) -> pd.DataFrame:
@@ -248,40 +245,25 @@ def plot_comparison(
     save_figure(dice_comparison_figure(metrics), out_png)
 
 
-def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
-    sub = parser.add_subparsers(dest="figures", required=True, metavar="FIGURES")
-    curves = sub.add_parser("curves", help="Dice and loss curves of one model")
-    curves.add_argument("--model", required=True, help="model name (titles)")
-    curves.add_argument("--metrics", required=True, help="metrics.csv of rule train")
-    curves.add_argument("--dice-out", required=True, help="Dice curve PNG")
-    curves.add_argument("--loss-out", required=True, help="loss curve PNG")
-    examples = sub.add_parser("examples", help="validation examples of one model")
-    examples.add_argument("--model", required=True, help="model name (title)")
-    examples.add_argument("--predictions", required=True, help="predictions.h5 of rule evaluate")
-    examples.add_argument("--crops", required=True, help="crops.h5 (image, mask, other)")
-    examples.add_argument("--crops-table", required=True, help="crops.csv")
-    examples.add_argument("--evaluation", required=True, help="the model's evaluation.csv")
-    examples.add_argument("--count", type=int, default=4, help="example nodules (columns)")
-    examples.add_argument("--out", required=True, help="PNG")
-    comparison = sub.add_parser("comparison", help="validation Dice of all models")
-    comparison.add_argument("--models", nargs="+", required=True, help="model names")
-    comparison.add_argument("--metrics", nargs="+", required=True, help="their metrics.csv")
-    comparison.add_argument("--out", required=True, help="PNG")
+def run_plots(*, metrics: str, model: str, dice: str, loss: str) -> None:
+    """Dice (``dice``) and loss (``loss``) curves of ``model`` from its ``metrics`` CSV."""
+    plot_curves(model, metrics, dice, loss)
 
 
-def run_cli(args: argparse.Namespace, command: str) -> int:
-    if args.figures == "curves":
-        plot_curves(args.model, args.metrics, args.dice_out, args.loss_out)
-    elif args.figures == "examples":
-        plot_examples(
-            args.model,
-            args.predictions,
-            args.crops,
-            args.crops_table,
-            args.evaluation,
-            args.out,
-            args.count,
-        )
-    else:
-        plot_comparison(args.models, args.metrics, args.out)
-    return 0
+def run_plot_examples(
+    *,
+    predictions: str,
+    evaluation: str,
+    crops: str,
+    crops_table: str,
+    model: str,
+    figure: str,
+    settings: ExamplesSettings,
+) -> None:
+    """Validation examples of ``model`` (smallest to largest nodule) -> ``figure``."""
+    plot_examples(model, predictions, crops, crops_table, evaluation, figure, settings.examples)
+
+
+def run_plot_comparison(*, metrics: list[str], models: list[str], figure: str) -> None:
+    """Validation Dice per epoch of all ``models`` (their ``metrics`` CSVs) -> ``figure``."""
+    plot_comparison(models, metrics, figure)

@@ -12,16 +12,17 @@ so the image-based and the database-only selection agree.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from lungseg.core.atomic import write_csv_atomic
-from lungseg.ingest.dicom import STATUS_OK, spacing_problem
+from lungseg.core.errors import SettingsError
+from lungseg.ingest.settings import CohortCriteria, CohortSettings
+from lungseg.ingest.status import STATUS_OK, spacing_problem
+from lungseg.ingest.tables import nodule_id
 
 log = logging.getLogger(__name__)
 
@@ -51,61 +52,7 @@ COHORT_NODULE_COLUMNS = [
     "diameter_mm",
 ]
 SCOPES = ("all", "indexed_patients")
-
-
-@dataclass(frozen=True)
-class CohortCriteria:
-    """Selection criteria (defaults: LUNA16's)."""
-
-    max_slice_thickness: float = 2.5
-    min_readers: int = 3
-    min_diameter_mm: float = 3.0
-    exclude_irregular: bool = True
-    spacing_tolerance: float = 0.05
-
-
-def add_criteria_arguments(parser: argparse.ArgumentParser) -> None:
-    """The command-line form of :class:`CohortCriteria` (shared by ``cohort`` and ``nodules``)."""
-    default = CohortCriteria()
-    parser.add_argument(
-        "--max-slice-thickness",
-        type=float,
-        default=default.max_slice_thickness,
-        help="largest DICOM SliceThickness (mm) of a selected scan",
-    )
-    parser.add_argument(
-        "--min-readers",
-        type=int,
-        default=default.min_readers,
-        help="fewest readers' annotations in a selected nodule (of at most 4)",
-    )
-    parser.add_argument(
-        "--min-diameter",
-        type=float,
-        default=default.min_diameter_mm,
-        help="smallest diameter (mm) of a selected nodule",
-    )
-    parser.add_argument(
-        "--keep-irregular",
-        action="store_true",
-        help="also select scans with missing slices or irregular slice spacing",
-    )
-    parser.add_argument(
-        "--spacing-tolerance",
-        type=float,
-        default=default.spacing_tolerance,
-        help="allowed deviation from the median slice spacing, as a fraction",
-    )
-
-
-def criteria_from_args(args: argparse.Namespace) -> CohortCriteria:
-    return CohortCriteria(
-        max_slice_thickness=args.max_slice_thickness,
-        min_readers=args.min_readers,
-        min_diameter_mm=args.min_diameter,
-        exclude_irregular=not args.keep_irregular,
-        spacing_tolerance=args.spacing_tolerance,
-    )
+COHORT_FILES = ("scans.csv", "nodules.csv", "excluded_scans.csv", "missing_on_disk.csv")
 
 
 def nodule_selected(nodules: pd.DataFrame, criteria: CohortCriteria) -> pd.Series:
@@ -141,7 +88,6 @@ def scan_problem(scan, criteria: CohortCriteria) -> str | None:
 
 
 def _summary_row(summary) -> dict:
-    from lungseg.ingest.pipeline import nodule_id
 
     return {
         "nodule_id": nodule_id(summary.patient_id, summary.series_uid, summary.label),
@@ -233,7 +179,8 @@ def write_cohort(
     """Select and write ``scans.csv``, ``nodules.csv``, ``excluded_scans.csv`` and, with an
     index, ``missing_on_disk.csv`` (cohort scans not usable on disk: a report, not an error)."""
     if scope not in SCOPES:
-        raise ValueError(f"unknown cohort scope {scope!r}; choose one of {', '.join(SCOPES)}")
+        choices = ", ".join(SCOPES)
+        raise SettingsError(f"cohort.scope: unknown scope {scope!r}; choose one of {choices}")
     index = None
     if index_csv is not None:
         index = pd.read_csv(
@@ -242,7 +189,7 @@ def write_cohort(
     patients = None
     if scope == "indexed_patients":
         if index is None:
-            raise ValueError("cohort scope 'indexed_patients' needs --index")
+            raise SettingsError("cohort.scope 'indexed_patients' needs the index (series.csv)")
         patients = set(index["patient_id"])
     scans, nodules, excluded = select_cohort(criteria, patients)
     out = Path(out_dir)
@@ -271,20 +218,25 @@ def write_cohort(
     return scans, nodules
 
 
-def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--out", required=True, help="folder for scans.csv and nodules.csv")
-    parser.add_argument(
-        "--index", help="series.csv of `lungseg index`: report cohort scans missing on disk"
-    )
-    parser.add_argument(
-        "--scope",
-        choices=SCOPES,
-        default="all",
-        help="all: every scan of the database; indexed_patients: only patients in --index (fast)",
-    )
-    add_criteria_arguments(parser)
+def run_cohort(
+    *,
+    scans: str,
+    nodules: str,
+    excluded: str,
+    missing: str,
+    settings: CohortSettings,
+    series: str | None = None,
+) -> None:
+    """Select the cohort from the annotation database; ``series``: the index's series.csv.
 
-
-def run_cli(args: argparse.Namespace, command: str) -> int:
-    write_cohort(args.out, criteria_from_args(args), args.index, args.scope)
-    return 0
+    The four outputs are ``scans.csv``, ``nodules.csv``, ``excluded_scans.csv`` and
+    ``missing_on_disk.csv`` of one folder.
+    """
+    folder = Path(scans).parent
+    expected = [folder / n for n in COHORT_FILES]
+    if [Path(p) for p in (scans, nodules, excluded, missing)] != expected:
+        raise SettingsError(f"cohort outputs must be {', '.join(map(str, expected))}")
+    criteria = CohortCriteria.from_config(
+        {k: v for k, v in settings.to_config().items() if k != "scope"}
+    )
+    write_cohort(folder, criteria, series, settings.scope)

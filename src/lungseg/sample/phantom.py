@@ -4,7 +4,8 @@ Anatomy is drawn slice by slice from ellipses in coordinates normalised to the f
 (``u`` left-right, ``v`` anterior-posterior, both -1..1), so it scales with the pixel spacing like
 a real reconstruction would. Edges are one-pixel linear ramps (partial volume). The lungs span the
 z range of the scan's nodules; vessels are random branching trees in mm, rasterised once per scan;
-nodules are the readers' agreement maps from :mod:`lungseg.lidc.adapter`, slightly blurred, so the 50 %
+nodules are the readers' agreement maps from :mod:`lungseg.lidc.adapter`, slightly blurred, so the
+50 %
 consensus contour is the 50 % intensity contour. Each nodule keeps a thin pocket of lung around it,
 so a nodule the real readers drew at the pleura also touches the synthetic pleura at most.
 """

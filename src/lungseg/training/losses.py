@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lungseg.core.settings import schema_defaults
+
 LOSSES = ("dice_bce", "dice", "bce")
 WEIGHT_SCHEMES = ("equal", "halving", "learned")
 TARGET_DOWNSAMPLING = ("area", "maxpool")
@@ -153,10 +155,11 @@ def build_loss(settings: dict[str, Any]) -> MultiScaleLoss:
     ``learned``/list), ``target_downsampling`` (``area``/``maxpool``); the number of scales
     follows the model keys ``deep_supervision`` and ``levels``.
     """
-    n_scales = int(settings.get("levels", 4)) if settings.get("deep_supervision") else 1
+    settings = {**schema_defaults("training"), **settings}  # defaults: the schema's
+    n_scales = int(settings["levels"]) if settings["deep_supervision"] else 1
     return MultiScaleLoss(
-        loss=settings.get("loss", "dice_bce"),
+        loss=settings["loss"],
         n_scales=n_scales,
-        scale_weights=settings.get("scale_weights", "equal"),
-        target_downsampling=settings.get("target_downsampling", "maxpool"),
+        scale_weights=settings["scale_weights"],
+        target_downsampling=settings["target_downsampling"],
     )

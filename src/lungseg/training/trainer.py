@@ -13,7 +13,6 @@ For the evaluation stage: :func:`load_model` and :func:`predict` (same intensity
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -26,15 +25,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from tqdm import tqdm
 
-from lungseg.core.atomic import atomic_path, write_csv_atomic
+from lungseg.core.atomic import write_csv_atomic
+from lungseg.core.errors import SettingsError
+from lungseg.core.settings import schema_defaults
 from lungseg.evaluation.metrics import dice
 from lungseg.nets.models import ModelSettings, build_model
-from lungseg.training.data import CropSet, augment, batches, load_crop_sets, normalise_hu
+from lungseg.training.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
+from lungseg.training.data import CropSet, augment, batches, load_crop_sets
 from lungseg.training.losses import build_loss
 from lungseg.training.memory import peak_memory_bytes
+from lungseg.training.settings import VariantSettings
 
 logger = logging.getLogger(__name__)
 
@@ -47,39 +49,28 @@ METRICS_COLUMNS = [
     "seconds",
     "peak_memory_mb",
 ]
-CHECKPOINT_FORMAT = 1
 
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    """Training keys of a variant's settings (model keys: :class:`lungseg.nets.models.ModelSettings`;
-    loss keys: :func:`lungseg.training.losses.build_loss`). Defaults mirror config.yaml's ``training``."""
+    """The trainer's keys of a variant's settings (:class:`VariantSettings` has them all)."""
 
-    epochs: int = 30
-    batch_size: int = 4
-    lr: float = 5e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    hu_min: float = -1000.0
-    hu_max: float = 400.0
-    flip: bool = True
-    intensity_jitter: float = 0.05
-    amp: bool = False
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    seed: int
+    hu_min: float
+    hu_max: float
+    flip: bool
+    intensity_jitter: float
+    amp: bool
 
     @classmethod
     def from_dict(cls, settings: dict[str, Any]) -> TrainingSettings:
         known = {f.name for f in fields(cls)}
-        chosen = cls(**{k: v for k, v in settings.items() if k in known})
-        for name in ("epochs", "batch_size"):
-            if int(getattr(chosen, name)) < 1:
-                raise ValueError(
-                    f"training setting {name} must be >= 1, got {getattr(chosen, name)}"
-                )
-        if chosen.hu_max <= chosen.hu_min:
-            raise ValueError(
-                f"training needs hu_min < hu_max, got {chosen.hu_min}, {chosen.hu_max}"
-            )
-        return chosen
+        merged = {**schema_defaults("training"), **settings}
+        return cls(**{k: v for k, v in merged.items() if k in known})
 
 
 def dice_per_crop(logits: torch.Tensor, target: torch.Tensor) -> list[float]:
@@ -294,22 +285,6 @@ class Trainer:
             save_checkpoint(self.best_state, best_path)
 
 
-def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint written by :class:`Trainer`, with a clear error for anything else."""
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path}: not a readable lungseg checkpoint ({error})") from error
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a lungseg checkpoint of format {CHECKPOINT_FORMAT}")
-    return checkpoint
-
-
 def resumable(path: Path, settings: dict[str, Any], fingerprint: str) -> dict[str, Any] | None:
     """``last.pt`` if it belongs to an unfinished run with these settings and data, else None."""
     if not path.exists():
@@ -382,83 +357,26 @@ def train(
     return metrics
 
 
-# -- inference, for the evaluation stage -------------------------------------------------------
-def load_model(checkpoint_path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """The trained model of a checkpoint (in eval mode, on ``device``) and its settings."""
-    checkpoint = read_checkpoint(checkpoint_path, device)
-    settings = dict(checkpoint["settings"])
-    model = build_model(settings)
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), settings
+# -- the rule ------------------------------------------------------------------------------------
+def run_train(
+    *,
+    crops: str,
+    table: str,
+    split: str,
+    metrics: str,
+    best: str,
+    settings: VariantSettings,
+    threads: int = 1,
+) -> None:
+    """Train one variant on ``crops``/``table`` (crops.h5, crops.csv) with ``split``.
 
-
-@torch.no_grad()
-def predict(
-    model: torch.nn.Module,
-    images_hu: np.ndarray,
-    settings: dict[str, Any],
-    batch_size: int = 4,
-) -> np.ndarray:
-    """Foreground probabilities ``(N, D, H, W)`` float32 for int16 HU crops ``(N, D, H, W)``.
-
-    Applies the training intensity window (``hu_min``/``hu_max`` of ``settings``) and reads the
-    full-resolution output; runs on the model's device in float32.
+    Writes ``metrics`` (metrics.csv), ``best`` (best.pt) and last.pt beside them; a killed run
+    started again resumes from last.pt.
     """
-    if images_hu.ndim != 4:
-        raise ValueError(f"expected HU crops of shape (N, D, H, W), got {images_hu.shape}")
-    options = TrainingSettings.from_dict(settings)
-    device = next(model.parameters()).device
-    model.eval()
-    probabilities = np.empty(images_hu.shape, dtype=np.float32)
-    for start in range(0, len(images_hu), batch_size):
-        chunk = normalise_hu(images_hu[start : start + batch_size], options.hu_min, options.hu_max)
-        logits = model(torch.from_numpy(chunk).unsqueeze(1).to(device))[0]
-        probabilities[start : start + batch_size] = (
-            torch.sigmoid(logits.float())[:, 0].cpu().numpy()
-        )
-    return probabilities
+    out_dir = Path(metrics).parent
+    if Path(best) != out_dir / "best.pt":
+        raise SettingsError(f"train writes best.pt beside metrics.csv: expected {out_dir}/best.pt")
+    train(crops, table, split, out_dir, settings.to_config(), threads=threads)
 
 
-# -- command line --------------------------------------------------------------------------------
-def read_settings(text: str) -> dict[str, Any]:
-    """Settings from JSON text or from a JSON/YAML file."""
-    if text.lstrip().startswith("{"):
-        value = json.loads(text)
-    else:
-        path = Path(text)
-        if not path.exists():
-            raise ValueError(f"--settings: {text!r} is neither JSON nor an existing file")
-        value = yaml.safe_load(path.read_text())
-    if not isinstance(value, dict):
-        raise ValueError(f"--settings must be a mapping, got {type(value).__name__}")
-    return value
-
-
-def configure_parser(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--crops", required=True, help="crops.h5 (image, mask)")
-    parser.add_argument("--crops-table", required=True, help="crops.csv (row i = crop i)")
-    parser.add_argument("--split", required=True, help="split.csv (nodule_id, subset)")
-    parser.add_argument("--out-dir", required=True, help="writes metrics.csv, last.pt, best.pt")
-    parser.add_argument(
-        "--settings",
-        required=True,
-        help="the variant's merged settings: JSON text or a JSON/YAML file",
-    )
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-
-
-def run_cli(args: argparse.Namespace, command: str) -> int:
-    train(
-        args.crops,
-        args.crops_table,
-        args.split,
-        args.out_dir,
-        read_settings(args.settings),
-        threads=args.threads,
-        device=args.device,
-    )
-    return 0
-
-
-__all__ = ["Trainer", "TrainingSettings", "load_model", "predict", "train"]
+__all__ = ["Trainer", "TrainingSettings", "run_train", "train"]

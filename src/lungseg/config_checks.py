@@ -1,0 +1,61 @@
+"""Checks of a whole workflow config, run by the Snakefile before any job starts.
+
+Every job's settings object is built once from the config (running its own checks across
+keys), then the checks that span stages: each model must take the crops. A bad config thus stops
+``snakemake`` at parse time with the key named, before any output is deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from lungseg.core.errors import SettingsError
+from lungseg.core.settings import StageSettings, check_against_schema
+from lungseg.dataset.settings import CropSettings, CropsOverviewSettings, SplitSettings
+from lungseg.evaluation.settings import BucketSettings, EvaluationSettings
+from lungseg.figures.settings import ExamplesSettings
+from lungseg.ingest.settings import (
+    AnnotationSettings,
+    CohortSettings,
+    ConvertSettings,
+    IndexSettings,
+)
+from lungseg.sample.settings import SampleSettings
+from lungseg.training.settings import VariantSettings, variant_config
+
+#: Every job's settings class that is built from plain config sections.
+JOB_SETTINGS: tuple[type[StageSettings], ...] = (
+    SampleSettings,
+    IndexSettings,
+    AnnotationSettings,
+    ConvertSettings,
+    CohortSettings,
+    CropSettings,
+    CropsOverviewSettings,
+    SplitSettings,
+    BucketSettings,
+    EvaluationSettings,
+    ExamplesSettings,
+)
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Raise :class:`SettingsError` naming the key(s) of the first problem of ``config``."""
+    check_against_schema(config)
+    for cls in JOB_SETTINGS:
+        cls.from_config(cls.config_subset(config))
+    crops = CropSettings.from_config(CropSettings.config_subset(config))
+    if not config.get("models"):
+        raise SettingsError("models: no model variant configured")
+    for name in config["models"]:
+        try:
+            variant = VariantSettings.from_config(variant_config(config, name))
+        except SettingsError as error:
+            raise SettingsError(f"models.{name}: {error}") from None
+        if not variant.divides(crops.size):
+            raise SettingsError(
+                f"crops.size {list(crops.size)} is not divisible by 2**(levels - 1) = "
+                f"{2 ** (variant.levels - 1)} of models.{name} (levels {variant.levels}): "
+                "change crops.size or the model's levels"
+            )
