@@ -1,5 +1,6 @@
-# Memory and speed benchmark of one training step (unet vs iunet vs stock iunet); named target
-# `benchmark`, not part of `all`. Bigger sizes: --configfile config/benchmark_full.yaml.
+# Memory and speed benchmark of one training step (U-Net, checkpointed U-Net, iUNet, stock
+# iUNet); named target `benchmark`, not part of `all`. Bigger sizes: config/benchmark_full.yaml,
+# whole-CT shapes: config/benchmark_ct.yaml (docs/benchmark.md).
 
 
 rule benchmark:
@@ -24,6 +25,7 @@ rule benchmark:
         runtime=benchmark_runtime_min(),
         gpu=benchmark_gpus(),
     params:
-        settings=config["benchmark"],
+        settings=settings_of(BenchmarkSettings),
+        code=source_hash("bench", "nets", "training"),
     script:
         "../workflow_scripts/benchmark.py"

@@ -2,6 +2,7 @@
 import functools
 from pathlib import Path
 
+from lungseg.bench.settings import BenchmarkSettings
 from lungseg.core.provenance import source_hash
 from lungseg.detection.settings import VolumeSettings, merged_detector_config
 from lungseg.figures.settings import ExamplesSettings

@@ -34,6 +34,8 @@ rule split:
         split="results/split/split.csv",
     log:
         "logs/split.log",
+    benchmark:
+        "benchmarks/split.tsv"
     conda:
         "../envs/lungseg.yaml"
     threads: 1

@@ -97,6 +97,8 @@ rule nodules:
         conversion="results/index/conversion.csv",
     log:
         "logs/nodules.log",
+    benchmark:
+        "benchmarks/nodules.tsv"
     conda:
         "../envs/lungseg.yaml"
     threads: 1

@@ -14,14 +14,17 @@ from lungseg.bench.memory import (
     FIT_COLUMNS,
     GIB,
     MIB,
-    Point,
     largest_fitting,
-    memory_figure,
     plan,
     predict_peak_bytes,
     run_benchmark,
     run_series,
 )
+from lungseg.bench.settings import BenchmarkSettings
+from lungseg.bench.step import Point
+from lungseg.core.errors import SettingsError
+from lungseg.core.settings import schema_defaults
+from lungseg.figures.memory import memory_figure
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,21 +94,25 @@ def test_plan_sorts_sizes_and_rejects_bad_ones():
 
 
 def test_benchmark_writes_table_fit_and_plot(tmp_path):
+    settings = BenchmarkSettings.from_config(
+        {
+            "variants": ["unet", "unet_checkpoint", "iunet"],
+            "sizes": [[64, 64, 64], [8, 8, 8]],
+            "depth_size": [8, 8, 8],
+            "depth_blocks": [],
+            "channels": 4,
+            "levels": 2,
+            "blocks_per_level": 1,
+            "fit_budgets_gb": [24],
+            "device": "cpu",
+            "steps": 1,
+        }
+    )
     frame = run_benchmark(
-        output_csv=tmp_path / "memory.csv",
-        output_plot=tmp_path / "memory.png",
-        output_fit=tmp_path / "memory_fit.csv",
-        variants=["unet", "iunet"],
-        sizes=[[64, 64, 64], [8, 8, 8]],
-        depth_size=[8, 8, 8],
-        depth_blocks=[],
-        channels=4,
-        levels=2,
-        blocks_per_level=1,
-        memory_budget_gb=4,
-        fit_budgets_gb=[24],
-        device="cpu",
-        steps=1,
+        table=str(tmp_path / "memory.csv"),
+        plot=str(tmp_path / "memory.png"),
+        fit=str(tmp_path / "memory_fit.csv"),
+        settings=settings,
     )
     table = pd.read_csv(tmp_path / "memory.csv")
     assert list(table.columns) == COLUMNS
@@ -113,17 +120,35 @@ def test_benchmark_writes_table_fit_and_plot(tmp_path):
     assert (table["peak_mb"] > table["step_mb"]).all() and (table["step_mb"] >= 0).all()
     # Tiny points sit in allocator noise; the larger one must show the step's memory.
     assert (table.loc[table["voxels"] == 262144, "step_mb"] > 0).all()
-    assert table["voxels"].tolist() == [512, 262144, 512, 262144]
-    unet = table[table["variant"] == "unet"]
-    assert (unet["memory_vs_unet"] == 1).all()
-    iunet = table[table["variant"] == "iunet"].reset_index()
-    ratio = iunet["step_mb"] / unet.reset_index()["step_mb"]
-    assert iunet["memory_vs_unet"].tolist() == pytest.approx(ratio.tolist(), abs=1e-3)
+    assert table["voxels"].tolist() == [512, 262144] * 3
+    by_variant = {v: g.reset_index() for v, g in table.groupby("variant")}
+    assert (by_variant["unet"]["memory_vs_unet"] == 1).all()
+    assert (by_variant["unet_checkpoint"]["memory_vs_unet_checkpoint"] == 1).all()
+    iunet = by_variant["iunet"]
+    for baseline in ("unet", "unet_checkpoint"):
+        ratio = iunet["step_mb"] / by_variant[baseline]["step_mb"]
+        assert iunet[f"memory_vs_{baseline}"].tolist() == pytest.approx(ratio.tolist(), abs=1e-3)
+        ratio = iunet["seconds_per_step"] / by_variant[baseline]["seconds_per_step"]
+        assert iunet[f"time_vs_{baseline}"].tolist() == pytest.approx(ratio.tolist(), rel=0.01)
     fit = pd.read_csv(tmp_path / "memory_fit.csv")
     assert list(fit.columns) == FIT_COLUMNS
-    assert set(fit["variant"]) == {"unet", "iunet"} and (fit["max_voxels"] > 0).all()
+    assert set(fit["variant"]) <= {"unet", "unet_checkpoint", "iunet"}
+    assert {"unet", "iunet"} <= set(fit["variant"]) and (fit["max_voxels"] > 0).all()
     assert (tmp_path / "memory.png").read_bytes()[:4] == b"\x89PNG"
-    assert len(frame) == len(table) == 4
+    assert len(frame) == len(table) == 6
+
+
+def test_settings_come_from_the_schema_and_name_bad_keys():
+    settings = BenchmarkSettings.from_config({})
+    defaults = schema_defaults("benchmark")
+    assert list(settings.variants) == defaults["variants"]
+    assert settings.to_config() == {
+        k: v for k, v in defaults.items() if k not in ("threads", "runtime_min")
+    }
+    with pytest.raises(SettingsError, match=r"benchmark.sizes.*levels"):
+        BenchmarkSettings.from_config({"sizes": [[8, 8, 6]], "levels": 3})
+    with pytest.raises(SettingsError, match="variants"):
+        BenchmarkSettings.from_config({"variants": ["vnet"]})
 
 
 def test_point_over_budget_is_recorded_not_crashed():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from lungseg.bench.allocator import FREED_MEMORY_TO_OS, child_environment
 from lungseg.training.memory import (
     current_rss_bytes,
     peak_memory_bytes,
@@ -36,12 +38,9 @@ def test_reset_peak_rss_starts_a_new_window():
 
 #: Allocates 50 blocks of 4 MiB, frees them; prints MiB held before and after the free.
 _FREE_BLOCKS = """
-import sys
 import numpy as np
-from lungseg.training.memory import current_rss_bytes, return_freed_memory_to_os
+from lungseg.training.memory import current_rss_bytes
 MIB = 1 << 20
-if sys.argv[1] == "fixed":
-    assert return_freed_memory_to_os()
 np.ones(16 * MIB, dtype=np.uint8)  # freed at once: glibc raises its mmap threshold to 16 MiB
 start = current_rss_bytes()
 blocks, pins = [], []
@@ -58,13 +57,17 @@ print(held // MIB, (current_rss_bytes() - start) // MIB)
     ("allocator", "mib_after_free"), [("fixed", range(0, 20)), ("default", range(150, 1000))]
 )
 def test_freed_large_blocks_leave_the_process(allocator, mib_after_free):
-    """With the fixed threshold freed blocks leave at once; glibc's default keeps them.
+    """With the benchmark's GLIBC_TUNABLES freed blocks leave at once; glibc's default keeps them.
 
-    In a fresh process each: the setting is process-wide, and this process's history (other
-    tests' frees) would blur its RSS.
+    In a fresh process each: the setting is process-wide (read at start-up), and this process's
+    history (other tests' frees) would blur its RSS.
     """
+    tunables = FREED_MEMORY_TO_OS if allocator == "fixed" else None
+    env = child_environment(
+        tunables, {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    )
     child = subprocess.run(
-        [sys.executable, "-c", _FREE_BLOCKS, allocator], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _FREE_BLOCKS], capture_output=True, text=True, check=True, env=env
     )
     held, after = map(int, child.stdout.split())
     assert held >= 190, held
@@ -83,3 +86,9 @@ def test_a_child_does_not_report_its_parents_peak():
     )
     assert child_peak < 600 * MIB, child_peak / MIB
     del ballast
+
+
+def test_child_environment_appends_to_existing_tunables():
+    env = child_environment("glibc.malloc.mmap_threshold=1048576", {"GLIBC_TUNABLES": "a=1"})
+    assert env["GLIBC_TUNABLES"] == "a=1:glibc.malloc.mmap_threshold=1048576"
+    assert "GLIBC_TUNABLES" not in child_environment(None, {})

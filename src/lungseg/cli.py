@@ -12,9 +12,7 @@ import argparse
 import importlib
 import sys
 
-from lungseg.core.log import setup_logging
-
-#: subcommand -> (``module:function`` or a legacy module with configure_parser/run_cli, help)
+#: subcommand -> (``module:function`` of its stage function, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "sample-data": (
         "lungseg.sample.generate:run_sample_data",
@@ -61,7 +59,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "lungseg.figures.curves:run_plot_comparison",
         "validation Dice of all models in one figure",
     ),
-    "benchmark": ("lungseg.bench.memory", "memory and speed of one training step vs volume size"),
+    "benchmark": (
+        "lungseg.bench.memory:run_benchmark",
+        "memory and speed of one training step vs volume size",
+    ),
+    "bench-scale": (
+        "lungseg.bench.scale:run_scale",
+        "cost of each workflow stage vs the number of sample scans (10, 30, 100)",
+    ),
     "detection-volume": (
         "lungseg.detection.volumes:detection_volume",
         "one scan's detection volume: lung box, resampled canvas, target with ignore label",
@@ -112,19 +117,10 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     known, _ = build_parser().parse_known_args(argv)
-    target, help_text = COMMANDS[known.command]
     rest = argv[argv.index(known.command) + 1 :]
     if known.log and "--log" not in rest:
         rest = ["--log", known.log, *rest]
-    if ":" in target:
-        return run_shell(stage_function(known.command), rest, prog=f"lungseg {known.command}")
-    module = importlib.import_module(target)
-    full = argparse.ArgumentParser(prog=f"lungseg {known.command}", description=help_text)
-    full.add_argument("--log", help="also write the log to this file")
-    module.configure_parser(full, known.command)
-    args = full.parse_args(rest)
-    setup_logging(args.log)
-    return int(module.run_cli(args, known.command) or 0)
+    return run_shell(stage_function(known.command), rest, prog=f"lungseg {known.command}")
 
 
 if __name__ == "__main__":

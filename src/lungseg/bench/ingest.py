@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 
+from lungseg.bench.allocator import KEEP_FREED_BUFFERS, child_environment
 from lungseg.ingest.dicom import iter_files
 from lungseg.ingest.pixels import read_series
 from lungseg.io.hdf5 import COMPRESSIONS, DEFAULT_VOLUME_COMPRESSION, write_volume
@@ -138,9 +139,7 @@ _JOB = (
 #: fresh pages for the next one (about 220 page faults a file; the reference read then takes
 #: ~1.6x as long and varies with what else the process imported). With these, the reference
 #: is pydicom at its fastest and steady; the conversion allocates its volume once either way.
-REFERENCE_MALLOC_TUNABLES = (
-    "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
-)
+REFERENCE_MALLOC_TUNABLES = KEEP_FREED_BUFFERS
 
 
 def benchmark_throughput(
@@ -159,7 +158,6 @@ def benchmark_throughput(
     paths = sorted(iter_files(series_folder))
     dicom_mb = sum(os.path.getsize(p) for p in paths) / 1e6
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BLOSC_NTHREADS": "1"}
-    tunables = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), REFERENCE_MALLOC_TUNABLES]))
     child = subprocess.run(
         [
             sys.executable,
@@ -175,7 +173,7 @@ def benchmark_throughput(
         capture_output=True,
         text=True,
         check=True,
-        env={**env, "GLIBC_TUNABLES": tunables},
+        env=child_environment(REFERENCE_MALLOC_TUNABLES, env),
     )
     result = json.loads(child.stdout.strip().splitlines()[-1])
     frame = pd.DataFrame(

@@ -14,8 +14,9 @@ convolution is itself two convolutions, which oneDNN runs as well:
 Same arithmetic as PyTorch's own path (tested to float tolerance); it also needs less scratch
 memory than ``slow_conv3d``'s im2col buffers. 1x1x1 kernels (matrix products, which PyTorch's
 path does ~2x faster: 16 -> 1 channels at 48^3, 8 ms vs 16-26 ms forward and backward) and other
-devices, dtypes and padding modes take PyTorch's own choice; strided, dilated and grouped
-convolutions run their forward only on oneDNN.
+devices, dtypes, padding modes and autocast regions (PyTorch's path casts, this one would not)
+take PyTorch's own choice; strided, dilated and grouped convolutions run their forward only on
+oneDNN.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def _onednn_usable(input: torch.Tensor, weight: torch.Tensor, padding_mode: str)
         and padding_mode == "zeros"
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
+        # Under autocast PyTorch's own path casts to the lower precision; this one would not.
+        and not torch.is_autocast_enabled("cpu")
     )
 
 

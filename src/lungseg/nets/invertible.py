@@ -16,9 +16,48 @@ alive than the maths needs, at the moment the backward pass peaks:
 from __future__ import annotations
 
 import torch
-from iunets.layers import StandardAdditiveCoupling
+from iunets.layers import (
+    InvertibleChannelMixing3D,
+    SplitChannels,
+    StandardAdditiveCoupling,
+    StandardBlock,
+)
 from memcnn.models.revop import InvertibleCheckpointFunction, InvertibleModuleWrapper
 from torch import nn
+
+
+class LeanAdditiveCoupling(StandardAdditiveCoupling):
+    """iunets' additive coupling whose forward writes ``y`` into one new tensor.
+
+    Stock: contiguous copies of both input halves, ``x1 + F(x2)`` as its own tensor, then the
+    concatenation (about 4.5 full-resolution activations alive at its peak at level 0, input
+    included). Here: ``y1 = x2`` copied into the output, ``F(x2)`` read from the input, the sum
+    written into the output (3). Same values (tested).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        split = self.channel_split_pos
+        inverse_split = x.shape[1] - split  # channels of y1 = x2
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        out[:, :inverse_split].copy_(x[:, split:])
+        f = self.F(x[:, split:])
+        torch.add(x[:, :split], f, out=out[:, inverse_split:])
+        return out
+
+
+def _rebuild_input_in_place(coupling: StandardAdditiveCoupling, y: torch.Tensor) -> torch.Tensor:
+    """``x`` from ``y`` in ``y``'s own storage: ``y2 -= F(y1)``, then the halves swapped."""
+    split = coupling.channel_split_pos
+    inverse_split = y.shape[1] - split  # channels of y1 = x2
+    y2 = y[:, inverse_split:]
+    y2.sub_(coupling.F(y[:, :inverse_split]))  # now x1
+    if split == inverse_split and y.is_contiguous():
+        # y = (x2, x1) -> (x1, x2) through a half-sized copy instead of a whole new tensor
+        x2 = y[:, :inverse_split].clone()
+        y[:, :split].copy_(y2)
+        y[:, split:].copy_(x2)
+        return y
+    return torch.cat([y2, y[:, :inverse_split]], dim=1)
 
 
 def additive_coupling_backward(
@@ -28,28 +67,81 @@ def additive_coupling_backward(
     grad_y: torch.Tensor,
     weights: tuple[torch.Tensor, ...],
 ) -> tuple[torch.Tensor | None, ...]:
-    """Rebuild ``x`` into its own tensor, free ``y``, return the gradients of x and weights.
+    """Rebuild ``x`` in ``y``'s storage, return the gradients of x and weights.
 
     iunets' coupling is ``y = (y1, y2) = (x2, x1 + F(x2))``, so ``x2 = y1``, ``x1 = y2 - F(y1)``
     and, with ``g`` the incoming gradient, ``dx1 = g2`` and ``dx2 = g1 + J_F(x2)^T g2``. Only
     ``F`` is recomputed with autograd; the concatenation and sum, whose gradients are these
     slices, are not (memcnn recomputes and differentiates the whole coupling). ``F`` runs twice,
-    as in memcnn (once to invert, once with autograd).
+    as in memcnn (once to invert, once with autograd). ``y`` is not read again (its consumers'
+    backward passes ran already), so ``x`` is rebuilt in place of it; ``F``'s output is freed
+    before its backward, which does not read it (a convolution, leaky ReLU and group norm).
     """
     split = y.shape[1] - coupling.channel_split_pos  # channels of y1 = x2
     with torch.no_grad():
-        y1 = y[:, :split]
-        x.set_(torch.cat([y[:, split:] - coupling.F(y1), y1], dim=1))
-        del y1
-    y.untyped_storage().resize_(0)  # its consumers' backward passes ran already
+        rebuilt = _rebuild_input_in_place(coupling, y)
+        x.set_(rebuilt)
+        if rebuilt.untyped_storage().data_ptr() != y.untyped_storage().data_ptr():
+            y.untyped_storage().resize_(0)
+        del rebuilt
     with torch.enable_grad():
         x2 = x[:, coupling.channel_split_pos :].detach().requires_grad_()
         f = coupling.F(x2)
+    if isinstance(coupling.F, StandardBlock) and isinstance(coupling.F.F[-1], nn.GroupNorm):
+        f.untyped_storage().resize_(0)  # group norm's backward reads its input, not its output
     grads = torch.autograd.grad(f, (x2, *weights), grad_y[:, split:], allow_unused=True)
     del f
     with torch.no_grad():
-        grad_x = torch.cat([grad_y[:, split:], grad_y[:, :split] + grads[0]], dim=1)
+        grad_x = torch.empty_like(grad_y, memory_format=torch.contiguous_format)
+        grad_x[:, : coupling.channel_split_pos].copy_(grad_y[:, split:])
+        torch.add(grad_y[:, :split], grads[0], out=grad_x[:, coupling.channel_split_pos :])
     return (grad_x, *grads[1:])
+
+
+def channel_mixing_backward(
+    mixing: InvertibleChannelMixing3D,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    grad_y: torch.Tensor,
+    weights: tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor | None, ...]:
+    """The orthogonal 1x1x1 channel mixing ``y = W x``, differentiated by hand.
+
+    ``x = W^T y`` (rebuilt, then ``y`` freed), ``dx = W^T g`` and ``dW = g x^T`` summed over
+    the voxels; autograd then takes ``dW`` back to the Cayley parameters (a C x C problem).
+    memcnn's generic path recomputes ``W x`` with autograd and keeps it alive with its
+    gradients: about two full-resolution activations more at the iUNet's peak.
+    """
+    with torch.no_grad():
+        transposed = mixing.kernel_matrix.T  # W^T, as (C, C) products per sample (no scratch)
+        x.set_(torch.matmul(transposed, y.flatten(2)).view(y.shape))
+        y.untyped_storage().resize_(0)
+        grad_x = torch.matmul(transposed, grad_y.flatten(2)).view(grad_y.shape)
+        # per sample a (C, V) x (V, C) product: BLAS reads the transposed view without a copy
+        grad_matrix = sum(g.flatten(1) @ v.flatten(1).T for g, v in zip(grad_y, x, strict=True))
+    with torch.enable_grad():
+        matrix = mixing.kernel_matrix
+    grads = torch.autograd.grad(matrix, weights, grad_matrix, allow_unused=True)
+    return (grad_x, *grads)
+
+
+def split_channels_backward(
+    inputs: tuple[torch.Tensor, ...],
+    outputs: tuple[torch.Tensor, ...],
+    grad_outputs: tuple[torch.Tensor | None, ...],
+) -> tuple[torch.Tensor]:
+    """``SplitChannels`` (two copies of channel slices): the input rebuilt and the gradient
+    concatenated directly; memcnn's path also recomputes the copies with autograd."""
+    (x,) = inputs
+    with torch.no_grad():
+        x.set_(torch.cat(outputs, dim=1))
+        for output in outputs:
+            output.untyped_storage().resize_(0)
+        grads = [
+            torch.zeros_like(o) if g is None else g
+            for o, g in zip(outputs, grad_outputs, strict=True)
+        ]
+        return (torch.cat(grads, dim=1),)
 
 
 class LeanInvertibleFunction(InvertibleCheckpointFunction):
@@ -70,6 +162,13 @@ class LeanInvertibleFunction(InvertibleCheckpointFunction):
             return (None,) * 6 + additive_coupling_backward(
                 coupling, inputs[0], outputs[0], grad_outputs[0], ctx.weights
             )
+        if not ctx.keep_input and coupling is not None and ctx.fn == coupling.forward:
+            if type(coupling) is InvertibleChannelMixing3D:
+                return (None,) * 6 + channel_mixing_backward(
+                    coupling, inputs[0], outputs[0], grad_outputs[0], ctx.weights
+                )
+            if type(coupling) is SplitChannels and not ctx.weights:
+                return (None,) * 6 + split_channels_backward(inputs, outputs, grad_outputs)
         if not ctx.keep_input:
             with torch.no_grad():
                 rebuilt = ctx.fn_inverse(*outputs)
@@ -125,5 +224,7 @@ def use_lean_backward(module: nn.Module) -> int:
                     disable=child.disable,
                 )
                 setattr(parent, name, lean)
+                if type(child._fn) is StandardAdditiveCoupling:
+                    child._fn.__class__ = LeanAdditiveCoupling  # same module, leaner forward
                 swapped += 1
     return swapped

@@ -1,39 +1,14 @@
-"""Process memory: peak usage and the CPU allocator setting that lets freed activations go.
+"""Process memory: current and peak resident memory, CUDA's peak on GPUs.
 
-glibc's malloc raises its mmap threshold each time a large block is freed (up to 32 MiB), so
-after the first training step most activation-sized blocks land on the heap, and freed heap
-memory stays in the process: peak RSS then counts memory no tensor uses any more. Fixing the
-threshold keeps every block above it on its own mapping, returned to the system on free.
-Measured on a 64^3 iUNet training step (C=16, 4 levels): the resident peak above the model
-drops from about 20 to about 9 full-resolution activations; see docs/benchmark.md.
+The benchmark's allocator setting (freed activations returned to the system) is made in the
+environment of its child processes: :mod:`lungseg.bench.allocator`.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import resource
-import sys
 
 import torch
-
-#: mallopt parameter number of M_MMAP_THRESHOLD in glibc's malloc.h
-M_MMAP_THRESHOLD = -3
-#: blocks from this size up get their own mapping (a 64^3 float32 channel is 1 MiB)
-MMAP_THRESHOLD_BYTES = 1 << 20
-
-
-def return_freed_memory_to_os(threshold_bytes: int = MMAP_THRESHOLD_BYTES) -> bool:
-    """Fix glibc's mmap threshold so freed large tensors leave the process; False if not glibc."""
-    if not sys.platform.startswith("linux"):
-        return False
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    libc = ctypes.CDLL(libc_name)
-    if not hasattr(libc, "mallopt"):  # musl and others: nothing to tune
-        return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold_bytes)))
 
 
 def current_rss_bytes() -> int:
