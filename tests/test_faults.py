@@ -411,5 +411,5 @@ def test_workflow_completes_for_the_good_series_and_names_the_bad_files(sample_l
     pid = sample_lidc.patients[0]
     volume = next((work / "results/volumes" / pid).glob("*.h5"))
     volume.unlink()
-    jobs = dry_run_jobs(work, "--forcerun", "crops", "--", "crops")
+    jobs = dry_run_jobs(work, "crops", "--forcerun", "crops")
     assert (jobs["convert"], jobs["crops"]) == (1, 1), jobs

@@ -50,7 +50,8 @@ def write_scan_table(*, volumes: list[str], split: str, table: str) -> None:
     if len(mixed):
         raise InputError(f"{split}: patient(s) in both subsets: {list(mixed.index)[:5]}")
     subset_of = {patient: next(iter(s)) for patient, s in subsets.items()}
-    rows = [scan_row(path, subset_of) for path in sorted(volumes)]
+    usable = [p for p in sorted(volumes) if read_attrs(p).get("conversion") != "failed"]
+    rows = [scan_row(path, subset_of) for path in usable]
     write_csv_atomic(table, pd.DataFrame(rows).sort_values(["patient_id", "series_uid"]))
 
 

@@ -33,7 +33,7 @@ from scipy import ndimage
 
 from lungseg.core.errors import InputError
 from lungseg.detection.settings import VolumeSettings
-from lungseg.io.hdf5 import read_volume, write_volume
+from lungseg.io.hdf5 import read_attrs, read_volume, write_failed_volume, write_volume
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,16 @@ def make_detection_volume(
 def detection_volume(
     *, volume: str, nodules: str, detection: str, settings: VolumeSettings
 ) -> None:
-    """Write one scan's detection volume (HU canvas, target label map, geometry attributes)."""
+    """Write one scan's detection volume (HU canvas, target label map, geometry attributes).
+
+    A series whose conversion failed (its volume is the placeholder ``convert`` leaves) gets a
+    placeholder too, which the scan table leaves out: one bad series costs that series only.
+    """
+    source = read_attrs(volume)
+    if source.get("conversion") == "failed":
+        logger.warning("%s: conversion failed, no detection volume (%s)", volume, source["reason"])
+        write_failed_volume(detection, source["patient_id"], source["series_uid"], source["reason"])
+        return
     image, mask, attrs = read_volume(volume)
     table = pd.read_csv(nodules)
     missing = {"series_uid", "label", "in_cohort", "centroid_z"} - set(table.columns)
