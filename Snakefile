@@ -28,6 +28,7 @@ include: "rules/benchmark.smk"
 include: "rules/evaluate.smk"
 include: "rules/plots.smk"
 include: "rules/detection.smk"
+include: "rules/predict.smk"
 
 
 rule all:

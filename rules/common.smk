@@ -6,6 +6,7 @@ from lungseg.bench.settings import BenchmarkSettings
 from lungseg.core.provenance import source_hash
 from lungseg.detection.settings import VolumeSettings, merged_detector_config
 from lungseg.figures.settings import ExamplesSettings
+from lungseg.predict.settings import PredictorSettings, PredictSettings
 from lungseg.sample.settings import SampleSettings
 from lungseg.training.settings import variant_config
 from lungseg.evaluation.settings import BucketSettings, EvaluationSettings
@@ -44,6 +45,7 @@ def final_targets():
     targets += ["results/evaluation.csv", *plot_outputs()]
     targets += crops_outputs()
     targets += detection_outputs()
+    targets += prediction_outputs()
     return targets
 
 
@@ -253,3 +255,46 @@ def detection_outputs():
     outputs += detector_outputs("candidates.csv") + detector_outputs("froc.csv")
     outputs += [f"results/plots/detections_{d}.png" for d in detector_names()]
     return outputs
+
+
+# --- prediction ---
+def predict_resource(name):
+    """A predict job resource (threads, mem_mb, runtime, gpu) of config["predict"]."""
+    return config["predict"]["resources"][name]
+
+
+def predicted_series(wildcards=None):
+    """Series uids `rule predict` runs on: validation patients' series of index status ok whose
+    conversion succeeded (a failed one costs that series only; results/index/conversion.csv)."""
+    import pandas as pd
+
+    split = pd.read_csv(checkpoints.split.get().output.split)
+    patients = set(split.loc[split["subset"] == "val", "patient_id"])
+    series = read_series_table(*index_version())
+    series = series[(series["status"] == "ok") & series["patient_id"].isin(patients)]
+    conversion = pd.read_csv("results/index/conversion.csv", dtype=str, keep_default_na=False)
+    failed = set(conversion.loc[conversion["conversion"] == "failed", "series_uid"])
+    return sorted(uid for uid in series["series_uid"] if uid not in failed)
+
+
+def prediction_folders(wildcards=None):
+    """results/predictions/<series_uid>/ of every predicted validation series."""
+    return [f"results/predictions/{uid}" for uid in predicted_series()]
+
+
+def predicted_volumes(wildcards=None):
+    """The HDF5 volumes (reference masks) of the predicted series."""
+    series = read_series_table(*index_version())
+    patient_of = dict(zip(series["series_uid"], series["patient_id"]))
+    return [f"results/volumes/{patient_of[uid]}/{uid}.h5" for uid in predicted_series()]
+
+
+def prediction_outputs():
+    """Everything of the prediction stage that `rule all` builds."""
+    return [
+        "results/cascade.csv",
+        "results/cascade_summary.csv",
+        "results/radiomics_agreement.csv",
+        "results/plots/cascade.png",
+        "results/plots/radiomics_agreement.png",
+    ]

@@ -27,7 +27,7 @@ rule crops:
         "../workflow_scripts/crops.py"
 
 
-rule split:
+checkpoint split:
     input:
         nodules="results/nodules.csv",
     output:

@@ -93,6 +93,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "lungseg.detection.figures:plot_detections",
         "validation slabs with one detector's candidates circled",
     ),
+    "predictor": (
+        "lungseg.predict.bundle:write_predictor",
+        "bundle the chosen detector and crop model for lungseg predict",
+    ),
+    "predict": (
+        "lungseg.predict.pipeline:run_predict",
+        "find, segment and measure the nodules of CT series (NIfTI, DICOM-SEG, radiomics)",
+    ),
+    "predict-indexed": (
+        "lungseg.predict.pipeline:run_predict_indexed",
+        "rule predict: one indexed series of results/index/files.csv",
+    ),
 }
 
 

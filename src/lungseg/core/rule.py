@@ -1,8 +1,10 @@
 """Entry points: a stage function run from a Snakemake rule or from the shell, the same way.
 
-A stage function takes keyword arguments only: paths named as the rule's named ``input``,
+A stage function takes keyword arguments only (on the shell, the names in its ``positional``
+attribute are positional arguments): paths named as the rule's named ``input``,
 ``output`` and ``params``, :class:`StageSettings` objects (each from a params dict) and
-optionally ``threads``; a ``code`` param (the stage's source hash) is a rerun trigger only.
+optionally ``threads``; a ``code`` param (the stage's source hash) and a ``params_file`` input
+are rerun triggers only.
 :func:`run_rule` passes Snakemake's named items straight to it;
 :func:`build_parser` derives the shell's options from the same signature. Either way the log
 goes to the rule's ``log:`` file, bad input and settings (:class:`LungsegError`) end with one
@@ -26,8 +28,9 @@ from lungseg.core.settings import StageSettings, add_settings_arguments, setting
 log = logging.getLogger("lungseg")
 
 
-#: Rule params that are rerun triggers only (a hash of the stage's source), not arguments.
-TRIGGER_PARAMS = frozenset({"code"})
+#: Rule items that are rerun triggers only, not arguments: ``code`` (param: a hash of the
+#: stage's source) and ``params_file`` (input: a parameter file whose path is also a setting).
+TRIGGER_PARAMS = frozenset({"code", "params_file"})
 
 
 def settings_parameters(func: Callable) -> dict[str, type[StageSettings]]:
@@ -89,7 +92,9 @@ def build_parser(func: Callable, prog: str | None = None) -> argparse.ArgumentPa
         required = param.default is inspect.Parameter.empty
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         origin = typing.get_origin(hint)
-        if name == "threads" or hint is int:
+        if name in getattr(func, "positional", ()):  # e.g. `lungseg predict SERIES_DIR...`
+            parser.add_argument(name, nargs="+", metavar=name.upper().removesuffix("S"))
+        elif name == "threads" or hint is int:
             parser.add_argument(*flags, dest=name, type=int, default=param.default)
         elif origin is list:
             parser.add_argument(*flags, dest=name, nargs="+", required=required)

@@ -116,12 +116,15 @@ def _canvas(volume: np.ndarray, start: Sequence[int], shape: Sequence[int], fill
 
 def make_detection_volume(
     image: np.ndarray,
-    mask: np.ndarray,
+    mask: np.ndarray | None,
     source_spacing: Sequence[float],
-    nodules: pd.DataFrame,
+    nodules: pd.DataFrame | None,
     settings: VolumeSettings,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(HU int16 canvas, uint8 target, geometry) of one scan; ``nodules``: its nodules.csv rows."""
+    """(HU int16 canvas, uint8 target, geometry) of one scan; ``nodules``: its nodules.csv rows.
+
+    ``mask`` and ``nodules`` None: an unannotated scan (``lungseg predict``), an empty target.
+    """
     step, offset, grid_shape = resample_grid(image.shape, source_spacing, settings.spacing)
     smoothed = image.astype(np.float32)
     sigma = [0.4 * s if s > 1 else 0.0 for s in step]
@@ -136,8 +139,11 @@ def make_detection_volume(
     clipped = any(box[2 * a + 1] - box[2 * a] > shape[a] for a in range(3))
     hu = np.clip(np.rint(_canvas(coarse, start, shape, float(settings.pad_hu))), -32768, 32767)
 
-    cohort = set(nodules.loc[nodules["in_cohort"].astype(bool), "label"].astype(int))
-    labels = np.unique(mask[mask > 0]).astype(int)
+    if mask is None or nodules is None:
+        cohort, labels = set(), np.zeros(0, dtype=int)
+    else:
+        cohort = set(nodules.loc[nodules["in_cohort"].astype(bool), "label"].astype(int))
+        labels = np.unique(mask[mask > 0]).astype(int)
     target = np.zeros(shape, dtype=np.uint8)
     other_labels = [lab for lab in labels if lab not in cohort]
     if other_labels:

@@ -1,0 +1,1 @@
+"""Whole-scan prediction: a CT series in; nodules found, segmented, measured and exported."""

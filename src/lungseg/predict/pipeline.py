@@ -1,0 +1,230 @@
+"""``lungseg predict``: CT series in; nodules found, segmented, measured and exported.
+
+Per series (steps timed in ``summary.json``): **read** (lungseg's DICOM reader), **detect** (the
+detector on the whole scan, :mod:`lungseg.predict.find`), **segment** (the crop model on each
+detection, masks pasted into the scan grid, :mod:`lungseg.predict.segment`), **write**
+(nodules.csv, image.nii.gz, nodules.nii.gz, nodules.seg.dcm, overview.png) and **radiomics**
+(radiomics.csv). Everything of a series is written into a staging folder next to
+``DIR/<series_uid>/`` and moved there at the end: a failed or killed run leaves no half result,
+and a rerun replaces the old one whole. A scan without nodules gets empty tables, an empty label
+map and no DICOM-SEG (a Segmentation needs at least one segment).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lungseg.core.atomic import write_csv_atomic, write_text_atomic
+from lungseg.core.errors import InputError, OutputError
+from lungseg.ingest.convert import series_paths
+from lungseg.ingest.pixels import read_series
+from lungseg.predict.bundle import DETECTOR, SEGMENTER, bundle_model, read_bundle
+from lungseg.predict.dicomseg import write_dicom_seg
+from lungseg.predict.find import detect_candidates, operating_threshold
+from lungseg.predict.measure import measure_nodules
+from lungseg.predict.nifti import write_nifti
+from lungseg.predict.overview import plot_overview
+from lungseg.predict.radiomics import extract_features
+from lungseg.predict.segment import label_map, segment_candidates
+from lungseg.predict.series import Scan, SeriesInput, find_series, read_scan, series_problem
+from lungseg.predict.settings import PredictSettings
+from lungseg.predict.steps import StepTimes
+from lungseg.training.trainer import choose_device
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DETECTOR = "results/predictor/detector.pt"
+DEFAULT_SEGMENTER = "results/predictor/segmenter.pt"
+OUTPUTS = (
+    "nodules.csv",
+    "image.nii.gz",
+    "nodules.nii.gz",
+    "nodules.seg.dcm",
+    "radiomics.csv",
+    "overview.png",
+    "summary.json",
+)
+
+
+@dataclass
+class Predictor:
+    """The two bundles and their networks, loaded once for every series."""
+
+    detector: dict
+    segmenter: dict
+    detector_model: torch.nn.Module
+    segmenter_model: torch.nn.Module
+    settings: PredictSettings
+    radiomics_params: Path
+
+
+def load_predictor(detector: str, segmenter: str, settings: PredictSettings) -> Predictor:
+    """Read and check both bundles and the radiomics parameters before any series is touched."""
+    det = read_bundle(detector, DETECTOR)
+    seg = read_bundle(segmenter, SEGMENTER)
+    params = Path(settings.radiomics_params)
+    if not params.is_file():
+        raise InputError(f"{params}: radiomics parameter file not found (predict.radiomics_params)")
+    device = choose_device(settings.device)
+    return Predictor(
+        det, seg, bundle_model(det, device), bundle_model(seg, device), settings, params
+    )
+
+
+def predict_scan(scan: Scan, predictor: Predictor, folder: Path, steps: StepTimes) -> pd.DataFrame:
+    """Detect, segment, measure and export one read scan into the (empty) ``folder``."""
+    with steps("detect"):
+        candidates = detect_candidates(
+            scan.image, scan.spacing, predictor.detector_model, predictor.detector
+        )
+    with steps("segment"):
+        pieces = segment_candidates(
+            scan.image, scan.spacing, candidates, predictor.segmenter_model, predictor.segmenter
+        )
+        labels, kept = label_map(scan.image.shape, pieces, predictor.settings.mask_threshold)
+        probabilities = candidates["probability"].to_numpy()[kept]
+        nodules = measure_nodules(
+            scan.image, labels, probabilities, scan.spacing, scan.origin, scan.direction
+        )
+    with steps("write"):
+        write_csv_atomic(folder / "nodules.csv", nodules)
+        geometry = (scan.spacing, scan.origin, scan.direction)
+        write_nifti(folder / "image.nii.gz", scan.image, *geometry)
+        stored = labels.astype(np.uint8) if labels.max(initial=0) < 256 else labels
+        write_nifti(folder / "nodules.nii.gz", stored, *geometry)
+        segments = [(int(k), f"nodule {k}") for k in nodules["label"]]
+        write_dicom_seg(folder / "nodules.seg.dcm", labels, scan.series.paths, segments)
+        plot_overview(
+            folder / "overview.png",
+            scan.image,
+            labels,
+            nodules,
+            scan.spacing,
+            f"{scan.plan.patient_id}  {scan.plan.series_uid}",
+        )
+    with steps("radiomics"):
+        features = extract_features(
+            scan.image,
+            labels,
+            scan.spacing,
+            scan.origin,
+            scan.direction,
+            [int(k) for k in nodules["label"]],
+            predictor.radiomics_params,
+        )
+        write_csv_atomic(folder / "radiomics.csv", features)
+    return nodules
+
+
+def _summary(scan: Scan, predictor: Predictor, nodules: pd.DataFrame, steps: StepTimes) -> dict:
+    params = predictor.radiomics_params.read_bytes()
+    return {
+        "series_uid": scan.plan.series_uid,
+        "patient_id": scan.plan.patient_id,
+        "study_uid": scan.plan.study_uid,
+        "folder": str(scan.series.folder),
+        "shape": [int(n) for n in scan.image.shape],
+        "spacing": [float(s) for s in scan.spacing],
+        "notes": scan.plan.reason,
+        "detector": predictor.detector["name"],
+        "operating_threshold": operating_threshold(predictor.detector),
+        "segmenter": predictor.segmenter["name"],
+        "mask_threshold": predictor.settings.mask_threshold,
+        "radiomics_params": str(predictor.radiomics_params),
+        "radiomics_params_sha256": hashlib.sha256(params).hexdigest(),
+        "nodules": len(nodules),
+        "dicom_seg": bool(len(nodules)),
+        "lungseg": metadata.version("lungseg"),
+        "steps": steps.rows,
+    }
+
+
+def write_series_result(scan: Scan, predictor: Predictor, target: Path, steps: StepTimes) -> int:
+    """Predict one scan into ``target`` (a folder) as a whole: staged, then moved into place."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        nodules = predict_scan(scan, predictor, staging, steps)
+        summary = _summary(scan, predictor, nodules, steps)
+        write_text_atomic(staging / "summary.json", json.dumps(summary, indent=2) + "\n")
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"{target}: cannot write the prediction ({error})") from error
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("%s: %d nodule(s) -> %s", scan.plan.series_uid, len(nodules), target)
+    return len(nodules)
+
+
+def run_predict(
+    *,
+    series_dirs: list[str],
+    out: str,
+    detector: str = DEFAULT_DETECTOR,
+    segmenter: str = DEFAULT_SEGMENTER,
+    settings: PredictSettings,
+    threads: int = 1,
+) -> None:
+    """Find, segment and measure the nodules of every CT series under SERIES_DIR...
+
+    Writes OUT/<series_uid>/ per series: nodules.csv, image.nii.gz, nodules.nii.gz,
+    nodules.seg.dcm, radiomics.csv, overview.png, summary.json (docs/predict.md). Every series
+    and both checkpoints are checked before anything is written.
+    """
+    torch.set_num_threads(max(1, int(threads)))
+    found = find_series(series_dirs)
+    predictor = load_predictor(detector, segmenter, settings)
+    out_root = Path(out)
+    if out_root.exists() and not out_root.is_dir():
+        raise InputError(f"--out {out_root}: a file, not a folder")
+    logger.info("%d series to predict -> %s", len(found), out_root)
+    for series in found:
+        steps = StepTimes()
+        with steps("read"):
+            scan = read_scan(series)
+        write_series_result(scan, predictor, out_root / series.series_uid, steps)
+
+
+run_predict.positional = ("series_dirs",)
+
+
+def run_predict_indexed(
+    *,
+    files: str,
+    detector: str,
+    segmenter: str,
+    prediction: str,
+    series_uid: str,
+    settings: PredictSettings,
+    threads: int = 1,
+) -> None:
+    """Rule ``predict``: one indexed series (files.csv), read from its DICOM files."""
+    torch.set_num_threads(max(1, int(threads)))
+    predictor = load_predictor(detector, segmenter, settings)
+    steps = StepTimes()
+    with steps("read"):
+        plan, image = read_series(series_paths(files, series_uid))
+    if image is None or series_problem(plan):
+        raise InputError(f"series {series_uid}: {series_problem(plan)}")
+    scan = Scan(SeriesInput(Path(plan.slices[0].path).parent, plan), image)
+    write_series_result(scan, predictor, Path(prediction), steps)
