@@ -8,15 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from predict_helpers import tiny_bundles, write_ct_series
+from scan_helpers import tiny_bundles, write_ct_series
 
 from lungseg.core.errors import InputError
+from lungseg.core.settings import schema_defaults
 from lungseg.predict.bundle import DETECTOR, SEGMENTER, read_bundle
 from lungseg.predict.measure import axial_diameter_mm, measure_nodules, voxel_to_patient
 from lungseg.predict.segment import Piece, label_map, segment_candidates
 from lungseg.predict.series import find_series, read_scan
 
 AIR = -1000
+TOLERANCE = schema_defaults("ingest")["spacing_tolerance"]
 
 
 def ct(shape=(6, 12, 10), value=-800) -> np.ndarray:
@@ -64,7 +66,7 @@ def _absent(tmp_path):
 def test_a_bad_series_is_named_with_its_folder(tmp_path, make):
     folder, message = make(tmp_path)
     with pytest.raises(InputError) as error:
-        find_series([folder])
+        find_series([folder], TOLERANCE)
     assert message in str(error.value)
     assert str(folder) in str(error.value)
 
@@ -74,9 +76,9 @@ def test_any_layout_one_series_per_folder_and_stray_files_skipped(tmp_path):
     uid_a = write_ct_series(tmp_path / "tree" / "patient A" / "scan", image, name="{:d}")
     uid_b = write_ct_series(tmp_path / "tree" / "b", ct(), name="IM{:05d}")
     (tmp_path / "tree" / "b" / "README").write_text("export notes")
-    found = find_series([tmp_path / "tree"])
+    found = find_series([tmp_path / "tree"], TOLERANCE)
     assert sorted(s.series_uid for s in found) == sorted([uid_a, uid_b])
-    scan = read_scan(next(s for s in found if s.series_uid == uid_a))
+    scan = read_scan(next(s for s in found if s.series_uid == uid_a), TOLERANCE)
     np.testing.assert_array_equal(scan.image, image)
     assert scan.spacing == pytest.approx((2.5, 0.8, 0.8))
 
@@ -85,7 +87,7 @@ def test_the_same_series_in_two_folders_is_an_error(tmp_path):
     uid = write_ct_series(tmp_path / "one", ct())
     shutil.copytree(tmp_path / "one", tmp_path / "two")
     with pytest.raises(InputError, match=f"series {uid} found twice"):
-        find_series([tmp_path / "one", tmp_path / "two"])
+        find_series([tmp_path / "one", tmp_path / "two"], TOLERANCE)
 
 
 # --- bundles: anything but the right kind of bundle is named -----------------------------------

@@ -192,7 +192,7 @@ def run_predict(
     and both checkpoints are checked before anything is written.
     """
     torch.set_num_threads(max(1, int(threads)))
-    found = find_series(series_dirs)
+    found = find_series(series_dirs, settings.spacing_tolerance)
     predictor = load_predictor(detector, segmenter, settings)
     out_root = Path(out)
     if out_root.exists() and not out_root.is_dir():
@@ -201,7 +201,7 @@ def run_predict(
     for series in found:
         steps = StepTimes()
         with steps("read"):
-            scan = read_scan(series)
+            scan = read_scan(series, settings.spacing_tolerance)
         write_series_result(scan, predictor, out_root / series.series_uid, steps)
 
 
@@ -223,7 +223,7 @@ def run_predict_indexed(
     predictor = load_predictor(detector, segmenter, settings)
     steps = StepTimes()
     with steps("read"):
-        plan, image = read_series(series_paths(files, series_uid))
+        plan, image = read_series(series_paths(files, series_uid), settings.spacing_tolerance)
     if image is None or series_problem(plan):
         raise InputError(f"series {series_uid}: {series_problem(plan)}")
     scan = Scan(SeriesInput(Path(plan.slices[0].path).parent, plan), image)

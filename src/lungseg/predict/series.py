@@ -89,7 +89,7 @@ def series_problem(plan: SeriesPlan) -> str:
     return plan.reason or plan.status
 
 
-def find_series(folders: Sequence[str | Path], spacing_tolerance: float = 0.05) -> list[SeriesInput]:
+def find_series(folders: Sequence[str | Path], spacing_tolerance: float) -> list[SeriesInput]:
     """Every CT series under ``folders``, checked; :class:`InputError` names the first problem."""
     if not folders:
         raise InputError("no series folder given")
@@ -130,7 +130,7 @@ def find_series(folders: Sequence[str | Path], spacing_tolerance: float = 0.05) 
     return found
 
 
-def read_scan(series: SeriesInput, spacing_tolerance: float = 0.05) -> Scan:
+def read_scan(series: SeriesInput, spacing_tolerance: float) -> Scan:
     """The series' pixels in HU (lungseg's reader: one volume of memory at the peak)."""
     plan, image = read_series(series.paths, spacing_tolerance)
     if image is None or series_problem(plan):

@@ -22,8 +22,9 @@ class PredictorSettings(StageSettings):
 class PredictSettings(StageSettings):
     """``lungseg predict`` and rule ``predict``: one CT series to segmented, measured nodules."""
 
-    SECTIONS: ClassVar[tuple[str, ...]] = ("predict",)
+    SECTIONS: ClassVar[tuple[str, ...]] = ("predict", "ingest")
 
     mask_threshold: float
     radiomics_params: str
     device: str
+    spacing_tolerance: float  # ingest's: a series is read as the workflow reads it
