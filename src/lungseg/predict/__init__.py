@@ -1,0 +1,1 @@
+"""Outputs of `lungseg predict`: NIfTI, DICOM SEG and radiomics features of found nodules."""
