@@ -13,9 +13,11 @@ export PATH := $(abspath $(BIN)):$(PATH)
 all: test
 
 # The venv is rebuilt when the lock file or pyproject.toml changes (stamp older than them).
-$(STAMP): requirements.lock pyproject.toml
+# install-lock.sh: the lock with --no-deps, then pyradiomics-bhklab (sdist only) built without
+# build isolation against the pinned numpy (see the script).
+$(STAMP): requirements.lock pyproject.toml scripts/install-lock.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --no-deps -r requirements.lock
+	scripts/install-lock.sh $(BIN)/python --quiet
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -3,5 +3,5 @@
 # Installs the same pinned packages as the Makefile's venv, then lungseg from this checkout.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-python -m pip install --no-deps -r "$repo/requirements.lock"
+"$repo/scripts/install-lock.sh" python  # --no-deps; builds pyradiomics-bhklab
 python -m pip install --no-deps --no-build-isolation "$repo"

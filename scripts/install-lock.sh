@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install requirements.lock exactly, without dependency resolution (--no-deps: memcnn and iunets
+# must not pull torchvision and SimpleITK's wheels they do not need), into the running python.
+#   scripts/install-lock.sh PYTHON [pip options...]
+#
+# pyradiomics-bhklab is published as an sdist only: its setup.py compiles two C extensions
+# against numpy and imports versioneer. Build isolation would fetch the newest setuptools,
+# numpy and versioneer at build time, unpinned; so it is built in a second step, without
+# isolation, against the pinned numpy, setuptools and versioneer the first step installed.
+set -euo pipefail
+python="$1"
+shift
+lock="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/requirements.lock"
+built_from_source='^pyradiomics-bhklab=='
+"$python" -m pip install "$@" --no-deps -r <(grep -v "$built_from_source" "$lock")
+"$python" -m pip install "$@" --no-deps --no-build-isolation "$(grep "$built_from_source" "$lock")"
