@@ -101,6 +101,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "lungseg.predict.pipeline:run_predict",
         "find, segment and measure the nodules of CT series (NIfTI, DICOM-SEG, radiomics)",
     ),
+    "bench-predict": (
+        "lungseg.bench.predict:run_bench_predict",
+        "wall time and peak memory of lungseg predict on one series, by step",
+    ),
+    "cascade": (
+        "lungseg.predict.evaluate:run_cascade",
+        "score predicted validation scans against the reference nodules, radiomics ICC",
+    ),
     "predict-indexed": (
         "lungseg.predict.pipeline:run_predict_indexed",
         "rule predict: one indexed series of results/index/files.csv",
