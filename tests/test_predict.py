@@ -21,16 +21,24 @@ import pydicom
 import pytest
 from scan_helpers import tiny_bundles, write_ct_series
 
+from lungseg.cli import main
 from lungseg.predict.pipeline import OUTPUTS
 
 LUNGSEG = [sys.executable, "-m", "lungseg.cli"]
 
 
 def lungseg_predict(*args, cwd: Path) -> subprocess.CompletedProcess:
+    """The real command line, in a new process."""
     return subprocess.run(
         [*LUNGSEG, "predict", *map(str, args)], cwd=cwd, capture_output=True, text=True,
         timeout=600,
     )  # fmt: skip
+
+
+def predict_here(capsys, *args) -> tuple[int, str]:
+    """The same command line in this process (no second torch import): (exit code, stderr)."""
+    code = main(["predict", *map(str, args)])
+    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -102,12 +110,14 @@ def test_the_nifti_image_is_the_dicom_series_in_its_geometry(predicted):
         assert data[column, row, k] == hu
 
 
-def test_a_scan_without_nodules_gives_empty_tables_and_no_segmentation(one_series, tmp_path):
+def test_a_scan_without_nodules_gives_empty_tables_and_no_segmentation(
+    one_series, tmp_path, capsys
+):
     folder, uid = one_series
     detector, segmenter = tiny_bundles(tmp_path / "bundles", threshold=None)  # nothing kept
-    result = lungseg_predict(folder, "--out", tmp_path / "out", "--detector", detector,
-                             "--segmenter", segmenter, cwd=Path(__file__).parents[1])
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, err = predict_here(capsys, folder, "--out", tmp_path / "out", "--detector", detector,
+                             "--segmenter", segmenter)
+    assert code == 0, err[-3000:]
     out = tmp_path / "out" / uid
     assert len(pd.read_csv(out / "nodules.csv")) == 0
     assert list(pd.read_csv(out / "radiomics.csv").columns) == ["label"]
@@ -133,21 +143,23 @@ def _one_slice(tmp_path: Path) -> tuple[list[Path], str]:
 
 
 @pytest.mark.parametrize("make", [_mr, _mixed, _one_slice], ids=lambda f: f.__name__)
-def test_bad_input_names_the_folder_and_writes_nothing(one_series, tmp_path, make):
+def test_bad_input_names_the_folder_and_writes_nothing(one_series, tmp_path, make, capsys):
     good, _ = one_series
     folders, message = make(tmp_path)
     detector, segmenter = tiny_bundles(tmp_path / "bundles")
-    result = lungseg_predict(good, *folders, "--out", tmp_path / "out", "--detector", detector,
-                             "--segmenter", segmenter, cwd=Path(__file__).parents[1])
-    assert result.returncode == 1
-    assert message in result.stderr and str(folders[0]) in result.stderr
-    assert "Traceback" not in result.stderr
+    code, err = predict_here(capsys, good, *folders, "--out", tmp_path / "out", "--detector",
+                             detector, "--segmenter", segmenter)
+    assert code == 1
+    assert message in err and str(folders[0]) in err
+    assert "Traceback" not in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 @pytest.mark.parametrize("which", ["detector", "segmenter"])
 @pytest.mark.parametrize("problem", ["corrupt", "training checkpoint", "swapped"])
-def test_a_bad_checkpoint_is_named_and_nothing_is_written(one_series, tmp_path, which, problem):
+def test_a_bad_checkpoint_is_named_and_nothing_is_written(
+    one_series, tmp_path, which, problem, capsys
+):
     folder, _ = one_series
     detector, segmenter = tiny_bundles(tmp_path / "bundles")
     paths = {"detector": detector, "segmenter": segmenter}
@@ -162,8 +174,8 @@ def test_a_bad_checkpoint_is_named_and_nothing_is_written(one_series, tmp_path, 
         other = "segmenter" if which == "detector" else "detector"
         shutil.copy(paths[other], bad)
     paths[which] = bad
-    result = lungseg_predict(folder, "--out", tmp_path / "out", "--detector", paths["detector"],
-                             "--segmenter", paths["segmenter"], cwd=Path(__file__).parents[1])
-    assert result.returncode == 1, result.stderr[-2000:]
-    assert str(bad) in result.stderr and "Traceback" not in result.stderr
+    code, err = predict_here(capsys, folder, "--out", tmp_path / "out", "--detector",
+                             paths["detector"], "--segmenter", paths["segmenter"])
+    assert code == 1, err[-2000:]
+    assert str(bad) in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()

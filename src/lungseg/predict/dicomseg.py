@@ -8,6 +8,7 @@ lungseg at its installed version.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from importlib import metadata
@@ -28,6 +29,7 @@ CATEGORY = codes.SCT.MorphologicallyAbnormalStructure
 NODULE = codes.SCT.Nodule
 MANUFACTURER = MODEL_NAME = "lungseg"
 DEVICE_SERIAL = "none"
+logging.getLogger("highdicom").setLevel(logging.WARNING)  # INFO: a line per copied module
 
 
 def lungseg_version() -> str:
@@ -37,14 +39,34 @@ def lungseg_version() -> str:
         return "unknown"
 
 
+#: Patient/study attributes a SEG copies from its source (Type 2: present, may be empty). Many
+#: exports (and the sample data) leave some out; highdicom then fails, so absent ones are added
+#: empty to the in-memory copies (the source files are never written).
+TYPE2_FROM_SOURCE = (
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+)
+
+
 def read_sources(source_files: Sequence[str | os.PathLike[str]]) -> list[Dataset]:
     """The CT headers (no pixel data: highdicom needs only geometry and identifiers)."""
     datasets = []
     for path in source_files:
         try:
-            datasets.append(dcmread(path, stop_before_pixels=True))
+            ds = dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, EOFError, ValueError) as error:
             raise InputError(f"{path}: cannot read the source CT slice ({error})") from error
+        for keyword in TYPE2_FROM_SOURCE:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+        datasets.append(ds)
     return datasets
 
 

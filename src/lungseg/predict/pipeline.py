@@ -97,6 +97,14 @@ def predict_scan(scan: Scan, predictor: Predictor, folder: Path, steps: StepTime
         nodules = measure_nodules(
             scan.image, labels, probabilities, scan.spacing, scan.origin, scan.direction
         )
+        small = nodules["diameter_mm"] < predictor.settings.min_diameter_mm
+        if small.any():
+            logger.info("dropped %d segmented finding(s) under %g mm", int(small.sum()),
+                        predictor.settings.min_diameter_mm)
+            labels, probabilities = keep_labels(labels, nodules.loc[~small, "label"], probabilities)
+            nodules = measure_nodules(
+                scan.image, labels, probabilities, scan.spacing, scan.origin, scan.direction
+            )
     with steps("write"):
         write_csv_atomic(folder / "nodules.csv", nodules)
         geometry = (scan.spacing, scan.origin, scan.direction)
@@ -127,6 +135,14 @@ def predict_scan(scan: Scan, predictor: Predictor, folder: Path, steps: StepTime
     return nodules
 
 
+def keep_labels(labels: np.ndarray, keep, probabilities) -> tuple[np.ndarray, np.ndarray]:
+    """The label map with only ``keep`` (renumbered 1..N in order) and their probabilities."""
+    keep = [int(k) for k in keep]
+    lookup = np.zeros(int(labels.max(initial=0)) + 1, dtype=labels.dtype)
+    lookup[keep] = np.arange(1, len(keep) + 1)
+    return lookup[labels], np.asarray(probabilities)[[k - 1 for k in keep]]
+
+
 def _summary(scan: Scan, predictor: Predictor, nodules: pd.DataFrame, steps: StepTimes) -> dict:
     params = predictor.radiomics_params.read_bytes()
     return {
@@ -141,6 +157,7 @@ def _summary(scan: Scan, predictor: Predictor, nodules: pd.DataFrame, steps: Ste
         "operating_threshold": operating_threshold(predictor.detector),
         "segmenter": predictor.segmenter["name"],
         "mask_threshold": predictor.settings.mask_threshold,
+        "min_diameter_mm": predictor.settings.min_diameter_mm,
         "radiomics_params": str(predictor.radiomics_params),
         "radiomics_params_sha256": hashlib.sha256(params).hexdigest(),
         "nodules": len(nodules),

@@ -25,6 +25,7 @@ class PredictSettings(StageSettings):
     SECTIONS: ClassVar[tuple[str, ...]] = ("predict", "ingest")
 
     mask_threshold: float
+    min_diameter_mm: float
     radiomics_params: str
     device: str
     spacing_tolerance: float  # ingest's: a series is read as the workflow reads it
