@@ -113,7 +113,8 @@ def write_dicom_seg(
     for ds, source in zip(sources, source_files, strict=True):
         if (int(ds.Rows), int(ds.Columns)) != label_map.shape[1:]:
             raise InputError(
-                f"{source}: {ds.Rows} x {ds.Columns} pixels, the label map has {label_map.shape[1:]}"
+                f"{source}: {ds.Rows} x {ds.Columns} pixels, "
+                f"the label map's slices have {label_map.shape[1:]}"
             )
     version = lungseg_version()
     algorithm = hd.AlgorithmIdentificationSequence(

@@ -47,7 +47,7 @@ def affine_lps(
 def affine_ras(
     spacing: Sequence[float], origin: Sequence[float], direction: Sequence[float]
 ) -> np.ndarray:
-    """4x4 affine: NIfTI voxel index (i, j, k) = (x, y, z) -> RAS mm, as 3D Slicer and ITK read it."""
+    """4x4 affine: NIfTI voxel index (i, j, k) = (x, y, z) -> RAS mm (as Slicer and ITK read it)."""
     affine = affine_lps(spacing, origin, direction)
     affine[:3] = LPS_TO_RAS @ affine[:3]
     return affine

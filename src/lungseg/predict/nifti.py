@@ -54,7 +54,10 @@ def write_nifti(
     image.set_sform(affine, code=SCANNER)
     image.header.set_xyzt_units(xyz="mm")
     image.header["scl_slope"], image.header["scl_inter"] = 1.0, 0.0
-    with atomic_path(target) as tmp, open(tmp, "wb") as raw:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=1, mtime=0) as gz:
-            image.to_stream(gz)
+    with (
+        atomic_path(target) as tmp,
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=1, mtime=0) as gz,
+    ):
+        image.to_stream(gz)
     return target

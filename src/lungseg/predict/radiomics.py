@@ -47,7 +47,9 @@ def load_params(params: Params) -> dict[str, Any]:
         try:
             loaded = yaml.safe_load(Path(params).read_text())
         except OSError as error:
-            raise InputError(f"{where}: cannot read the radiomics parameter file ({error})") from error
+            raise InputError(
+                f"{where}: cannot read the radiomics parameter file ({error})"
+            ) from error
         except yaml.YAMLError as error:
             raise InputError(f"{where}: not valid YAML ({error})") from error
     if not isinstance(loaded, dict):
@@ -67,14 +69,16 @@ def feature_class(name: str) -> str:
 
 
 def feature_names(params: Params) -> list[str]:
-    """Every feature the settings enable, as pyradiomics names them (``original_<class>_<name>``)."""
+    """The features the settings enable, as pyradiomics names them: ``original_<class>_<name>``."""
     settings = load_params(params)
     classes = radiomics.getFeatureClasses()
     names = []
     for cls, chosen in (settings.get("featureClass") or {}).items():
         if cls not in classes:
             raise SettingsError(f"unknown pyradiomics feature class {cls!r}")
-        available = [n for n, deprecated in classes[cls].getFeatureNames().items() if not deprecated]
+        available = [
+            n for n, deprecated in classes[cls].getFeatureNames().items() if not deprecated
+        ]
         names += [f"{IMAGE_TYPE}_{cls}_{n}" for n in (chosen or sorted(available))]
     return names
 
