@@ -53,7 +53,11 @@ def matched_features(
             predicted_rows.append({"nodule_id": row.nodule_id, **mine.to_dict()})
             truth = reference.loc[int(labels.loc[row.nodule_id])]
             reference_rows.append({"nodule_id": row.nodule_id, **truth.to_dict()})
-    return pd.DataFrame(predicted_rows), pd.DataFrame(reference_rows)
+    empty = {"nodule_id": pd.Series([], dtype=str)}  # no match: the tables keep their key
+    return (
+        pd.DataFrame(predicted_rows) if predicted_rows else pd.DataFrame(empty),
+        pd.DataFrame(reference_rows) if reference_rows else pd.DataFrame(empty),
+    )
 
 
 def run_cascade(

@@ -71,8 +71,8 @@ def plot_radiomics_agreement(
     axes.set_title(f"Radiomics agreement on {matched} matched nodule(s); "
                    f"share of features with ICC >= {good} above each class")
     if matched < 3:
-        axes.text(0.5, 0.5, f"{matched} matched nodule(s): too few for an ICC",
-                  transform=axes.transAxes, ha="center", va="center", color="tab:red")
+        axes.text(0.99, 0.03, f"{matched} matched nodule(s): too few for a meaningful ICC",
+                  transform=axes.transAxes, ha="right", va="bottom", color="tab:red")
     axes.legend(fontsize=8, loc="lower left")
     axes.grid(axis="y", alpha=0.3)
     _save(figure, path)
