@@ -27,7 +27,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_PATHS = (
-    "Snakefile", "rules", "workflow_scripts", "schemas", "envs", "profiles", "report"
+    "Snakefile", "rules", "workflow_scripts", "schemas", "envs", "profiles", "report", "config"
 )  # fmt: skip
 REPLACED_KEYS = ("models", "patients")
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
