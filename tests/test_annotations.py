@@ -54,7 +54,7 @@ def scan_nodules(scan) -> list:
 def test_series_not_in_the_file_is_not_in_the_database(sample_lidc, tmp_path):
     scan = sample_lidc.scans[0]
     path = tmp_path / "a.h5"
-    write_annotations(path, [lidc.series_annotations(scan.series_uid)], 0.5)
+    write_annotations(path, [lidc.series_annotations(scan.series_uid, 0.5)], 0.5)
     assert read_series_annotations(path, "1.2.3.4") is None
 
 
@@ -83,7 +83,7 @@ def test_a_file_of_another_format_is_refused_clearly(sample_lidc, tmp_path):
 
 def test_shape_and_slice_mismatches_name_the_series(sample_lidc):
     scan = sample_lidc.scans[0]
-    stored = lidc.series_annotations(scan.series_uid)
+    stored = lidc.series_annotations(scan.series_uid, 0.5)
     z = scan.slice_zvals
     with pytest.raises(ValueError, match=f"{scan.series_uid}: slices are"):
         place_nodules(stored, z, (len(z), 256, 256))

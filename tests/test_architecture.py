@@ -13,7 +13,7 @@ import pytest
 
 import lungseg
 from lungseg.config_checks import JOB_SETTINGS
-from lungseg.core.settings import StageSettings, section_schema
+from lungseg.core.settings import StageSettings, load_schema, section_schema
 from lungseg.detection.settings import DetectorSettings, VolumeSettings
 from lungseg.training.settings import VariantSettings
 
@@ -126,3 +126,223 @@ def test_settings_from_an_empty_config_are_the_schema_defaults(cls: type[StageSe
     settings = cls.from_config({})
     for name, (_section, schema) in cls.field_sections().items():
         assert settings.to_config()[name] == schema["default"], name
+
+
+# --- defaults live in the schema only (issue 15) ---------------------------------------------
+
+#: Parameter names that stand for a config key under another name.
+PARAMETER_ALIASES = {"tolerance": "spacing_tolerance", "workers": "index_workers"}
+
+#: (module.function, parameter) or ("*", parameter) -> why its default may equal a schema
+#: default. Keep it short; the test also fails on an entry that no longer matches anything.
+ALLOWED_SCHEMA_DEFAULTS = {
+    ("*", "threads"): "the job's thread count (Snakemake threads, the CLI's --threads), not a "
+    "setting; resources.threads sizes the job and the function takes what the job got",
+    ("lungseg.training.trainer.train", "device"): "training has no device key (the keys named "
+    "device belong to other sections); auto is the train job's behaviour, not a repeat",
+    ("lungseg.dataset.crops.cut_crop", "mask_interpolation"): "predict/segment.py (predict "
+    "branch) calls it without one for an all-zero mask; write_crops passes crops' value",
+    ("lungseg.detection.froc.limit_candidates", "max_candidates"): "detection/ is edited on "
+    "another branch; follow-up: pass DetectorSettings.max_candidates",
+    ("lungseg.detection.froc.froc_entries", "max_candidates"): "detection/, as above",
+    ("lungseg.detection.froc.bootstrap", "seed"): "detection/, as above (bootstrap_seed)",
+    ("lungseg.predict.series.find_series", "spacing_tolerance"): "predict/ is edited on "
+    "another branch; follow-up: pass the ingest settings' value",
+    ("lungseg.predict.series.read_scan", "spacing_tolerance"): "predict/, as above",
+}
+
+
+def schema_leaf_defaults() -> dict[str, list[tuple[str, object]]]:
+    """Config key name -> ``[(dotted key, default)]`` of every leaf key with a non-null default."""
+    leaves: dict[str, list[tuple[str, object]]] = {}
+
+    def walk(node: dict, path: tuple[str, ...]) -> None:
+        for key, sub in node.get("properties", {}).items():
+            if "properties" in sub:
+                walk(sub, (*path, key))
+            elif sub.get("default") is not None:
+                leaves.setdefault(key, []).append((".".join((*path, key)), sub["default"]))
+
+    walk(load_schema(), ())
+    return leaves
+
+
+def _comparable(value: object) -> object:
+    """Lists and tuples alike, 3 == 3.0, but True is no 1."""
+    if isinstance(value, (list, tuple)):
+        return ("seq", tuple(_comparable(v) for v in value))
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, (int, float)):
+        return ("number", float(value))
+    return (type(value).__name__, value)
+
+
+UNRESOLVED = object()
+
+
+def module_trees() -> dict[str, ast.Module]:
+    trees = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        trees[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = ast.parse(
+            path.read_text()
+        )
+    return trees
+
+
+def static_value(trees: dict[str, ast.Module], module: str, node: ast.expr, depth: int = 0):
+    """A literal, or a module constant bound to one (here or imported from lungseg); else
+    UNRESOLVED (e.g. a value read from the schema at import time)."""
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        pass
+    if not isinstance(node, ast.Name) or module not in trees or depth > 8:
+        return UNRESOLVED
+    for statement in trees[module].body:
+        if isinstance(statement, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == node.id for t in statement.targets
+        ):
+            return static_value(trees, module, statement.value, depth + 1)
+        if (
+            isinstance(statement, ast.AnnAssign)
+            and isinstance(statement.target, ast.Name)
+            and statement.target.id == node.id
+            and statement.value is not None
+        ):
+            return static_value(trees, module, statement.value, depth + 1)
+        if isinstance(statement, ast.ImportFrom) and statement.module and statement.level == 0:
+            for alias in statement.names:
+                if (alias.asname or alias.name) == node.id:
+                    return static_value(trees, statement.module, ast.Name(alias.name), depth + 1)
+    return UNRESOLVED
+
+
+def parameter_defaults(function: ast.FunctionDef | ast.AsyncFunctionDef):
+    """``(name, default node)`` of every parameter with a default."""
+    args = function.args
+    positional = args.posonlyargs + args.args
+    with_default = positional[len(positional) - len(args.defaults) :]
+    yield from zip(with_default, args.defaults, strict=True)
+    keyword = zip(args.kwonlyargs, args.kw_defaults, strict=True)
+    yield from ((a, d) for a, d in keyword if d is not None)
+
+
+def fallback_literals(function: ast.AST):
+    """``(name, literal node)`` of ``name if name is not None else literal`` (either order),
+    ``name or literal`` and ``mapping.get("name", literal)`` / ``getattr(x, "name", literal)``."""
+
+    def name_of(node: ast.expr) -> str | None:
+        return node.id if isinstance(node, ast.Name) else getattr(node, "attr", None)
+
+    for node in ast.walk(function):
+        if isinstance(node, ast.IfExp) and isinstance(node.test, ast.Compare):
+            test = node.test
+            if (
+                len(test.ops) == 1
+                and isinstance(test.ops[0], (ast.Is, ast.IsNot))
+                and isinstance(test.comparators[0], ast.Constant)
+                and test.comparators[0].value is None
+                and (name := name_of(test.left))
+            ):
+                yield from ((name, branch) for branch in (node.body, node.orelse))
+        elif isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or):
+            if len(node.values) == 2 and (name := name_of(node.values[0])):
+                yield name, node.values[1]
+        elif isinstance(node, ast.Call) and len(node.args) >= 2:
+            func = node.func
+            is_get = isinstance(func, ast.Attribute) and func.attr in ("get", "setdefault", "pop")
+            is_getattr = isinstance(func, ast.Name) and func.id == "getattr" and len(node.args) == 3
+            key = node.args[1] if is_getattr else node.args[0] if is_get else None
+            if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                yield key.value, node.args[-1]
+
+
+def functions(node: ast.AST, prefix: str):
+    """``(qualified name, node)`` of every function under ``node`` (methods as Class.name)."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield f"{prefix}.{child.name}", child
+            yield from functions(child, f"{prefix}.{child.name}")
+        elif isinstance(child, ast.ClassDef):
+            yield from functions(child, f"{prefix}.{child.name}")
+        else:
+            yield from functions(child, prefix)
+
+
+def schema_default_repeats() -> tuple[list[str], set[tuple[str, str]]]:
+    """``"module.function(name=default) repeats key"`` lines, and the allow-list entries used."""
+    leaves = schema_leaf_defaults()
+    trees = module_trees()
+    found, used = [], set()
+    for module, tree in trees.items():
+        for where, function in functions(tree, module):
+            candidates = [(a.arg, d, "=") for a, d in parameter_defaults(function)]
+            candidates += [(n, d, " falls back to ") for n, d in fallback_literals(function)]
+            for name, node, how in candidates:
+                key = PARAMETER_ALIASES.get(name, name)
+                value = static_value(trees, module, node)
+                if key not in leaves or value is None or value is UNRESOLVED:
+                    continue
+                repeats = [k for k, d in leaves[key] if _comparable(d) == _comparable(value)]
+                if not repeats:
+                    continue
+                allowed = {(where, name), ("*", name)} & set(ALLOWED_SCHEMA_DEFAULTS)
+                if allowed:
+                    used |= allowed
+                    continue
+                found.append(
+                    f"{where}:{node.lineno} {name}{how}{ast.unparse(node)} repeats "
+                    f"the schema default of {', '.join(repeats)}"
+                )
+    return sorted(set(found)), used
+
+
+def test_no_function_repeats_a_schema_default():
+    found, used = schema_default_repeats()
+    assert found == [], "defaults live in the schema only:\n" + "\n".join(found)
+    stale = sorted(set(ALLOWED_SCHEMA_DEFAULTS) - used)
+    assert stale == [], f"allow-list entries that match nothing any more: {stale}"
+
+
+def test_the_schema_default_check_finds_a_repeat(tmp_path):
+    tree = ast.parse(
+        "C = 0.5\n"
+        "def f(a, consensus_level=C, *, size=(32, 32, 32), tolerance=0.05, seed=None):\n"
+        "    return a if a is not None else 0.5\n"
+        "def g(spacing_tolerance=0.1, d=None):\n"
+        "    return d.get('mask_interpolation', 'linear')\n"
+    )
+    leaves = schema_leaf_defaults()
+    trees = {"m": tree}
+    hits = set()
+    for function in tree.body[1:]:
+        pairs = [(a.arg, d) for a, d in parameter_defaults(function)]
+        pairs += list(fallback_literals(function))
+        for name, node in pairs:
+            key = PARAMETER_ALIASES.get(name, name)
+            value = static_value(trees, "m", node)
+            if key in leaves and any(_comparable(d) == _comparable(value) for _, d in leaves[key]):
+                hits.add(name)
+    assert hits == {"consensus_level", "size", "tolerance", "mask_interpolation"}
+
+
+def test_trainer_and_model_views_are_variant_keys_without_defaults():
+    """TrainingSettings and ModelSettings are views of a variant's settings dict (the detection
+    trainer passes its own keys through them): their keys are VariantSettings' under the same
+    types, and a key left out takes the schema's default (from_dict), not one of theirs."""
+    from lungseg.nets.models import ModelSettings
+    from lungseg.training.trainer import TrainingSettings
+
+    variant = {f.name: f.type for f in dataclasses.fields(VariantSettings)}
+    for cls, own in ((TrainingSettings, set()), (ModelSettings, {"lean_memory"})):
+        for field in dataclasses.fields(cls):
+            if field.name in own:  # no config key (the benchmark's stock-iunets variant)
+                continue
+            assert variant.get(field.name) == field.type, f"{cls.__name__}.{field.name}"
+            assert field.default is dataclasses.MISSING, f"{cls.__name__}.{field.name}"
+        defaults = VariantSettings.from_config({}).to_config()
+        view = cls.from_dict({})
+        for name in {f.name for f in dataclasses.fields(cls)} - own:
+            assert getattr(view, name) == defaults[name], f"{cls.__name__}.{name}"

@@ -7,9 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import ndimage
+from test_ingest import convert_keywords, index_keywords
 
 from lungseg.cli import main
 from lungseg.dataset.crops import AIR_HU, CONTRACT_COLUMNS, crop_geometry, write_crops
+from lungseg.dataset.settings import CropSettings
 from lungseg.dataset.split import REQUIRED_COLUMNS
 from lungseg.figures.crops import crops_overview_figure, pick_rows, save_crops_overview
 from lungseg.ingest.convert import convert_series, series_paths
@@ -19,6 +21,13 @@ from lungseg.ingest.settings import CohortCriteria
 from lungseg.io.hdf5 import read_volume, write_volume
 
 PATIENT, SERIES = "LIDC-IDRI-9001", "1.2.826.0.1.3680043.8.498.7001"
+
+
+def crop_keywords(**given) -> dict:
+    """write_crops' settings: the schema's (CropSettings), native spacing unless ``given``."""
+    settings = CropSettings.from_config({}).to_config()
+    keywords = {key: settings[key] for key in ("size", "mask_interpolation", "compression")}
+    return {**keywords, "target_spacing": None, **given}
 
 
 def nodule_rows(mask: np.ndarray, patient: str, series: str, diameters: dict) -> pd.DataFrame:
@@ -94,7 +103,11 @@ def test_native_crops_are_centred_padded_and_equal_the_volume_cut(tmp_path, size
         tmp_path, NATIVE_SHAPE, NATIVE_SPACING, NATIVE_CENTRES, NATIVE_RADII
     )
     table = write_crops(
-        nodules_csv, volumes, tmp_path / "c.h5", tmp_path / "c.csv", size, (None, None, None)
+        nodules_csv,
+        volumes,
+        tmp_path / "c.h5",
+        tmp_path / "c.csv",
+        **crop_keywords(size=size, target_spacing=(None, None, None)),
     )
     crops = read_crops(tmp_path / "c.h5")
     with h5py.File(tmp_path / "c.h5", "r") as file:
@@ -162,9 +175,7 @@ def test_resampling_preserves_physical_size_and_position(tmp_path, target, size,
         volumes,
         tmp_path / "c.h5",
         tmp_path / "c.csv",
-        size=size,
-        target_spacing=target,
-        mask_interpolation=interpolation,
+        **crop_keywords(size=size, target_spacing=target, mask_interpolation=interpolation),
     )
     crop = read_crops(tmp_path / "c.h5")
     row = table.iloc[0]
@@ -236,7 +247,13 @@ def test_bad_input_names_the_file(tmp_path, change, error, message):
         table["centroid_x"] = 80.0
     table.to_csv(nodules_csv, index=False)
     with pytest.raises(error, match=message) as raised:
-        write_crops(nodules_csv, volumes, tmp_path / "c.h5", tmp_path / "c.csv", size=(4, 4, 4))
+        write_crops(
+            nodules_csv,
+            volumes,
+            tmp_path / "c.h5",
+            tmp_path / "c.csv",
+            **crop_keywords(size=(4, 4, 4)),
+        )
     assert f"{SERIES}.h5" in str(raised.value)
     assert not (tmp_path / "c.h5").exists()  # atomic: nothing half-written
 
@@ -245,13 +262,15 @@ def test_bad_input_names_the_file(tmp_path, change, error, message):
 def sample_nodules(sample_lidc, tmp_path_factory):
     """The sample scans indexed, converted and merged into nodules.csv as the workflow does."""
     base = tmp_path_factory.mktemp("crops_sample")
-    series = write_index(sample_lidc.lidc_root, base / "series.csv", base / "files.csv")
+    series = write_index(
+        sample_lidc.lidc_root, base / "series.csv", base / "files.csv", **index_keywords()
+    )
     tables = []
     for row in series.itertuples():
         out = base / "volumes" / row.patient_id
         paths = series_paths(base / "files.csv", row.series_uid)
         tables.append(out / f"{row.series_uid}.nodules.csv")
-        convert_series(paths, out / f"{row.series_uid}.h5", tables[-1])
+        convert_series(paths, out / f"{row.series_uid}.h5", tables[-1], **convert_keywords())
     # The sample scans have 3 and 5 mm slices; admit them so that the cohort is not empty.
     nodules = merge_nodule_tables(
         tables,
@@ -274,7 +293,7 @@ def test_crops_of_real_sample_volumes(sample_nodules, tmp_path):
         sample_nodules / "volumes",
         tmp_path / "crops.h5",
         tmp_path / "crops.csv",
-        size=size,
+        **crop_keywords(size=size),
     )
     assert table["nodule_id"].tolist() == sorted(cohort["nodule_id"])
     crops = read_crops(tmp_path / "crops.h5")
@@ -297,8 +316,7 @@ def test_crops_of_real_sample_volumes(sample_nodules, tmp_path):
         sample_nodules / "volumes",
         tmp_path / "iso.h5",
         tmp_path / "iso.csv",
-        size=(24, 24, 24),
-        target_spacing=(1.0, 1.0, 1.0),
+        **crop_keywords(size=(24, 24, 24), target_spacing=(1.0, 1.0, 1.0)),
     )
     assert (resampled["mask_voxels"] > 0).all()
     save_crops_overview(tmp_path / "iso.h5", tmp_path / "iso.csv", tmp_path / "overview.png")
@@ -309,7 +327,13 @@ def test_overview_figure_shows_a_spread_of_sizes(tmp_path):
     nodules_csv, volumes, _, _ = write_case(
         tmp_path, NATIVE_SHAPE, NATIVE_SPACING, NATIVE_CENTRES, NATIVE_RADII
     )
-    write_crops(nodules_csv, volumes, tmp_path / "c.h5", tmp_path / "c.csv", size=(8, 16, 16))
+    write_crops(
+        nodules_csv,
+        volumes,
+        tmp_path / "c.h5",
+        tmp_path / "c.csv",
+        **crop_keywords(size=(8, 16, 16)),
+    )
     split = pd.read_csv(tmp_path / "c.csv")[["nodule_id", "patient_id"]].assign(subset="val")
     split.to_csv(tmp_path / "split.csv", index=False)
     figure = crops_overview_figure(tmp_path / "c.h5", tmp_path / "c.csv", tmp_path / "split.csv", 3)

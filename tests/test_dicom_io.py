@@ -18,7 +18,7 @@ from pydicom.uid import (
 )
 
 from lungseg.ingest.dicom import DicomFileError, read_header, scan_folder
-from lungseg.ingest.pixels import _native_pixels, read_hu, read_series
+from lungseg.ingest.pixels import SPACING_TOLERANCE, _native_pixels, read_hu, read_series
 from lungseg.ingest.series import group_by_series, plan_series
 from lungseg.ingest.status import STATUS_EXCLUDED, STATUS_OK, STATUS_SKIPPED
 
@@ -90,7 +90,7 @@ def write_series(folder: Path, zs, **kwargs) -> list[Path]:
     ]
 
 
-def _plan(folder: Path, tolerance: float = 0.05):
+def _plan(folder: Path, tolerance: float = SPACING_TOLERANCE):
     headers, problems, _ = scan_folder(folder)
     groups = group_by_series(headers)
     assert len(groups) == 1, groups.keys()
@@ -157,7 +157,7 @@ def test_series_grouped_by_uid_not_by_folder(tmp_path):
     headers, _, _ = scan_folder(tmp_path)
     groups = group_by_series(headers)
     assert sorted(groups) == ["1.2.3.1", "1.2.3.2"]
-    assert plan_series(groups["1.2.3.1"]).z_positions == [0, 2.5, 5, 7.5]
+    assert plan_series(groups["1.2.3.1"], SPACING_TOLERANCE).z_positions == [0, 2.5, 5, 7.5]
 
 
 def test_non_dicom_and_unreadable_files_are_skipped_and_named(tmp_path):

@@ -19,10 +19,13 @@ from workflow_helpers import copy_workflow
 
 from lungseg.cli import main
 from lungseg.evaluation import evaluate as evaluation
+from lungseg.evaluation.settings import EvaluationSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SPACING = (2.5, 0.7, 0.7)
 SIZE = 16
+#: The schema's evaluation settings (what an empty config gives).
+EVALUATION = EvaluationSettings.from_config({})
 # nodule id, patient, radius (voxels), diameter_mm (table), subset
 CROPS = [
     ("P0_n01", "P0", 2, 4.0, "train"),
@@ -98,7 +101,9 @@ def test_perfect_prediction_scores_one_and_other_nodules_are_not_errors(trained)
     masks, other = arrays["mask"][rows], arrays["other"][rows]
     # the model also finds the neighbouring nodule of crop P1_n01: not counted against it
     probabilities = ((masks | other) > 0).astype(np.float32)
-    frame = evaluation.score_predictions(probabilities, masks, other, val_table(directory))
+    frame = evaluation.score_predictions(
+        probabilities, masks, other, val_table(directory), EVALUATION.threshold
+    )
     assert list(frame.columns) == evaluation.EVALUATION_COLUMNS
     assert list(frame["nodule_id"]) == VAL
     assert (frame["dice"] == 1).all() and (frame["iou"] == 1).all()
@@ -201,13 +206,13 @@ def test_evaluate_runs_the_checkpoint_on_the_validation_crops(trained, tmp_path)
     assert outputs[0][0].read_bytes() == outputs[1][0].read_bytes()  # deterministic
 
     ids, probabilities, threshold = evaluation.read_predictions(outputs[0][1])
-    assert ids == VAL and threshold == 0.5
+    assert ids == VAL and threshold == EVALUATION.threshold
     model, settings = load_model(directory / "model" / "best.pt")
     rows = [i for i, c in enumerate(CROPS) if c[4] == "val"]
-    expected = predict(model, arrays["image"][rows], settings)
+    expected = predict(model, arrays["image"][rows], settings, EVALUATION.batch_size)
     np.testing.assert_allclose(probabilities, expected, atol=1e-3)  # stored as float16
     rescored = evaluation.score_predictions(
-        expected, arrays["mask"][rows], arrays["other"][rows], val_table(directory)
+        expected, arrays["mask"][rows], arrays["other"][rows], val_table(directory), threshold
     )
     np.testing.assert_allclose(frame["dice"], rescored["dice"], atol=1e-6)
 

@@ -21,6 +21,7 @@ import pandas as pd
 import pydicom
 import pytest
 from test_dicom_io import write_series
+from test_ingest import index_keywords
 
 from lungseg.core.atomic import write_csv_atomic, write_text_atomic
 from lungseg.core.errors import InputError, OutputError
@@ -52,7 +53,7 @@ def patient(root: Path, number: int, zs=(0.0, 2.5, 5.0, 7.5)) -> tuple[str, list
 def index(root: Path, out: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     write_index(
         root, out / "series.csv", out / "files.csv", out / "unreadable.csv",
-        check_annotation_db=False,
+        check_annotation_db=False, **index_keywords(),
     )  # fmt: skip
     read = lambda name: pd.read_csv(out / name, dtype=str, keep_default_na=False)  # noqa: E731
     return read("series.csv"), read("files.csv"), read("unreadable.csv")
@@ -115,7 +116,7 @@ def _unreadable_index(raw: Path, out: Path) -> subprocess.CompletedProcess:
     code = (
         "import sys; from lungseg.ingest.index import write_index; from lungseg.core.log import "
         "setup_logging; setup_logging(); write_index(sys.argv[1], *sys.argv[2:5], "
-        "check_annotation_db=False)"
+        f"check_annotation_db=False, **{index_keywords()!r})"
     )
     argv = [sys.executable, "-c", code, str(raw), *(str(out / n) for n in
             ("series.csv", "files.csv", "unreadable.csv"))]  # fmt: skip

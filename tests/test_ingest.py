@@ -23,7 +23,12 @@ from lungseg.core.errors import InputError
 from lungseg.ingest.convert import convert_series, extract_annotations, series_paths
 from lungseg.ingest.index import write_index
 from lungseg.ingest.nodules import merge_nodule_tables
-from lungseg.ingest.settings import CohortCriteria
+from lungseg.ingest.settings import (
+    AnnotationSettings,
+    CohortCriteria,
+    ConvertSettings,
+    IndexSettings,
+)
 from lungseg.ingest.tables import NODULE_COLUMNS
 from lungseg.io.hdf5 import read_volume
 
@@ -38,6 +43,21 @@ QUIRKS = {
     "1.2.826.0.1.3680043.8.498.105": ("dup", "ok", "duplicate positions"),
     "1.2.826.0.1.3680043.8.498.106": ("unsigned", "ok", ""),
 }
+
+
+def index_keywords(**given) -> dict:
+    """write_index's settings: the schema's (IndexSettings), one worker process in tests."""
+    settings = IndexSettings.from_config({})
+    chosen = {"spacing_tolerance": settings.spacing_tolerance, "workers": 1}
+    return {**chosen, "exclude_irregular": settings.exclude_irregular, **given}
+
+
+def convert_keywords(annotations=None, **given) -> dict:
+    """convert_series' settings: the schema's (ConvertSettings); without an annotations file
+    pylidc is asked at the schema's consensus level (AnnotationSettings)."""
+    level = None if annotations else AnnotationSettings.from_config({}).consensus_level
+    settings = ConvertSettings.from_config({}).to_config()
+    return {"annotations": annotations, "consensus_level": level, **settings, **given}
 
 
 def write_quirky_tree(root: Path) -> None:
@@ -89,7 +109,7 @@ def quirky(tmp_path_factory):
     raw = base / "raw"
     write_quirky_tree(raw)
     hashes = tree_hashes(raw)
-    series = write_index(raw, base / "series.csv", base / "files.csv")
+    series = write_index(raw, base / "series.csv", base / "files.csv", **index_keywords())
     return {"raw": raw, "base": base, "series": series, "hashes": hashes}
 
 
@@ -107,7 +127,9 @@ def test_index_lists_files_and_names_skipped_ones(quirky, caplog):
     assert len(files) == len(list(quirky["raw"].rglob("*.dcm")))
     assert set(files["series_uid"]) == set(QUIRKS)
     with caplog.at_level(logging.INFO):
-        write_index(quirky["raw"], quirky["base"] / "s2.csv", quirky["base"] / "f2.csv")
+        write_index(
+            quirky["raw"], quirky["base"] / "s2.csv", quirky["base"] / "f2.csv", **index_keywords()
+        )
     assert "readme.txt" in caplog.text
     assert "1 non-DICOM/unreadable files skipped" in caplog.text
 
@@ -115,7 +137,7 @@ def test_index_lists_files_and_names_skipped_ones(quirky, caplog):
 def test_empty_folder_fails_with_clear_error(tmp_path):
     (tmp_path / "raw").mkdir()
     with pytest.raises(InputError, match="no DICOM series found"):
-        write_index(tmp_path / "raw", tmp_path / "s.csv", tmp_path / "f.csv")
+        write_index(tmp_path / "raw", tmp_path / "s.csv", tmp_path / "f.csv", **index_keywords())
 
 
 @pytest.mark.parametrize(
@@ -132,7 +154,10 @@ def test_empty_folder_fails_with_clear_error(tmp_path):
 def test_convert_writes_volume_and_empty_nodule_table(quirky, uid, n_slices, first_hu):
     out = quirky["base"] / "volumes"
     plan = convert_series(
-        series_paths(quirky["base"] / "files.csv", uid), out / f"{uid}.h5", out / f"{uid}.csv"
+        series_paths(quirky["base"] / "files.csv", uid),
+        out / f"{uid}.h5",
+        out / f"{uid}.csv",
+        **convert_keywords(),
     )
     image, mask, attrs = read_volume(out / f"{uid}.h5")
     assert image.shape == (n_slices, 16, 16) and image.dtype == np.int16
@@ -151,16 +176,18 @@ def test_convert_refuses_a_skipped_series(quirky):
     uid = "1.2.826.0.1.3680043.8.498.104"
     paths = series_paths(quirky["base"] / "files.csv", uid)
     with pytest.raises(ValueError, match="mixed matrix sizes"):
-        convert_series(paths, quirky["base"] / "x.h5", quirky["base"] / "x.csv")
+        convert_series(
+            paths, quirky["base"] / "x.h5", quirky["base"] / "x.csv", **convert_keywords()
+        )
     assert not (quirky["base"] / "x.h5").exists()
 
 
 def test_raw_files_are_never_modified(quirky):
     out = quirky["base"] / "again"
-    write_index(quirky["raw"], out / "series.csv", out / "files.csv")
+    write_index(quirky["raw"], out / "series.csv", out / "files.csv", **index_keywords())
     for uid in ("1.2.826.0.1.3680043.8.498.101", "1.2.826.0.1.3680043.8.498.105"):
         paths = series_paths(out / "files.csv", uid)
-        convert_series(paths, out / f"{uid}.h5", out / f"{uid}.csv")
+        convert_series(paths, out / f"{uid}.h5", out / f"{uid}.csv", **convert_keywords())
     assert tree_hashes(quirky["raw"]) == quirky["hashes"]
 
 
@@ -255,7 +282,9 @@ def test_snakemake_fans_out_over_the_index_and_survives_bad_series(tmp_path):
 def converted(sample_lidc, tmp_path_factory):
     """Index and convert the sample scans the way the workflow does."""
     base = tmp_path_factory.mktemp("converted")
-    series = write_index(sample_lidc.lidc_root, base / "series.csv", base / "files.csv")
+    series = write_index(
+        sample_lidc.lidc_root, base / "series.csv", base / "files.csv", **index_keywords()
+    )
     extract_annotations(base / "series.csv", base / "annotations.h5", 0.5)
     volumes = {}
     for row in series.itertuples():
@@ -264,7 +293,7 @@ def converted(sample_lidc, tmp_path_factory):
             series_paths(base / "files.csv", row.series_uid),
             out / f"{row.series_uid}.h5",
             out / f"{row.series_uid}.nodules.csv",
-            annotations=base / "annotations.h5",
+            **convert_keywords(base / "annotations.h5"),
         )
         volumes[row.series_uid] = out / f"{row.series_uid}.h5"
     return {"base": base, "series": series, "volumes": volumes}
@@ -273,7 +302,7 @@ def converted(sample_lidc, tmp_path_factory):
 def test_convert_from_the_annotation_file_equals_asking_pylidc(sample_lidc, converted, tmp_path):
     for scan in sample_lidc.scans:
         paths = series_paths(converted["base"] / "files.csv", scan.series_uid)
-        convert_series(paths, tmp_path / "direct.h5", tmp_path / "direct.csv", consensus_level=0.5)
+        convert_series(paths, tmp_path / "direct.h5", tmp_path / "direct.csv", **convert_keywords())
         stored = converted["volumes"][scan.series_uid]
         image, mask, attrs = read_volume(stored)
         direct_image, direct_mask, direct_attrs = read_volume(tmp_path / "direct.h5")
@@ -322,7 +351,7 @@ def test_a_series_pylidc_fails_on_fails_only_its_own_convert(
     broken, fine = sample_lidc.scans[0].series_uid, sample_lidc.scans[1].series_uid
     real = lidc.series_annotations
 
-    def flaky(series_uid, consensus_level=0.5):
+    def flaky(series_uid, consensus_level):
         if series_uid == broken:
             raise RuntimeError("contour table corrupt")
         return real(series_uid, consensus_level)
@@ -332,11 +361,17 @@ def test_a_series_pylidc_fails_on_fails_only_its_own_convert(
     assert extract_annotations(base / "series.csv", tmp_path / "a.h5", 0.5) == 2
     files = base / "files.csv"
     convert_series(
-        series_paths(files, fine), tmp_path / "f.h5", tmp_path / "f.csv", tmp_path / "a.h5"
+        series_paths(files, fine),
+        tmp_path / "f.h5",
+        tmp_path / "f.csv",
+        **convert_keywords(tmp_path / "a.h5"),
     )
     with pytest.raises(ValueError, match=rf"a.h5: the annotations of series {broken}.*corrupt"):
         convert_series(
-            series_paths(files, broken), tmp_path / "b.h5", tmp_path / "b.csv", tmp_path / "a.h5"
+            series_paths(files, broken),
+            tmp_path / "b.h5",
+            tmp_path / "b.csv",
+            **convert_keywords(tmp_path / "a.h5"),
         )
     assert not (tmp_path / "b.h5").exists()
 
@@ -481,14 +516,19 @@ def test_missing_annotated_slice_excludes_series_and_convert_survives(
     for path in copy.iterdir():
         if float(pydicom.dcmread(path, stop_before_pixels=True).ImagePositionPatient[2]) == z_drop:
             path.unlink()
-    series = write_index(tmp_path / "raw", tmp_path / "series.csv", tmp_path / "files.csv")
+    series = write_index(
+        tmp_path / "raw", tmp_path / "series.csv", tmp_path / "files.csv", **index_keywords()
+    )
     row = series.iloc[0]
     assert row["status"] == "excluded"
     assert (
         f"1 of {scan.n_slices} slice positions of the annotation database absent" in row["reason"]
     )
     plan = convert_series(
-        series_paths(tmp_path / "files.csv", scan.series_uid), tmp_path / "v.h5", tmp_path / "v.csv"
+        series_paths(tmp_path / "files.csv", scan.series_uid),
+        tmp_path / "v.h5",
+        tmp_path / "v.csv",
+        **convert_keywords(),
     )
     _, mask, attrs = read_volume(tmp_path / "v.h5")
     assert not mask.any() and pd.read_csv(tmp_path / "v.csv").empty

@@ -218,7 +218,7 @@ def test_no_dicom_file_is_read_and_no_pylidcrc_written(monkeypatch, tmp_path, sm
 
     monkeypatch.setattr(pydicom, "dcmread", refuse)
     shape = (small_scan.n_slices, 512, 512)
-    lidc.nodules_for_series(small_scan.series_uid, small_scan.slice_zvals, shape)
+    lidc.nodules_for_series(small_scan.series_uid, small_scan.slice_zvals, shape, 0.5)
     lidc.nodule_summaries(small_scan.series_uid)
     lidc.scans_for_patient(small_scan.patient_id)
     assert not list(tmp_path.iterdir())  # pylidc writes ~/.pylidcrc when it looks for DICOM

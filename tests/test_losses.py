@@ -146,7 +146,9 @@ TARGET_8[0, 0, 2:6, 2:6, 2:6] = 1
     ],
 )
 def test_multi_scale_weighting(scale_weights, expected):
-    loss = MultiScaleLoss("bce", n_scales=3, scale_weights=scale_weights)
+    loss = MultiScaleLoss(
+        "bce", n_scales=3, scale_weights=scale_weights, target_downsampling="maxpool"
+    )
     assert loss(three_scale_logits(), TARGET_8).item() == pytest.approx(expected, rel=1e-6)
 
 
@@ -160,7 +162,7 @@ def test_multi_scale_targets_follow_each_scale():
 
 
 def test_learned_weights_are_uncertainty_weights_with_gradients():
-    loss = MultiScaleLoss("bce", n_scales=3, scale_weights="learned")
+    loss = MultiScaleLoss("bce", n_scales=3, scale_weights="learned", target_downsampling="maxpool")
     with torch.no_grad():
         loss.log_variances.copy_(torch.tensor([math.log(2), 0.0, -1.0]))
     value = loss(three_scale_logits(), TARGET_8)

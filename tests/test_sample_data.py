@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from lungseg.cli import main
 from lungseg.lidc import adapter as lidc
-from lungseg.sample.generate import storage_kind
+from lungseg.sample.generate import LESION_CONSENSUS, storage_kind
 
 REPO = Path(__file__).resolve().parents[1]
 ARTEFACTS = Path(__file__).parent / "artefacts"
@@ -49,7 +49,7 @@ def volumes(sample_lidc):
     result = []
     for scan in sample_lidc.scans:
         hu, z, datasets = _read_volume(_series_files(sample_lidc.lidc_root, scan))
-        nodules = lidc.nodules_for_series(scan.series_uid, z, hu.shape)
+        nodules = lidc.nodules_for_series(scan.series_uid, z, hu.shape, LESION_CONSENSUS)
         result.append((scan, hu, z, datasets, nodules))
     return result
 

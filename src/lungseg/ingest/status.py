@@ -9,7 +9,7 @@ STATUS_EXCLUDED = "excluded"  # converted, not used for training (reason says wh
 STATUS_SKIPPED = "skipped"  # not converted (reason says why)
 
 
-def spacing_problem(z_positions: list[float], tolerance: float = 0.05) -> str | None:
+def spacing_problem(z_positions: list[float], tolerance: float) -> str | None:
     """Why sorted, distinct slice positions are not evenly spaced, or None when they are.
 
     A gap that deviates from the median spacing by more than ``tolerance`` (a fraction) is a

@@ -24,6 +24,7 @@ import numpy as np
 
 from lungseg.core.atomic import atomic_path
 from lungseg.core.errors import InputError, MissingFileError
+from lungseg.core.settings import schema_defaults
 
 #: How to rebuild each kind of HDF5 file of the workflow (named in the errors below).
 REBUILD_VOLUME = (
@@ -34,11 +35,11 @@ REBUILD_CROPS = "`snakemake crops` (the crops are made again from the volumes)"
 #: Compression codecs (benchmarked in docs/ingestion.md: Blosc/Zstd-1 writes ~8x faster than
 #: gzip-4 at a slightly better ratio; Blosc/LZ4 writes ~2x faster again at a ~20 % worse ratio).
 COMPRESSIONS = ("blosc-lz4", "blosc-zstd", "gzip", "lzf", "none")
-#: Default of crops.h5 (small, written once, read every epoch: ratio first).
-DEFAULT_COMPRESSION = "blosc-zstd"
-#: Default of the volumes: conversion speed first (twice Blosc/Zstd-1's write and read speed
-#: for ~23 % larger files; the ingestion throughput aim asks for speed; docs/ingestion.md).
-DEFAULT_VOLUME_COMPRESSION = "blosc-lz4"
+#: The schema's ingest.compression (blosc-lz4: conversion speed first, twice Blosc/Zstd-1's write
+#: and read speed for ~23 % larger files; docs/ingestion.md); crops.compression's is blosc-zstd
+#: (small, written once, read every epoch: ratio first). Read from the schema, not repeated:
+#: the default of write_volume for callers without settings (tests, benchmarks).
+DEFAULT_VOLUME_COMPRESSION: str = schema_defaults("ingest")["compression"]
 #: Chunk shape (z, y, x): a 64^3 crop touches few chunks; 256 KiB of int16 per chunk.
 DEFAULT_CHUNKS = (16, 128, 64)
 

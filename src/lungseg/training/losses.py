@@ -103,11 +103,14 @@ class MultiScaleLoss(nn.Module):
 
     def __init__(
         self,
-        loss: str = "dice_bce",
+        loss: str,
         n_scales: int = 1,
-        scale_weights: str | Sequence[float] = "equal",
-        target_downsampling: str = "maxpool",
+        *,
+        scale_weights: str | Sequence[float],
+        target_downsampling: str,
     ):
+        """``loss``, ``scale_weights``, ``target_downsampling``: training keys (no defaults here;
+        :func:`build_loss` takes them from a variant's settings)."""
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
