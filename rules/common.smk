@@ -265,14 +265,17 @@ def predict_resource(name):
 
 def predicted_series(wildcards=None):
     """Series uids `rule predict` runs on: validation patients' series of index status ok whose
-    conversion succeeded (a failed one costs that series only; results/index/conversion.csv)."""
+    conversion succeeded (a failed one costs that series only; results/index/conversion.csv).
+    """
     import pandas as pd
 
     split = pd.read_csv(checkpoints.split.get().output.split)
     patients = set(split.loc[split["subset"] == "val", "patient_id"])
     series = read_series_table(*index_version())
     series = series[(series["status"] == "ok") & series["patient_id"].isin(patients)]
-    conversion = pd.read_csv("results/index/conversion.csv", dtype=str, keep_default_na=False)
+    conversion = pd.read_csv(
+        "results/index/conversion.csv", dtype=str, keep_default_na=False
+    )
     failed = set(conversion.loc[conversion["conversion"] == "failed", "series_uid"])
     return sorted(uid for uid in series["series_uid"] if uid not in failed)
 

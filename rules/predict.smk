@@ -9,7 +9,9 @@ rule predictor:
         evaluation_table="results/evaluation.csv",
         detector_checkpoints=detector_outputs("best.pt"),
         operating_points=detector_outputs("operating_point.json"),
-        segmenter_checkpoints=[f"results/models/{m}/best.pt" for m in evaluated_models()],
+        segmenter_checkpoints=[
+            f"results/models/{m}/best.pt" for m in evaluated_models()
+        ],
     output:
         detector="results/predictor/detector.pt",
         segmenter="results/predictor/segmenter.pt",
@@ -53,7 +55,9 @@ rule predict:
         runtime=predict_resource("runtime"),
         gpu=predict_resource("gpu"),
     params:
-        code=source_hash("predict", "detection", "dataset", "training", "nets", "ingest"),
+        code=source_hash(
+            "predict", "detection", "dataset", "training", "nets", "ingest"
+        ),
         series_uid="{series_uid}",
         settings=settings_of(PredictSettings),
     script:

@@ -140,15 +140,10 @@ ALLOWED_SCHEMA_DEFAULTS = {
     "setting; resources.threads sizes the job and the function takes what the job got",
     ("lungseg.training.trainer.train", "device"): "training has no device key (the keys named "
     "device belong to other sections); auto is the train job's behaviour, not a repeat",
-    ("lungseg.dataset.crops.cut_crop", "mask_interpolation"): "predict/segment.py (predict "
-    "branch) calls it without one for an all-zero mask; write_crops passes crops' value",
     ("lungseg.detection.froc.limit_candidates", "max_candidates"): "detection/ is edited on "
     "another branch; follow-up: pass DetectorSettings.max_candidates",
     ("lungseg.detection.froc.froc_entries", "max_candidates"): "detection/, as above",
     ("lungseg.detection.froc.bootstrap", "seed"): "detection/, as above (bootstrap_seed)",
-    ("lungseg.predict.series.find_series", "spacing_tolerance"): "predict/ is edited on "
-    "another branch; follow-up: pass the ingest settings' value",
-    ("lungseg.predict.series.read_scan", "spacing_tolerance"): "predict/, as above",
 }
 
 

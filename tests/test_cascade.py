@@ -37,8 +37,9 @@ def write_prediction(folder: Path, volume: Path, labels: np.ndarray, radiomics: 
     write_nifti(folder / "nodules.nii.gz", labels.astype(np.uint8), SPACING, ORIGIN, DIRECTION)
     (folder / "summary.json").write_text(json.dumps({"series_uid": attrs["series_uid"]}))
     if radiomics:
-        features = extract_features(image, labels, SPACING, ORIGIN, DIRECTION,
-                                    list(range(1, n + 1)), PARAMS)
+        features = extract_features(
+            image, labels, SPACING, ORIGIN, DIRECTION, list(range(1, n + 1)), PARAMS
+        )
         features.to_csv(folder / "radiomics.csv", index=False)
 
 

@@ -83,8 +83,13 @@ def test_every_output_is_written_and_they_agree(predicted):
     seg = pydicom.dcmread(out / "nodules.seg.dcm")
     assert seg.Modality == "SEG" and len(seg.SegmentSequence) == len(nodules)
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["step"] for s in summary["steps"]] == ["read", "detect", "segment", "write",
-                                                      "radiomics"]
+    assert [s["step"] for s in summary["steps"]] == [
+        "read",
+        "detect",
+        "segment",
+        "write",
+        "radiomics",
+    ]
     assert summary["nodules"] == len(nodules) and summary["dicom_seg"] is True
 
 
@@ -115,8 +120,9 @@ def test_a_scan_without_nodules_gives_empty_tables_and_no_segmentation(
 ):
     folder, uid = one_series
     detector, segmenter = tiny_bundles(tmp_path / "bundles", threshold=None)  # nothing kept
-    code, err = predict_here(capsys, folder, "--out", tmp_path / "out", "--detector", detector,
-                             "--segmenter", segmenter)
+    code, err = predict_here(
+        capsys, folder, "--out", tmp_path / "out", "--detector", detector, "--segmenter", segmenter
+    )
     assert code == 0, err[-3000:]
     out = tmp_path / "out" / uid
     assert len(pd.read_csv(out / "nodules.csv")) == 0
@@ -147,8 +153,17 @@ def test_bad_input_names_the_folder_and_writes_nothing(one_series, tmp_path, mak
     good, _ = one_series
     folders, message = make(tmp_path)
     detector, segmenter = tiny_bundles(tmp_path / "bundles")
-    code, err = predict_here(capsys, good, *folders, "--out", tmp_path / "out", "--detector",
-                             detector, "--segmenter", segmenter)
+    code, err = predict_here(
+        capsys,
+        good,
+        *folders,
+        "--out",
+        tmp_path / "out",
+        "--detector",
+        detector,
+        "--segmenter",
+        segmenter,
+    )
     assert code == 1
     assert message in err and str(folders[0]) in err
     assert "Traceback" not in err
@@ -174,8 +189,16 @@ def test_a_bad_checkpoint_is_named_and_nothing_is_written(
         other = "segmenter" if which == "detector" else "detector"
         shutil.copy(paths[other], bad)
     paths[which] = bad
-    code, err = predict_here(capsys, folder, "--out", tmp_path / "out", "--detector",
-                             paths["detector"], "--segmenter", paths["segmenter"])
+    code, err = predict_here(
+        capsys,
+        folder,
+        "--out",
+        tmp_path / "out",
+        "--detector",
+        paths["detector"],
+        "--segmenter",
+        paths["segmenter"],
+    )
     assert code == 1, err[-2000:]
     assert str(bad) in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()

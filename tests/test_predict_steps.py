@@ -1,4 +1,4 @@
-"""The steps of `lungseg predict` on real files: series checks, bundles, crops pasted back, measures."""
+"""The steps of `lungseg predict` on real files: series checks, bundles, crops pasted back."""
 
 from __future__ import annotations
 
@@ -152,7 +152,9 @@ def test_a_crop_mask_lands_on_the_scan_voxels_it_came_from(target_spacing, crop_
         "settings": {"hu_min": -1000, "hu_max": 400},
     }
     detected = np.add(centre, np.divide(offset, spacing))  # the detector is off by a few mm
-    candidates = pd.DataFrame([dict(zip(("center_z", "center_y", "center_x"), detected))])
+    candidates = pd.DataFrame(
+        [dict(zip(("center_z", "center_y", "center_x"), detected, strict=True))]
+    )
     pieces = segment_candidates(image, spacing, candidates, ThresholdNet(), bundle)
     labels, kept = label_map(shape, pieces, 0.5)
     assert kept == [0]
@@ -171,14 +173,32 @@ def piece(lo, shape, value, centre):
     ("pieces", "labels_at", "kept"),
     [
         # overlapping boxes: the overlap goes to the higher probability, either order
-        ([piece((0, 0, 0), (4, 4, 4), 0.9, (1, 1, 1)), piece((2, 2, 2), (4, 4, 4), 0.7, (4, 4, 4))],
-         {(3, 3, 3): 1, (5, 5, 5): 2, (1, 1, 1): 1}, [0, 1]),
-        ([piece((0, 0, 0), (4, 4, 4), 0.7, (1, 1, 1)), piece((2, 2, 2), (4, 4, 4), 0.9, (4, 4, 4))],
-         {(3, 3, 3): 2, (5, 5, 5): 2, (1, 1, 1): 1}, [0, 1]),
+        (
+            [
+                piece((0, 0, 0), (4, 4, 4), 0.9, (1, 1, 1)),
+                piece((2, 2, 2), (4, 4, 4), 0.7, (4, 4, 4)),
+            ],
+            {(3, 3, 3): 1, (5, 5, 5): 2, (1, 1, 1): 1},
+            [0, 1],
+        ),
+        (
+            [
+                piece((0, 0, 0), (4, 4, 4), 0.7, (1, 1, 1)),
+                piece((2, 2, 2), (4, 4, 4), 0.9, (4, 4, 4)),
+            ],
+            {(3, 3, 3): 2, (5, 5, 5): 2, (1, 1, 1): 1},
+            [0, 1],
+        ),
         # a piece fully inside a stronger one vanishes; labels stay 1..N
-        ([piece((0, 0, 0), (6, 6, 6), 0.9, (3, 3, 3)), piece((1, 1, 1), (2, 2, 2), 0.6, (2, 2, 2)),
-          piece((6, 6, 6), (2, 2, 2), 0.8, (7, 7, 7))],
-         {(2, 2, 2): 1, (7, 7, 7): 2}, [0, 2]),
+        (
+            [
+                piece((0, 0, 0), (6, 6, 6), 0.9, (3, 3, 3)),
+                piece((1, 1, 1), (2, 2, 2), 0.6, (2, 2, 2)),
+                piece((6, 6, 6), (2, 2, 2), 0.8, (7, 7, 7)),
+            ],
+            {(2, 2, 2): 1, (7, 7, 7): 2},
+            [0, 2],
+        ),
         # below the threshold: nothing
         ([piece((0, 0, 0), (4, 4, 4), 0.3, (1, 1, 1))], {(1, 1, 1): 0}, []),
     ],

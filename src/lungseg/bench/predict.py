@@ -1,4 +1,4 @@
-"""``lungseg bench-predict``: wall time and peak memory of ``lungseg predict`` on one series, by step.
+"""``lungseg bench-predict``: wall time and peak memory of ``lungseg predict``, by step.
 
 Runs the prediction of one series in this process (``threads`` torch threads) into a temporary
 folder, then writes the steps of its summary.json (read, detect, segment, write, radiomics:
@@ -66,7 +66,8 @@ def run_bench_predict(
     steps["nodules"] = summary["nodules"]
     write_csv_atomic(table, steps)
     shape = " x ".join(map(str, summary["shape"][::-1]))
-    title = (f"lungseg predict, one {shape} series, {summary['nodules']} nodule(s), "
-             f"{threads} thread(s)")
+    title = (
+        f"lungseg predict, one {shape} series, {summary['nodules']} nodule(s), {threads} thread(s)"
+    )
     with atomic_path(figure) as tmp:
         steps_figure(steps, title).savefig(tmp, format="png")

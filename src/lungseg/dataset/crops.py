@@ -176,7 +176,7 @@ def cut_crop(
     geometry: CropGeometry,
     lo: Sequence[int],
     label: int,
-    mask_interpolation: str = "linear",
+    mask_interpolation: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(image int16, mask uint8, other uint8)`` of the crop from a box read at ``lo``."""
     this = mask_box == label

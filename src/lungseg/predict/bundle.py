@@ -196,7 +196,9 @@ def write_predictor(
     point_file = _by_parent(operating_points)[detector_name]
     with open(point_file) as f:
         point = json.load(f)
-    det = detector_bundle(_by_parent(detector_checkpoints)[detector_name], point, volumes, detector_name)
+    det = detector_bundle(
+        _by_parent(detector_checkpoints)[detector_name], point, volumes, detector_name
+    )
     seg = segmenter_bundle(_by_parent(segmenter_checkpoints)[segmenter_name], crops, segmenter_name)
     save_bundle(det, detector)
     save_bundle(seg, segmenter)
@@ -212,5 +214,10 @@ def write_predictor(
         else "",
     }
     write_text_atomic(choice, json.dumps(record, indent=2) + "\n")
-    logger.info("predictor: detector %s (%s), segmenter %s (%s)", detector_name, detector_why,
-                segmenter_name, segmenter_why)
+    logger.info(
+        "predictor: detector %s (%s), segmenter %s (%s)",
+        detector_name,
+        detector_why,
+        segmenter_name,
+        segmenter_why,
+    )

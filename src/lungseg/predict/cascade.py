@@ -67,7 +67,7 @@ MARGIN = 3  # voxels around both masks for the surface distances
 
 def read_labels(path: Path) -> np.ndarray:
     """A nodules.nii.gz label map back in lungseg's (z, y, x) order."""
-    return np.asarray(nib.load(str(path)).dataobj).transpose(2, 1,0)
+    return np.asarray(nib.load(str(path)).dataobj).transpose(2, 1, 0)
 
 
 def _box(*masks: np.ndarray) -> tuple[slice, ...]:
@@ -92,14 +92,22 @@ def score_scan(
     centres = predicted[["coordX", "coordY", "coordZ"]].to_numpy(dtype=float)
     hit_any = np.zeros(len(predicted), dtype=bool)
     for _, finding in others.iterrows():
-        point = voxel_to_patient(finding[["centroid_z", "centroid_y", "centroid_x"]].to_numpy(
-            dtype=float), spacing, origin, direction)[0]
+        point = voxel_to_patient(
+            finding[["centroid_z", "centroid_y", "centroid_x"]].to_numpy(dtype=float),
+            spacing,
+            origin,
+            direction,
+        )[0]
         hit_any |= np.linalg.norm(centres - point, axis=1) < finding["diameter_mm"] / 2
     rows = []
     for _, nodule in reference.iterrows():
         truth = mask == int(nodule["label"])
-        point = voxel_to_patient(nodule[["centroid_z", "centroid_y", "centroid_x"]].to_numpy(
-            dtype=float), spacing, origin, direction)[0]
+        point = voxel_to_patient(
+            nodule[["centroid_z", "centroid_y", "centroid_x"]].to_numpy(dtype=float),
+            spacing,
+            origin,
+            direction,
+        )[0]
         distances = np.linalg.norm(centres - point, axis=1) if len(predicted) else np.zeros(0)
         hits = np.flatnonzero(distances < nodule["diameter_mm"] / 2)
         hit_any[hits] = True

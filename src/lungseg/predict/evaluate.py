@@ -45,8 +45,13 @@ def matched_features(
         image, mask, attrs = read_volume(volumes[uid])
         labels = nodules.set_index("nodule_id").loc[part["nodule_id"], "label"].astype(int)
         reference = extract_features(
-            image, mask, attrs["spacing"], attrs["origin"], attrs["direction"],
-            [int(v) for v in labels], params,
+            image,
+            mask,
+            attrs["spacing"],
+            attrs["origin"],
+            attrs["direction"],
+            [int(v) for v in labels],
+            params,
         ).set_index("label")
         for row in part.itertuples():
             mine = features.loc[int(row.predicted_label)]
@@ -85,8 +90,10 @@ def run_cascade(
     )
     write_csv_atomic(cascade, table)
     write_csv_atomic(summary, by_bucket)
-    by_series = {json.loads((Path(p) / "summary.json").read_text())["series_uid"]: Path(p)
-                 for p in predictions}
+    by_series = {
+        json.loads((Path(p) / "summary.json").read_text())["series_uid"]: Path(p)
+        for p in predictions
+    }
     volume_of = {Path(v).name[: -len(".h5")]: v for v in volumes}
     predicted, reference = matched_features(
         table, pd.read_csv(nodules), by_series, volume_of, settings.radiomics_params
@@ -100,11 +107,17 @@ def run_cascade(
     logger.info(
         "cascade: %d/%d reference nodules detected, mean Dice %.3f (crop model at the true "
         "centre: %.3f), %s false positive(s) on %s scan(s); radiomics ICC on %d matched nodules",
-        overall["detected"], overall["nodules"], overall["dice_mean"], overall["crop_dice_mean"],
-        overall["false_positives"], overall["scans"], len(predicted),
+        overall["detected"],
+        overall["nodules"],
+        overall["dice_mean"],
+        overall["crop_dice_mean"],
+        overall["false_positives"],
+        overall["scans"],
+        len(predicted),
     )
     plot_cascade(table, by_bucket, cascade_figure)
     plot_radiomics_agreement(features, classes, len(predicted), ICC_GOOD, agreement_figure)
     if len(predicted) < 3:
-        logger.warning("only %d matched nodule(s): ICCs are undefined or meaningless",
-                       len(predicted))
+        logger.warning(
+            "only %d matched nodule(s): ICCs are undefined or meaningless", len(predicted)
+        )

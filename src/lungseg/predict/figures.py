@@ -28,8 +28,11 @@ def plot_cascade(table: pd.DataFrame, summary: pd.DataFrame, path: str | Path) -
     left.bar(x - width, rows["sensitivity"], width, label="detected (share)")
     left.bar(x, rows["dice_mean"], width, label="Dice, cascade (misses = 0)")
     left.bar(x + width, rows["crop_dice_mean"], width, label="Dice, crop model at true centre")
-    left.set_xticks(x, [f"{b}\n(n={n})" for b, n in zip(rows["size_bucket"], rows["nodules"],
-                                                          strict=True)], fontsize=8)
+    left.set_xticks(
+        x,
+        [f"{b}\n(n={n})" for b, n in zip(rows["size_bucket"], rows["nodules"], strict=True)],
+        fontsize=8,
+    )
     left.set_ylim(0, 1.05)
     left.set_title("Cascade by nodule size")
     left.legend(fontsize=7, loc="upper left")
@@ -37,8 +40,14 @@ def plot_cascade(table: pd.DataFrame, summary: pd.DataFrame, path: str | Path) -
     hit = table["detected"].astype(bool)
     right.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
     right.scatter(table.loc[hit, "crop_dice"], table.loc[hit, "dice"], label="detected", s=25)
-    right.scatter(table.loc[~hit, "crop_dice"], table.loc[~hit, "dice"], marker="x",
-                  color="tab:red", label="missed", s=30)
+    right.scatter(
+        table.loc[~hit, "crop_dice"],
+        table.loc[~hit, "dice"],
+        marker="x",
+        color="tab:red",
+        label="missed",
+        s=30,
+    )
     right.set_xlim(0, 1.02)
     right.set_ylim(-0.02, 1.02)
     right.set_xlabel("Dice, crop model at the true centre")
@@ -62,17 +71,28 @@ def plot_radiomics_agreement(
         jitter = np.linspace(-0.25, 0.25, len(values)) if len(values) > 1 else np.zeros(len(values))
         axes.scatter(i + jitter, values, s=10, alpha=0.7)
         share = classes.loc[classes["feature_class"] == name, "share"]
-        label = f"{float(share.iloc[0]):.0%}" if len(share) and np.isfinite(share.iloc[0]) else "n/a"
+        label = (
+            f"{float(share.iloc[0]):.0%}" if len(share) and np.isfinite(share.iloc[0]) else "n/a"
+        )
         axes.annotate(label, (i, 1.05), ha="center", fontsize=8)
     axes.axhline(good, color="grey", ls="--", lw=1, label=f"ICC = {good}")
     axes.set_xticks(range(len(names)), names)
     axes.set_ylim(-1.05, 1.12)
     axes.set_ylabel("ICC(3,1), predicted vs reference mask")
-    axes.set_title(f"Radiomics agreement on {matched} matched nodule(s); "
-                   f"share of features with ICC >= {good} above each class")
+    axes.set_title(
+        f"Radiomics agreement on {matched} matched nodule(s); "
+        f"share of features with ICC >= {good} above each class"
+    )
     if matched < 3:
-        axes.text(0.99, 0.03, f"{matched} matched nodule(s): too few for a meaningful ICC",
-                  transform=axes.transAxes, ha="right", va="bottom", color="tab:red")
+        axes.text(
+            0.99,
+            0.03,
+            f"{matched} matched nodule(s): too few for a meaningful ICC",
+            transform=axes.transAxes,
+            ha="right",
+            va="bottom",
+            color="tab:red",
+        )
     axes.legend(fontsize=8, loc="lower left")
     axes.grid(axis="y", alpha=0.3)
     _save(figure, path)

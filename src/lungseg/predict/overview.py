@@ -46,8 +46,15 @@ def plot_overview(
     )
     for row in nodules.itertuples():
         ax.plot(row.center_x, row.center_z, "o", mfc="none", mec=ANNOTATION_COLOUR, ms=12, mew=1.5)
-        ax.annotate(str(row.label), (row.center_x, row.center_z), xytext=(7, 7),
-                    textcoords="offset points", color=ANNOTATION_COLOUR, fontsize=10, weight="bold")
+        ax.annotate(
+            str(row.label),
+            (row.center_x, row.center_z),
+            xytext=(7, 7),
+            textcoords="offset points",
+            color=ANNOTATION_COLOUR,
+            fontsize=10,
+            weight="bold",
+        )
     ax.set_title(f"coronal MIP, {len(nodules)} nodule(s)", fontsize=10)
     ax.set_axis_off()
     for i, row in enumerate(shown.itertuples()):
@@ -57,13 +64,17 @@ def plot_overview(
         y0, x0 = int(row.center_y) - half, int(row.center_x) - half
         y1, x1 = y0 + 2 * half, x0 + 2 * half
         y0c, x0c = max(0, y0), max(0, x0)
-        sub.imshow(image[z, y0c:y1, x0c:x1], cmap="gray", vmin=HU_WINDOW[0],
-                   vmax=HU_WINDOW[1], interpolation="nearest")
+        sub.imshow(
+            image[z, y0c:y1, x0c:x1],
+            cmap="gray",
+            vmin=HU_WINDOW[0],
+            vmax=HU_WINDOW[1],
+            interpolation="nearest",
+        )
         inside = labels[z, y0c:y1, x0c:x1] == row.label
         if inside.any():
             sub.contour(inside, levels=[0.5], colors=ANNOTATION_COLOUR, linewidths=1.0)
-        sub.set_title(f"{row.label}: {row.diameter_mm:.1f} mm, p={row.probability:.2f}",
-                      fontsize=8)
+        sub.set_title(f"{row.label}: {row.diameter_mm:.1f} mm, p={row.probability:.2f}", fontsize=8)
         sub.set_axis_off()
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -106,8 +106,11 @@ def predict_scan(scan: Scan, predictor: Predictor, folder: Path, steps: StepTime
         )
         small = nodules["diameter_mm"] < predictor.settings.min_diameter_mm
         if small.any():
-            logger.info("dropped %d segmented finding(s) under %g mm", int(small.sum()),
-                        predictor.settings.min_diameter_mm)
+            logger.info(
+                "dropped %d segmented finding(s) under %g mm",
+                int(small.sum()),
+                predictor.settings.min_diameter_mm,
+            )
             labels, probabilities = keep_labels(labels, nodules.loc[~small, "label"], probabilities)
             nodules = measure_nodules(
                 scan.image, labels, probabilities, scan.spacing, scan.origin, scan.direction

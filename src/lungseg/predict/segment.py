@@ -90,7 +90,8 @@ def segment_candidates(
         geometry = crop_geometry(centre, bundle["crop_size"], spacing, bundle["target_spacing"])
         lo, hi = source_box(geometry)
         box = padded_box(image, lo, hi)
-        crop, _, _ = cut_crop(box, np.zeros(box.shape, np.uint8), geometry, lo, 1)
+        # the image only: an empty mask, any interpolation (nearest is the cheaper)
+        crop, _, _ = cut_crop(box, np.zeros(box.shape, np.uint8), geometry, lo, 1, "nearest")
         probability = predict(model, crop[None], bundle["settings"], batch_size=1)[0]
         paste_lo, paste_hi = paste_region(geometry, image.shape)
         scan_probability = crop_probability_to_scan(probability, geometry, paste_lo, paste_hi)
