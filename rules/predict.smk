@@ -114,3 +114,8 @@ rule cascade:
         settings=settings_of(PredictSettings),
     script:
         "../workflow_scripts/cascade.py"
+
+
+rule predict_all:
+    input:
+        prediction_outputs(),

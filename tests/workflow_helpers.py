@@ -181,7 +181,9 @@ def slurm_test_profile(dest: Path, partition: str) -> Path:
 
 
 # Columns that measure the machine, not the result: excluded when two runs are compared.
-MACHINE_COLUMNS = {"seconds", "peak_memory_mb", "max_rss", "s", "cpu_time"}
+MACHINE_COLUMNS = {
+    "seconds", "peak_memory_mb", "max_rss", "s", "cpu_time", "seconds_per_epoch"
+}  # fmt: skip
 _FINISHED_RUNS: dict[str, Path] = {}
 
 
@@ -223,6 +225,24 @@ def expected_outputs(workdir: Path) -> list[str]:
             f"results/models/{model}/predictions.h5",
             f"results/plots/dice_{model}.png",
         ]
+    outputs.append("results/detection.csv")
+    for detector in config["detectors"]:
+        outputs += [
+            f"results/detection/{detector}/candidates.csv",
+            f"results/detection/{detector}/froc.csv",
+            f"results/plots/detections_{detector}.png",
+        ]
+    outputs += ["results/plots/froc.png", "results/predictor/choice.json"]
+    for folder in sorted((workdir / "results/predictions").iterdir()):
+        outputs += [f"results/predictions/{folder.name}/{name}"
+                    for name in ("nodules.csv", "radiomics.csv", "nodules.nii.gz")]  # fmt: skip
+    outputs += [
+        "results/cascade.csv",
+        "results/cascade_summary.csv",
+        "results/radiomics_agreement.csv",
+        "results/plots/cascade.png",
+        "results/plots/radiomics_agreement.png",
+    ]
     return outputs
 
 

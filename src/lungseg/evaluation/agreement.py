@@ -13,9 +13,15 @@ import math
 import numpy as np
 import pandas as pd
 
-from lungseg.predict.radiomics import feature_class
-
 FEATURE_PREFIX = "original_"
+
+
+def feature_class(name: str) -> str:
+    """The feature class of a pyradiomics feature name: ``original_glcm_Contrast`` -> ``glcm``."""
+    parts = name.split("_")
+    if len(parts) < 3 or not all(parts):
+        raise ValueError(f"{name!r} is no pyradiomics feature name (imagetype_class_feature)")
+    return parts[1]
 
 
 def icc_3_1(ratings: np.ndarray) -> float:

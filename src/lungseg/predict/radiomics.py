@@ -23,6 +23,7 @@ import yaml
 from radiomics.featureextractor import RadiomicsFeatureExtractor
 
 from lungseg.core.errors import InputError, SettingsError
+from lungseg.evaluation.agreement import feature_class  # noqa: F401 (part of this API)
 from lungseg.predict.geometry import lps_geometry
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,6 @@ def load_params(params: Params) -> dict[str, Any]:
     if image_types != {IMAGE_TYPE}:
         raise SettingsError(f"{where}: imageType must be Original only, got {sorted(image_types)}")
     return loaded
-
-
-def feature_class(name: str) -> str:
-    """The feature class of a pyradiomics feature name: ``original_glcm_Contrast`` -> ``glcm``."""
-    parts = name.split("_")
-    if len(parts) < 3 or not all(parts):
-        raise ValueError(f"{name!r} is no pyradiomics feature name (imagetype_class_feature)")
-    return parts[1]
 
 
 def feature_names(params: Params) -> list[str]:
