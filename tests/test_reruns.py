@@ -124,7 +124,8 @@ def test_changing_consensus_level_reruns_conversion(run):
 
 @pytest.mark.parametrize(
     ("script", "rules_using_it"),
-    [("plots.py", {"plots"}), ("evaluate_summary.py", {"evaluate_summary"})],
+    # results/evaluation.csv picks the crop model of the prediction stage: that follows
+    [("plots.py", {"plots"}), ("evaluate_summary.py", {"evaluate_summary"} | PREDICTION_RULES)],
 )
 def test_editing_a_workflow_script_reruns_only_its_rules(run, script, rules_using_it):
     path = run / "workflow_scripts" / script
