@@ -4,6 +4,7 @@ patch mode with sliding-window validation, then candidates and the LUNA16 evalua
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,12 @@ from lungseg.detection.evaluate import SUMMARY_COLUMNS, evaluate_detector
 from lungseg.detection.predict import COLUMNS, detect
 from lungseg.detection.scans import write_scan_table
 from lungseg.detection.settings import DetectorSettings, VolumeSettings
-from lungseg.detection.train import DetectionTrainer, masked_loss, train_detector
+from lungseg.detection.train import (
+    DetectionTrainer,
+    masked_loss,
+    nodule_balance,
+    train_detector,
+)
 from lungseg.detection.volumes import detection_volume
 from lungseg.training.checkpoint import read_checkpoint
 from lungseg.training.inference import load_model
@@ -164,3 +170,60 @@ def test_masked_loss_skips_ignored_voxels():
     assert masked_loss("dice", confident, torch.cat([target, valid], 1)) == pytest.approx(0.0)
     valid[0, 0, 0, 0, 0] = 1
     assert masked_loss("dice", confident, torch.cat([target, valid], 1)) >= 0.5  # 1 - 1 / (1 + 1)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "balance", "expected"),
+    [
+        ([1, 8], 27, [27.0, 27 / 8]),  # small nodules weigh as if they had 27 voxels
+        ([27, 64], 27, [1.0, 1.0]),  # as large or larger: unchanged
+        ([5], 0, [1.0]),  # 0: off
+    ],
+)
+def test_nodule_balance_weighs_small_nodules_up(sizes, balance, expected):
+    nodule = np.zeros((100, 4, 4), dtype=bool)
+    z = 0
+    for size in sizes:  # separate runs of voxels along z, one nodule each
+        nodule[z : z + size, 0, 0] = True
+        z += size + 2
+    weights = nodule_balance(nodule, balance)
+    assert weights[~nodule].tolist() == [1.0] * int((~nodule).sum())
+    z = 0
+    for size, factor in zip(sizes, expected, strict=True):
+        assert weights[z : z + size, 0, 0] == pytest.approx(factor)
+        z += size + 2
+
+
+def test_the_balance_channel_scales_the_bce_of_nodule_voxels():
+    logits = torch.zeros(1, 1, 4, 4, 4)
+    target = torch.zeros(1, 1, 4, 4, 4)
+    target[0, 0, 0, 0, 0] = 1
+    valid = torch.ones_like(target)
+    plain = masked_loss("bce", logits, torch.cat([target, valid], 1), 1.0)
+    weight = torch.ones_like(target)
+    assert masked_loss("bce", logits, torch.cat([target, valid, weight], 1), 1.0) == plain
+    weight[0, 0, 0, 0, 0] = 5.0  # the nodule voxel counts five times: same mean of log 2
+    assert masked_loss("bce", logits, torch.cat([target, valid, weight], 1), 1.0) == (
+        pytest.approx(float(plain))
+    )
+    logits[0, 0, 0, 0, 0] = 3.0  # ... but its (now smaller) error weighs five times more
+    a = masked_loss("bce", logits, torch.cat([target, valid], 1), 1.0)
+    b = masked_loss("bce", logits, torch.cat([target, valid, weight], 1), 1.0)
+    assert b < a
+
+
+@pytest.mark.parametrize(
+    ("schedule", "epoch", "factor"),
+    [("constant", 1, 1.0), ("constant", 9, 1.0), ("cosine", 1, 1.0), ("cosine", 6, 0.5),
+     ("cosine", 11, 0.0)],
+)  # fmt: skip
+def test_learning_rate_schedules(schedule, epoch, factor):
+    settings = DetectorSettings.from_config({**TINY, "epochs": 10, "lr": 0.02,
+                                             "lr_schedule": schedule})  # fmt: skip
+    trainer = SimpleNamespace(detector=settings)
+    assert DetectionTrainer.epoch_lr(trainer, epoch) == pytest.approx(0.02 * factor, abs=1e-12)
+
+
+def test_training_with_balance_and_cosine_runs(data, tmp_path):
+    metrics, _ = train(data, tmp_path, nodule_balance_voxels=27, lr_schedule="cosine")
+    assert len(metrics) >= 1 and np.isfinite(metrics["train_loss"]).all()

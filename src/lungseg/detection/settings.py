@@ -62,12 +62,14 @@ class DetectorSettings(StageSettings):
     memory_efficient: bool
     loss: str
     foreground_weight: float
+    nodule_balance_voxels: int
     epochs: int
     batch_size: int
     patch_size: tuple[int, int, int]
     foreground_fraction: float
     patches_per_epoch: int
     lr: float
+    lr_schedule: str
     weight_decay: float
     seed: int
     hu_min: float
