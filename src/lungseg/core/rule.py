@@ -100,7 +100,11 @@ def build_parser(func: Callable, prog: str | None = None) -> argparse.ArgumentPa
             parser.add_argument(*flags, dest=name, nargs="+", required=required)
         else:
             parser.add_argument(
-                *flags, dest=name, required=required, default=None if required else param.default
+                *flags,
+                dest=name,
+                required=required,
+                default=None if required else param.default,
+                help=None if required or param.default is None else f"default: {param.default}",
             )
     if settings:
         add_settings_arguments(parser, list(settings.values()))
