@@ -10,9 +10,15 @@ import pytest
 import torch
 from scan_helpers import tiny_bundles, write_ct_series
 
-from lungseg.core.errors import InputError
+from lungseg.core.errors import InputError, SettingsError
 from lungseg.core.settings import schema_defaults
-from lungseg.predict.bundle import DETECTOR, SEGMENTER, read_bundle
+from lungseg.predict.bundle import (
+    DETECTOR,
+    SEGMENTER,
+    choose_detector,
+    choose_segmenter,
+    read_bundle,
+)
 from lungseg.predict.measure import axial_diameter_mm, measure_nodules, voxel_to_patient
 from lungseg.predict.segment import Piece, label_map, segment_candidates
 from lungseg.predict.series import find_series, read_scan
@@ -251,3 +257,37 @@ def test_axial_diameter_of_a_disk():
     spacing = (1.0, 0.4, 0.4)
     disk = sphere((1, 80, 80), (0, 40, 40), 10.0, (100.0, 0.4, 0.4))
     assert axial_diameter_mm(disk, spacing) == pytest.approx(20.0, abs=0.5)
+
+
+# --- which models the predictor bundles -----------------------------------------------------
+
+DETECTION = pd.DataFrame(
+    {"detector": ["b", "a", "c"], "cpm": [0.5, 0.5, 0.2], "sensitivity_8": [0.6, 0.6, 0.9]}
+)
+EVALUATION = pd.DataFrame(
+    {
+        "model": ["unet", "unet", "iunet", "iunet"],
+        "size_bucket": ["all", "<6 mm", "all", "<6 mm"],
+        "dice_mean": [0.7, 0.9, 0.8, 0.1],
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("choose", "table", "wanted", "expected"),
+    [
+        (choose_detector, DETECTION, "best", "a"),  # CPM tie, sensitivity tie: the name
+        (choose_detector, DETECTION, "c", "c"),
+        (choose_segmenter, EVALUATION, "best", "iunet"),  # over all nodules, not one bucket
+        (choose_segmenter, EVALUATION, "unet", "unet"),
+    ],
+)
+def test_the_predictor_takes_the_named_or_the_best_model(choose, table, wanted, expected):
+    assert choose(table, wanted)[0] == expected
+
+
+@pytest.mark.parametrize("choose", [choose_detector, choose_segmenter])
+def test_an_unknown_model_name_is_a_settings_error(choose):
+    table = DETECTION if choose is choose_detector else EVALUATION
+    with pytest.raises(SettingsError, match="'nope': not in"):
+        choose(table, "nope")

@@ -136,35 +136,34 @@ def bundle_model(bundle: dict[str, Any], device: torch.device | str) -> torch.nn
     return model.to(device).eval()
 
 
-def choose_detector(table: pd.DataFrame, wanted: str) -> tuple[str, str]:
-    """(detector, why) from results/detection.csv: ``wanted``, or the best by CPM."""
+def _choose(table, column: str, wanted: str, key: str, ranking: list[str], source: str):
+    """(name, why): ``wanted`` when it is in ``table[column]``, else the first by ``ranking``
+    (descending, then the name ascending)."""
     if wanted != "best":
-        if wanted not in set(table["detector"]):
+        if wanted not in set(table[column]):
             raise SettingsError(
-                f"predict.detector_name = {wanted!r}: no such detector "
-                f"(results/detection.csv has {sorted(table['detector'])})"
+                f"predict.{key} = {wanted!r}: not in {source} ({sorted(table[column])})"
             )
-        return wanted, "predict.detector_name"
-    ranked = table.sort_values(
-        ["cpm", "sensitivity_8", "detector"], ascending=[False, False, True], kind="stable"
+        return wanted, f"predict.{key}"
+    order = [*ranking, column]
+    ascending = [False] * len(ranking) + [True]
+    best = table.sort_values(order, ascending=ascending, kind="stable").iloc[0]
+    return str(best[column]), f"highest {ranking[0]} ({best[ranking[0]]:.3f}) in {source}"
+
+
+def choose_detector(table: pd.DataFrame, wanted: str) -> tuple[str, str]:
+    """(detector, why) from results/detection.csv: ``wanted``, or the best by CPM (ties: the
+    sensitivity at 8 FPs a scan, then the name)."""
+    return _choose(
+        table, "detector", wanted, "detector_name", ["cpm", "sensitivity_8"], "detection.csv"
     )
-    best = ranked.iloc[0]
-    return str(best["detector"]), f"highest CPM ({best['cpm']:.3f}) in results/detection.csv"
 
 
 def choose_segmenter(table: pd.DataFrame, wanted: str) -> tuple[str, str]:
-    """(model, why) from results/evaluation.csv: ``wanted``, or the best by mean Dice."""
+    """(model, why) from results/evaluation.csv: ``wanted``, or the best by mean Dice over
+    all nodules (ties: the name)."""
     overall = table[table["size_bucket"] == "all"]
-    if wanted != "best":
-        if wanted not in set(overall["model"]):
-            raise SettingsError(
-                f"predict.segmenter_name = {wanted!r}: no such model "
-                f"(results/evaluation.csv has {sorted(overall['model'])})"
-            )
-        return wanted, "predict.segmenter_name"
-    ranked = overall.sort_values(["dice_mean", "model"], ascending=[False, True], kind="stable")
-    best = ranked.iloc[0]
-    return str(best["model"]), f"highest mean Dice ({best['dice_mean']:.3f}) in evaluation.csv"
+    return _choose(overall, "model", wanted, "segmenter_name", ["dice_mean"], "evaluation.csv")
 
 
 def _by_parent(paths: Sequence[str]) -> dict[str, str]:

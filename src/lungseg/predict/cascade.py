@@ -91,23 +91,18 @@ def score_scan(
     labels = read_labels(prediction / "nodules.nii.gz") if len(predicted) else None
     centres = predicted[["coordX", "coordY", "coordZ"]].to_numpy(dtype=float)
     hit_any = np.zeros(len(predicted), dtype=bool)
+
+    def centre(row) -> np.ndarray:  # patient mm (x, y, z) of a nodules.csv row's centroid
+        voxel = row[["centroid_z", "centroid_y", "centroid_x"]].to_numpy(dtype=float)
+        return voxel_to_patient(voxel, spacing, origin, direction)[0]
+
     for _, finding in others.iterrows():
-        point = voxel_to_patient(
-            finding[["centroid_z", "centroid_y", "centroid_x"]].to_numpy(dtype=float),
-            spacing,
-            origin,
-            direction,
-        )[0]
+        point = centre(finding)
         hit_any |= np.linalg.norm(centres - point, axis=1) < finding["diameter_mm"] / 2
     rows = []
     for _, nodule in reference.iterrows():
         truth = mask == int(nodule["label"])
-        point = voxel_to_patient(
-            nodule[["centroid_z", "centroid_y", "centroid_x"]].to_numpy(dtype=float),
-            spacing,
-            origin,
-            direction,
-        )[0]
+        point = centre(nodule)
         distances = np.linalg.norm(centres - point, axis=1) if len(predicted) else np.zeros(0)
         hits = np.flatnonzero(distances < nodule["diameter_mm"] / 2)
         hit_any[hits] = True
