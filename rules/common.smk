@@ -265,7 +265,8 @@ def predict_resource(name):
 
 def predicted_series(wildcards=None):
     """Series uids of the predict jobs: the validation patients' series of index status ok
-    whose conversion succeeded (a failed one costs that series only; see conversion.csv)."""
+    whose conversion succeeded (a failed one costs that series only; see conversion.csv).
+    """
     import pandas as pd
 
     split = pd.read_csv(checkpoints.split.get().output.split)
