@@ -93,6 +93,8 @@ def test_plan_sorts_sizes_and_rejects_bad_ones():
         plan(["vnet"], [[8, 8, 8]], [8, 8, 8], [1], 4, 2, 1)
 
 
+# slow: a real benchmark run, one child process per point (~35 s)
+@pytest.mark.slow
 def test_benchmark_writes_table_fit_and_plot(tmp_path):
     settings = BenchmarkSettings.from_config(
         {

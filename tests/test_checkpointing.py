@@ -53,6 +53,8 @@ def _step(variant: str, size=(64, 64, 64)) -> dict:
     return result
 
 
+# slow: two measured training steps in child processes (~15 s)
+@pytest.mark.slow
 def test_checkpointed_unet_step_needs_less_memory_than_the_plain_one():
     # Real training steps in fresh processes (the benchmark's own measurement), 64^3, C = 4.
     plain = _step("unet")["step_bytes"]

@@ -145,10 +145,13 @@ STAGE_TARGETS = {
     "train_all": "train",
     "plots_all": "plot_comparison",
     "benchmark": "benchmark",
+    "detection_all": "index",  # detection volumes appear once the index checkpoint has run
+    "predict_all": "index",  # as do the predict jobs (behind the split checkpoint too)
     "all": "evaluate_summary",
 }
 
 
+@pytest.mark.slow  # a Snakemake DAG per target (~4 s each)
 @pytest.mark.parametrize(("target", "scheduled_rule"), STAGE_TARGETS.items())
 def test_stage_targets_schedule_their_stage_and_are_documented(tmp_path, target, scheduled_rule):
     result = _dry_run(tmp_path, (REPO / "config.yaml").read_text(), target)

@@ -67,6 +67,7 @@ def predicted(one_series, tmp_path_factory, request) -> tuple[Path, Path]:
     return work / "out" / uid, folder
 
 
+@pytest.mark.slow  # the real command in a new process, networks and radiomics included (~25 s)
 def test_every_output_is_written_and_they_agree(predicted):
     out, _ = predicted
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
@@ -93,6 +94,7 @@ def test_every_output_is_written_and_they_agree(predicted):
     assert summary["nodules"] == len(nodules) and summary["dicom_seg"] is True
 
 
+@pytest.mark.slow  # shares the run above
 def test_the_nifti_image_is_the_dicom_series_in_its_geometry(predicted):
     out, folder = predicted
     image = nib.load(out / "image.nii.gz")
