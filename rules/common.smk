@@ -269,8 +269,8 @@ def predicted_series(wildcards=None):
     """
     import pandas as pd
 
-    split = pd.read_csv(checkpoints.split.get().output.split)
-    patients = set(split.loc[split["subset"] == "val", "patient_id"])
+    placed = pd.read_csv(checkpoints.split.get().output.patients, dtype=str)
+    patients = set(placed.loc[placed["subset"] == "val", "patient_id"])
     series = read_series_table(*index_version())
     series = series[(series["status"] == "ok") & series["patient_id"].isin(patients)]
     conversion = pd.read_csv(

@@ -30,8 +30,10 @@ rule crops:
 checkpoint split:
     input:
         nodules="results/nodules.csv",
+        conversion="results/index/conversion.csv",
     output:
         split="results/split/split.csv",
+        patients="results/split/patients.csv",
     log:
         "logs/split.log",
     benchmark:
@@ -74,3 +76,12 @@ rule crops_overview:
         code=source_hash("figures", "dataset"),
     script:
         "../workflow_scripts/crops_overview.py"
+
+
+# Named target: the crops, their overview and the split, and every volume they read (a deleted
+# volume is converted again, then the crops are rebuilt from it).
+rule crops_all:
+    input:
+        crops_outputs(),
+        volumes=volume_files,
+    localrule: True

@@ -33,7 +33,7 @@ rule detection_volume:
 rule detection_scans:
     input:
         volumes=detection_volume_files,
-        split="results/split/split.csv",
+        patients="results/split/patients.csv",
     output:
         table="results/detection_volumes/scans.csv",
     log:
@@ -222,3 +222,4 @@ rule plot_detections:
 rule detection_all:
     input:
         detection_outputs(),
+        volumes=volume_files,

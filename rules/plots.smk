@@ -97,3 +97,4 @@ rule plot_comparison:
 rule plots_all:
     input:
         plot_outputs(),
+        volumes=volume_files,

@@ -119,3 +119,4 @@ rule cascade:
 rule predict_all:
     input:
         prediction_outputs(),
+        volumes=volume_files,

@@ -34,3 +34,4 @@ rule train:
 rule train_all:
     input:
         train_outputs(),
+        volumes=volume_files,

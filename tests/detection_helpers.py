@@ -74,4 +74,6 @@ def chest_volume(
         "direction": (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0),
     }
     write_volume(path, np.rint(image).astype(np.int16), mask, attrs)
-    return path, pd.DataFrame(rows)
+    columns = ["nodule_id", "patient_id", "series_uid", "label", "n_readers", "centroid_z"]
+    columns += ["centroid_y", "centroid_x", "diameter_mm", "series_status", "in_cohort"]
+    return path, pd.DataFrame(rows, columns=columns)

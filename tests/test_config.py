@@ -140,8 +140,7 @@ def test_cross_key_settings_fail_at_parse_time_and_delete_nothing(tmp_path, upda
 STAGE_TARGETS = {
     "sample_data_all": "sample_data",
     "volumes": "index",  # convert jobs appear once the index checkpoint has run
-    "crops": "crops",
-    "split": "split",
+    "crops_all": "crops",
     "train_all": "train",
     "plots_all": "plot_comparison",
     "benchmark": "benchmark",

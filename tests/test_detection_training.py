@@ -49,15 +49,14 @@ def data(tmp_path_factory):
         ("LIDC-IDRI-9101", "train", [((20.0, 46.0, 28.0), 12.0, True), ((14, 40, 70), 6.0, False)]),
         ("LIDC-IDRI-9102", "train", [((16.0, 50.0, 66.0), 10.0, True)]),
         ("LIDC-IDRI-9103", "val", [((22.0, 44.0, 30.0), 12.0, True)]),
+        ("LIDC-IDRI-9104", "val", []),  # no nodule: scored for its false positives (LUNA16)
     ]
     settings = VolumeSettings.from_config({"spacing": [5.0, 4.0, 4.0], "shape": [16, 24, 24]})
     for k, (patient, subset, findings) in enumerate(layout):
         series = f"1.2.826.0.{k}"
         path, table = chest_volume(root / "volumes", patient, series, findings, seed=k)
         nodules.append(table)
-        split.append(
-            {"nodule_id": table["nodule_id"].iloc[0], "patient_id": patient, "subset": subset}
-        )
+        split.append({"patient_id": patient, "subset": subset, "n_nodules": len(table)})
         out = root / "detection_volumes" / patient / f"{series}.h5"
         table.to_csv(root / "own.csv", index=False)
         detection_volume(
@@ -65,8 +64,10 @@ def data(tmp_path_factory):
         )
         volumes.append(str(out))
     pd.concat(nodules).to_csv(root / "nodules.csv", index=False)
-    pd.DataFrame(split).to_csv(root / "split.csv", index=False)
-    write_scan_table(volumes=volumes, split=str(root / "split.csv"), table=str(root / "scans.csv"))
+    pd.DataFrame(split).to_csv(root / "patients.csv", index=False)
+    write_scan_table(
+        volumes=volumes, patients=str(root / "patients.csv"), table=str(root / "scans.csv")
+    )
     return root, volumes
 
 
@@ -86,8 +87,9 @@ def train(data, out, **changes):
 def test_scan_table(data):
     root, _ = data
     table = pd.read_csv(root / "scans.csv")
-    assert table["subset"].tolist() == ["train", "train", "val"]
-    assert table["n_nodules"].tolist() == [1, 1, 1] and table["n_ignored"].tolist() == [1, 0, 0]
+    assert table["subset"].tolist() == ["train", "train", "val", "val"]
+    assert table["n_nodules"].tolist() == [1, 1, 1, 0]
+    assert table["n_ignored"].tolist() == [1, 0, 0, 0]
 
 
 def test_whole_training_checkpoints_and_exact_resume(data, tmp_path, monkeypatch):
@@ -132,7 +134,7 @@ def test_patch_training_detect_and_evaluate(data, tmp_path):
     )
     found = pd.read_csv(out / "candidates.csv")
     assert list(found.columns) == COLUMNS
-    assert set(found["seriesuid"]) <= {"1.2.826.0.2"}
+    assert set(found["seriesuid"]) <= {"1.2.826.0.2", "1.2.826.0.3"}
     evaluate_detector(
         candidates=str(out / "candidates.csv"),
         scans=str(root / "scans.csv"),
@@ -150,7 +152,9 @@ def test_patch_training_detect_and_evaluate(data, tmp_path):
     assert froc.iloc[0].tolist()[:2] == [0, 0]
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary.columns) == SUMMARY_COLUMNS
-    assert summary["scans"].item() == 1 and summary["nodules"].item() == 1
+    assert summary["scans"].item() == 2 and summary["nodules"].item() == 1  # the empty scan counts
+    fps_on_empty_scan = (found["seriesuid"] == "1.2.826.0.3").sum()
+    assert froc["fps_per_scan"].max() >= fps_on_empty_scan / 2
     point = json.loads((out / "operating_point.json").read_text())
     assert point["fps_per_scan_target"] == 1.0
 

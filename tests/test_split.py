@@ -11,8 +11,11 @@ from lungseg.dataset.settings import SplitSettings
 from lungseg.dataset.split import (
     REQUIRED_COLUMNS,
     assign_groups,
+    place_in_order,
+    scanned_patients,
     size_strata,
     split_nodules,
+    split_patients,
     training_nodules,
     write_split,
 )
@@ -126,13 +129,96 @@ def test_only_ok_cohort_nodules_are_split_and_cli_writes_the_table(tmp_path):
     table.loc[1, "in_cohort"] = False
     nodules_csv = tmp_path / "nodules.csv"
     table.to_csv(nodules_csv, index=False)
-    out = tmp_path / "split" / "split.csv"
-    assert main(["split", "--nodules", str(nodules_csv), "--split", str(out), "--seed", "3"]) == 0
+    conversion_csv = tmp_path / "conversion.csv"
+    conversion_table(sorted(set(table["patient_id"])) + ["LIDC-IDRI-0900"]).to_csv(
+        conversion_csv, index=False
+    )
+    out, patients = tmp_path / "split" / "split.csv", tmp_path / "split" / "patients.csv"
+    argv = ["split", "--nodules", str(nodules_csv), "--conversion", str(conversion_csv)]
+    assert main([*argv, "--split", str(out), "--patients", str(patients), "--seed", "3"]) == 0
     written = pd.read_csv(out)
     assert list(written.columns[:3]) == ["nodule_id", "patient_id", "subset"]
     assert set(written["nodule_id"]) == set(table["nodule_id"][2:])
     expected = write_split(nodules_csv, tmp_path / "again.csv", settings(seed=3))
     assert written["subset"].tolist() == expected["subset"].tolist()
+    placed = pd.read_csv(patients).set_index("patient_id")
+    assert list(placed.columns) == ["subset", "n_nodules"]
+    assert placed.at["LIDC-IDRI-0900", "n_nodules"] == 0
+    assert set(placed.index) == set(table["patient_id"]) | {"LIDC-IDRI-0900"}
+
+
+def conversion_table(patients, index_status="ok", conversion="converted") -> pd.DataFrame:
+    """A conversion.csv of one series per patient."""
+    return pd.DataFrame(
+        {
+            "patient_id": list(patients),
+            "series_uid": [f"1.2.3.{k}" for k in range(len(patients))],
+            "index_status": index_status,
+            "conversion": conversion,
+            "reason": "",
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("n_items", "fractions", "buckets"),
+    [
+        (0, [0.8, 0.2], []),
+        (1, [0.8, 0.2], [0]),
+        (5, [0.8, 0.2], [0, 0, 1, 0, 0]),  # 0.8*3 - 2 = 0.4 < 0.2*3 = 0.6: the third goes to val
+        (10, [0.8, 0.2], [0, 0, 1, 0, 0, 0, 0, 1, 0, 0]),
+        (4, [0.5, 0.5], [0, 1, 0, 1]),  # ties go to the lower bucket
+        (7, [1 / 3] * 3, [0, 1, 2, 0, 1, 2, 0]),
+    ],
+)
+def test_place_in_order_fills_each_bucket_to_its_share(n_items, fractions, buckets):
+    assert place_in_order(n_items, fractions).tolist() == buckets
+
+
+@pytest.mark.parametrize("folds", [0, 5])
+def test_patients_without_nodules_are_placed_and_the_nodule_split_does_not_move(folds):
+    split = split_nodules(nodule_table(30), settings(folds=folds, val_fold=1))
+    others = [f"LIDC-IDRI-{900 + k}" for k in range(50)]
+    placed = split_patients(
+        split, [*split["patient_id"], *others], settings(folds=folds, val_fold=1)
+    )
+    assert placed["patient_id"].is_unique
+    by_patient = placed.set_index("patient_id")
+    nodule_subsets = split.groupby("patient_id")["subset"].first()
+    assert by_patient.loc[nodule_subsets.index, "subset"].tolist() == nodule_subsets.tolist()
+    assert (by_patient.loc[nodule_subsets.index, "n_nodules"] > 0).all()
+    empty = by_patient.loc[others]
+    assert (empty["n_nodules"] == 0).all()
+    assert (empty["subset"] == "val").sum() == 10  # 20 % of 50, as the nodule split's val share
+    if folds:
+        assert empty["fold"].value_counts().tolist() == [10] * 5
+        assert ((empty["fold"] == 1) == (empty["subset"] == "val")).all()
+    again = split_patients(
+        split, [*others, *split["patient_id"]], settings(folds=folds, val_fold=1)
+    )
+    pd.testing.assert_frame_equal(placed, again)  # seeded, independent of the input order
+    other_seed = split_patients(split, others, settings(folds=folds, val_fold=1, seed=7))
+    assert (
+        other_seed.set_index("patient_id").loc[others, "subset"].tolist()
+        != empty["subset"].tolist()
+    )
+
+
+@pytest.mark.parametrize(
+    ("index_status", "conversion", "scanned"),
+    [("ok", "converted", True), ("excluded", "converted", False), ("ok", "failed", False),
+     ("skipped", "skipped", False)],
+)  # fmt: skip
+def test_scanned_patients_are_the_converted_ok_series(tmp_path, index_status, conversion, scanned):
+    table = pd.concat(
+        [
+            conversion_table(["LIDC-IDRI-0001"]),
+            conversion_table(["LIDC-IDRI-0002"], index_status, conversion),
+        ]
+    )
+    table.to_csv(tmp_path / "conversion.csv", index=False)
+    expected = ["LIDC-IDRI-0001", *(["LIDC-IDRI-0002"] if scanned else [])]
+    assert scanned_patients(tmp_path / "conversion.csv") == expected
 
 
 @pytest.mark.parametrize(

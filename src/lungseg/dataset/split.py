@@ -4,8 +4,13 @@ All nodules of one patient land in the same subset (fold), so no patient is seen
 validation. Within that constraint the assignment is balanced per size stratum: patients are
 taken largest first (seeded random order among equals) and each goes to the subset whose
 per-stratum nodule counts fall furthest short of their targets (a greedy like scikit-learn's
-``StratifiedGroupKFold``, with arbitrary target fractions). The split reads only
+``StratifiedGroupKFold``, with arbitrary target fractions). The nodule split reads only
 ``nodules.csv``: changing the crops never changes it.
+
+``patients.csv`` places every scanned patient (``conversion.csv``, written by the same job as
+``nodules.csv``): those with training nodules in their nodule subset, the others (no cohort
+nodule) in their own seeded order at the same fractions, so the detectors are trained and scored
+on scans without nodules too, as LUNA16 scores false positives on every scan.
 """
 
 from __future__ import annotations
@@ -168,6 +173,70 @@ def split_nodules(nodules: pd.DataFrame, settings: SplitSettings) -> pd.DataFram
     return table[[*columns, "size_stratum", "diameter_mm"]].reset_index(drop=True)
 
 
+def scanned_patients(conversion_csv: str | Path) -> list[str]:
+    """Patients with a series of index status ``ok`` that converted (results/index/conversion.csv).
+
+    These are the scans a detector is scored on, nodules or not (LUNA16 counts false positives on
+    every scan).
+    """
+    path = Path(conversion_csv)
+    if not path.is_file():
+        raise FileNotFoundError(f"conversion table not found: {path}")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"patient_id", "index_status", "conversion"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+    usable = (table["index_status"] == "ok") & (table["conversion"] == "converted")
+    return sorted(set(table.loc[usable, "patient_id"]))
+
+
+def place_in_order(n_items: int, fractions: Sequence[float]) -> np.ndarray:
+    """Bucket of each of ``n_items`` taken in order: each goes to the bucket furthest below its
+    share of the items placed so far (ties: the lower bucket), so bucket b ends with
+    ``fractions[b] * n_items`` items, within one."""
+    fractions = np.asarray(fractions, dtype=float)
+    members = np.zeros(len(fractions), dtype=int)
+    buckets = np.empty(n_items, dtype=int)
+    for position in range(n_items):
+        bucket = int(np.argmax(fractions * (position + 1) - members))
+        buckets[position] = bucket
+        members[bucket] += 1
+    return buckets
+
+
+def split_patients(
+    split: pd.DataFrame, patients: Sequence[str], settings: SplitSettings
+) -> pd.DataFrame:
+    """``patient_id, subset[, fold], n_nodules`` of every patient in ``split`` or ``patients``.
+
+    A patient with training nodules keeps the subset (fold) of the nodule split. The others (no
+    cohort nodule: the detector's scans without a nodule) are placed in a seeded random order so
+    that each subset (fold) gets its fraction of them; the nodule split does not move.
+    """
+    columns = ["patient_id", "subset", *(["fold"] if settings.folds >= 2 else [])]
+    placed = split.groupby("patient_id", sort=True).agg(
+        subset=("subset", "first"),
+        **({"fold": ("fold", "first")} if settings.folds >= 2 else {}),
+        n_nodules=("nodule_id", "size"),
+    )
+    placed = placed.reset_index()
+    others = np.array(sorted(set(patients) - set(placed["patient_id"])), dtype=object)
+    others = others[np.random.default_rng(settings.seed).permutation(len(others))]
+    if settings.folds >= 2:
+        folds = place_in_order(len(others), [1.0 / settings.folds] * settings.folds)
+        subsets = np.where(folds == settings.val_fold, "val", "train")
+    else:
+        folds = None
+        fractions = [1.0 - settings.val_fraction, settings.val_fraction]
+        subsets = np.asarray(SUBSETS)[place_in_order(len(others), fractions)]
+    extra = pd.DataFrame({"patient_id": others, "subset": subsets, "n_nodules": 0})
+    if folds is not None:
+        extra["fold"] = folds
+    table = pd.concat([placed, extra], ignore_index=True) if len(extra) else placed
+    table = table[[*columns, "n_nodules"]].sort_values("patient_id", kind="stable")
+    return table.reset_index(drop=True)
+
+
 def log_balance(split: pd.DataFrame) -> None:
     """Log nodules and patients per subset and size stratum."""
     nodules = pd.crosstab(split["size_stratum"], split["subset"], margins=True)
@@ -186,6 +255,15 @@ def write_split(
     return split
 
 
-def run_split(*, nodules: str, split: str, settings: SplitSettings) -> None:
-    """Split the training nodules of ``nodules`` by patient into ``split`` (split.csv)."""
-    write_split(nodules, split, settings)
+def run_split(
+    *, nodules: str, conversion: str, split: str, patients: str, settings: SplitSettings
+) -> None:
+    """Split the training nodules of ``nodules`` by patient into ``split`` (split.csv), and place
+    every scanned patient of ``conversion`` (conversion.csv) in ``patients`` (patients.csv)."""
+    nodule_split = write_split(nodules, split, settings)
+    table = split_patients(nodule_split, scanned_patients(conversion), settings)
+    logger.info(
+        "patients per subset (with / without training nodules): %s",
+        table.groupby(["subset", table["n_nodules"] > 0]).size().to_dict(),
+    )
+    write_csv_atomic(patients, table)

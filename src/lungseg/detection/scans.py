@@ -1,8 +1,9 @@
 """The detection scan table: every detection volume, its subset of the patient split, geometry.
 
 ``results/detection_volumes/scans.csv`` (rule ``detection_scans``): one row per detection volume,
-``patient_id, series_uid, subset`` (``train``/``val`` from results/split/split.csv by patient;
-``none`` for a patient without a cohort nodule, whom the split does not place), ``path``,
+``patient_id, series_uid, subset`` (``train``/``val`` from results/split/patients.csv, which
+places every scanned patient, with cohort nodules or without; ``none`` for a patient it does not
+list), ``path``,
 ``n_nodules, n_ignored`` (cohort nodules and irrelevant findings in the target), the canvas
 geometry ``step_z/y/x, offset_z/y/x`` (source voxel = offset + canvas voxel * step) and the source
 geometry ``source_spacing_z/y/x, source_origin_z/y/x, source_direction`` (9 numbers, row-major, as
@@ -40,16 +41,15 @@ def scan_row(path: str | Path, subset_of: dict[str, str]) -> dict:
     return row
 
 
-def write_scan_table(*, volumes: list[str], split: str, table: str) -> None:
-    """Write the detection scan table of ``volumes`` with subsets from ``split`` (split.csv)."""
-    frame = pd.read_csv(split)
+def write_scan_table(*, volumes: list[str], patients: str, table: str) -> None:
+    """Write the detection scan table of ``volumes``, subsets from ``patients`` (patients.csv)."""
+    frame = pd.read_csv(patients, dtype={"patient_id": str})
     if not {"patient_id", "subset"} <= set(frame.columns):
-        raise InputError(f"{split}: needs columns patient_id, subset")
-    subsets = frame.groupby("patient_id")["subset"].agg(set)
-    mixed = subsets[subsets.map(len) > 1]
-    if len(mixed):
-        raise InputError(f"{split}: patient(s) in both subsets: {list(mixed.index)[:5]}")
-    subset_of = {patient: next(iter(s)) for patient, s in subsets.items()}
+        raise InputError(f"{patients}: needs columns patient_id, subset")
+    repeated = frame["patient_id"][frame["patient_id"].duplicated()].tolist()
+    if repeated:
+        raise InputError(f"{patients}: patient(s) listed twice: {repeated[:5]}")
+    subset_of = dict(zip(frame["patient_id"], frame["subset"], strict=True))
     usable = [p for p in sorted(volumes) if read_attrs(p).get("conversion") != "failed"]
     rows = [scan_row(path, subset_of) for path in usable]
     write_csv_atomic(table, pd.DataFrame(rows).sort_values(["patient_id", "series_uid"]))
