@@ -17,6 +17,7 @@ from lungseg.bench.memory import (
     largest_fitting,
     plan,
     predict_peak_bytes,
+    refined_point,
     run_benchmark,
     run_series,
 )
@@ -54,6 +55,47 @@ REPO = Path(__file__).resolve().parents[1]
 )
 def test_predict_peak_bytes(done, voxels, expected):
     assert predict_peak_bytes(done, voxels) == expected
+
+
+def _done(*depths_peaks, area=512 * 512):
+    return [
+        {"status": "ok", "size": (d, 512, 512), "voxels": d * area, "peak_bytes": peak}
+        for d, peak in depths_peaks
+    ]
+
+
+@pytest.mark.parametrize(
+    ("done", "over", "budget", "expected"),
+    [
+        # 1 GiB per 16 slices from 16 (1 GiB) and 32 (2 GiB): 0.95 * 5 GiB allows 76 -> 72 (x8)
+        (_done((16, GIB), (32, 2 * GIB)), (128, 512, 512), 5 * GIB, (72, 512, 512)),
+        # nothing between the last measured depth and the point over budget
+        (_done((16, GIB), (32, 2 * GIB)), (40, 512, 512), 2 * GIB, None),
+        # another cross-section: no refinement (cubes grow in every axis)
+        (_done((16, GIB), (32, 2 * GIB)), (64, 256, 256), 5 * GIB, None),
+        # one measured point: no line, no refinement
+        (_done((16, GIB)), (64, 512, 512), 5 * GIB, None),
+        (_done(), (64, 512, 512), 5 * GIB, None),
+    ],
+)
+def test_refined_point_is_the_deepest_predicted_to_fit(done, over, budget, expected):
+    point = refined_point(done, Point("size", "unet", over, 16, 4, 2), budget)
+    assert (point.size if point else None) == expected
+
+
+def test_a_series_measures_its_refined_point_before_it_stops(monkeypatch):
+    # A fake step of 1 GiB per 16 slices of 512 x 512: 16, 32 and 64 fit a 5 GiB budget, 128 is
+    # predicted over it, so 72 slices (the deepest multiple of 8 under 0.95 * 5 GiB) is measured.
+    def fake_run_point(point, *args):
+        return {"status": "ok", "peak_bytes": point.size[0] / 16 * GIB, "step_bytes": 1}
+
+    monkeypatch.setattr("lungseg.bench.memory.run_point", fake_run_point)
+    points = [Point("size", "unet", (d, 512, 512), 16, 4, 2) for d in (16, 32, 64, 128, 256)]
+    rows = run_series(points, "cpu", 5 * GIB, steps=1, threads=1, timeout_s=1)
+    assert [(r["size"][0], r["status"]) for r in rows] == [
+        (16, "ok"), (32, "ok"), (64, "ok"), (72, "ok"), (128, "did_not_fit"), (256, "did_not_fit")
+    ]  # fmt: skip
+    assert rows[3]["note"].startswith("refined")
 
 
 def _size_points(variant, peaks_mb, steps_mb):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,31 @@ def predict_peak_bytes(done: list[dict], voxels: int) -> float | None:
     return last["peak_bytes"] + max(slope, 0.0) * (voxels - last["voxels"])
 
 
+#: the refined point aims this far below the budget (the line through two points is an estimate)
+REFINE_MARGIN = 0.05
+
+
+def refined_point(done: list[dict], over: Point, budget_bytes: int) -> Point | None:
+    """The deepest point between the last measured one and ``over`` predicted to fit.
+
+    Only for a series of one cross-section (whole-CT shapes 512 x 512 x N): the depth N is the
+    largest multiple of ``2**(levels-1)`` whose predicted peak stays ``REFINE_MARGIN`` under the
+    budget. None when no such depth lies strictly between the two points.
+    """
+    measured = [row for row in done if row["status"] == "ok"]
+    if not measured or tuple(measured[-1]["size"][1:]) != tuple(over.size[1:]):
+        return None
+    last_depth, area = measured[-1]["size"][0], over.size[1] * over.size[2]
+    factor = 2 ** (over.levels - 1)
+    depth = (over.size[0] - 1) // factor * factor
+    while depth > last_depth:
+        predicted = predict_peak_bytes(done, depth * area)
+        if predicted is not None and predicted <= (1 - REFINE_MARGIN) * budget_bytes:
+            return replace(over, size=(depth, *over.size[1:]))
+        depth -= factor
+    return None
+
+
 def run_series(
     points: list[Point],
     device: str,
@@ -87,7 +112,12 @@ def run_series(
     threads: int,
     timeout_s: float,
 ) -> list[dict]:
-    """Measure ``points`` in order; after the first that does not fit, mark the rest too."""
+    """Measure ``points`` in order; after the first that does not fit, mark the rest too.
+
+    Before the first point that does not fit (predicted or measured), one refined point
+    (:func:`refined_point`) is measured, so a whole-CT series ends at its largest depth found by
+    measurement, not only at the grid's last fitting size.
+    """
     rows: list[dict] = []
     stopped = False
     for point in points:
@@ -101,12 +131,26 @@ def run_series(
                 note=f"predicted peak {predicted / GIB:.1f} GiB > budget {budget_bytes / GIB:g}",
             )
         else:
-            log.info("measuring %s %s %s", point.variant, point.series, point.size)
-            row.update(run_point(point, device, budget_bytes, steps, threads, timeout_s))
-            log.info("-> %s", {k: v for k, v in row.items() if k not in asdict(point)})
+            row.update(measure(point, device, budget_bytes, steps, threads, timeout_s))
+        if not stopped and row["status"] == "did_not_fit":
+            refined = refined_point(rows, point, budget_bytes)
+            if refined is not None:
+                extra = {**asdict(refined), "voxels": refined.voxels, "device": device}
+                extra.update(measure(refined, device, budget_bytes, steps, threads, timeout_s))
+                extra["note"] = "; ".join(
+                    n for n in ("refined: deepest predicted to fit", extra.get("note")) if n
+                )
+                rows.append(extra)
         stopped = stopped or row["status"] not in ("ok", "unsupported")
         rows.append(row)
     return rows
+
+
+def measure(point: Point, device: str, budget_bytes: int, steps, threads, timeout_s) -> dict:
+    log.info("measuring %s %s %s", point.variant, point.series, point.size)
+    result = run_point(point, device, budget_bytes, steps, threads, timeout_s)
+    log.info("-> %s", result)
+    return result
 
 
 def plan(
