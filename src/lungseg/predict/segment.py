@@ -118,6 +118,7 @@ def label_map(
     """(uint16 label map, index of the piece behind each label 1..N) of the pasted masks."""
     labels = np.zeros(tuple(shape), dtype=np.uint16)
     best = np.zeros(tuple(shape), dtype=np.float32)
+    regions = []
     for k, piece in enumerate(pieces, start=1):
         local_centre = [c - low for c, low in zip(piece.centre, piece.lo, strict=True)]
         mask = nearest_component(piece.probability >= threshold, local_centre)
@@ -127,10 +128,11 @@ def label_map(
         take = mask & (piece.probability > best[region])
         labels[region][take] = k
         best[region][take] = piece.probability[take]
-    present = [k for k in range(1, len(pieces) + 1) if np.any(labels == k)]
+        regions.append(region)
+    # A label can only lie in its own piece's region: look there, not over the whole scan.
+    present = [k for k, region in enumerate(regions, start=1) if np.any(labels[region] == k)]
     for k in set(range(1, len(pieces) + 1)) - set(present):
         logger.info("detection %d: empty mask after thresholding and overlaps; dropped", k)
-    relabelled = np.zeros_like(labels)
-    for new, old in enumerate(present, start=1):
-        relabelled[labels == old] = new
-    return relabelled, [k - 1 for k in present]
+    renumber = np.zeros(len(pieces) + 1, dtype=np.uint16)
+    renumber[present] = np.arange(1, len(present) + 1)
+    return renumber[labels], [k - 1 for k in present]
