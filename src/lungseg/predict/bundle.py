@@ -51,41 +51,43 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _bundle(kind: str, checkpoint: str | Path, name: str, **extra: Any) -> dict[str, Any]:
+    """A bundle of ``kind``: the header, the checkpoint's settings, ``extra``, epoch and model."""
+    state = read_checkpoint(checkpoint)
+    return {
+        "kind": kind,
+        "format": BUNDLE_FORMAT,
+        "name": name,
+        "settings": _plain(dict(state["settings"])),
+        **extra,
+        "epoch": int(state["epoch"]),
+        "model": state["model"],
+    }
+
+
 def detector_bundle(
     checkpoint: str | Path, operating_point: dict, volumes: VolumeSettings, name: str
 ) -> dict[str, Any]:
     """The detector bundle of a trained detector's best.pt and its operating_point.json."""
-    state = read_checkpoint(checkpoint)
-    return {
-        "kind": DETECTOR,
-        "format": BUNDLE_FORMAT,
-        "name": name,
-        "settings": _plain(dict(state["settings"])),
-        "volumes": _plain(volumes.to_config()),
-        "operating_point": {
-            "threshold": operating_point.get("threshold"),
-            "fps_per_scan_target": operating_point.get("fps_per_scan_target"),
-            "fps_per_scan": operating_point.get("fps_per_scan"),
-            "sensitivity": operating_point.get("sensitivity"),
-        },
-        "epoch": int(state["epoch"]),
-        "model": state["model"],
-    }
+    keys = ("threshold", "fps_per_scan_target", "fps_per_scan", "sensitivity")
+    return _bundle(
+        DETECTOR,
+        checkpoint,
+        name,
+        volumes=_plain(volumes.to_config()),
+        operating_point={key: operating_point.get(key) for key in keys},
+    )
 
 
 def segmenter_bundle(checkpoint: str | Path, crops: CropSettings, name: str) -> dict[str, Any]:
     """The segmenter bundle of a crop model's best.pt and the crop grid it was trained on."""
-    state = read_checkpoint(checkpoint)
-    return {
-        "kind": SEGMENTER,
-        "format": BUNDLE_FORMAT,
-        "name": name,
-        "settings": _plain(dict(state["settings"])),
-        "crop_size": [int(s) for s in crops.size],
-        "target_spacing": _plain(crops.spacing),
-        "epoch": int(state["epoch"]),
-        "model": state["model"],
-    }
+    return _bundle(
+        SEGMENTER,
+        checkpoint,
+        name,
+        crop_size=[int(s) for s in crops.size],
+        target_spacing=_plain(crops.spacing),
+    )
 
 
 def save_bundle(bundle: dict[str, Any], path: str | Path) -> None:
