@@ -51,6 +51,31 @@ def test_growth_fits_the_exponent_between_the_two_largest_runs_and_projects():
     assert pd.isna(fits.loc["cohort", "k_written_mb"])  # nothing written: no exponent
     figure = scale_figure(frame, fits.reset_index())
     assert [axis.get_xlabel() for axis in figure.axes] == ["sample scans"] * 3
+    assert "k_slices" not in fits  # no slices column: no per-slice exponents
+
+
+@pytest.mark.parametrize(
+    ("slices", "cpu_s", "k_slices", "k_cpu_vs_slices", "cpu_at_1018_by_slices"),
+    [
+        # longer scans in the larger run, constant work per slice: N^1.2 overall, 1 per slice
+        ((3000, 12000), (30.0, 120.0), 1.151, 1.0, 2400.0),
+        # as many slices per scan, work per slice doubling: grows faster than the data
+        ((3000, 10000), (30.0, 200.0), 1.0, 1.576, 29912.4),
+    ],
+)
+def test_growth_against_slices_separates_longer_scans_from_costlier_slices(
+    slices, cpu_s, k_slices, k_cpu_vs_slices, cpu_at_1018_by_slices
+):
+    rows = [
+        {"scans": n, "stage": "convert", "jobs": n, "slices": s, "cpu_s": c, "wall_s": c}
+        | {"max_rss_mb": 400.0, "written_mb": 1.0, "disk_mb": s / 100}
+        for n, s, c in zip((30, 100), slices, cpu_s, strict=True)
+    ]
+    fits = growth(pd.DataFrame(rows), total_slices=240_000).iloc[0]
+    assert fits["k_slices"] == pytest.approx(k_slices, abs=1e-3)
+    assert fits["k_cpu_s_vs_slices"] == pytest.approx(k_cpu_vs_slices, abs=1e-3)
+    assert fits["k_disk_mb_vs_slices"] == pytest.approx(1.0)
+    assert fits["cpu_s_at_1018_by_slices"] == pytest.approx(cpu_at_1018_by_slices, rel=1e-3)
 
 
 def test_scale_patients_spread_over_the_database_and_nest_nothing_twice():

@@ -8,6 +8,12 @@ benchmark file (``benchmarks/**.tsv``: wall seconds ``s``, ``cpu_time``, ``max_r
 ``io_out``) gives, per stage: jobs, CPU seconds, wall seconds, the largest peak RSS of a job and
 the MB written. The growth exponent ``k`` (cost ~ N^k) of each stage is fitted between the two
 largest runs, and the projection to the 1018 scans of LIDC-IDRI follows that power law.
+
+The runs' scans differ in length, so a per-scan stage can grow faster than N only because its
+larger run has longer scans. ``slices`` (the run's CT slices) separates the two: ``k_slices`` is
+how the slices grew, ``k_<cost>_vs_slices`` the exponent of cost against slices (1 for a stage
+whose work per slice is constant), and ``<cost>_at_1018_by_slices`` projects to the collection's
+own number of slices.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ SCALE_COLUMNS = [
     "scans",
     "stage",
     "jobs",
+    "slices",
     "cpu_s",
     "wall_s",
     "max_rss_mb",
@@ -55,6 +62,8 @@ SCALE_COLUMNS = [
     "disk_mb",
     "run_wall_s",
 ]
+#: costs that follow the data's size (per-slice exponents and projection by slices)
+PER_SLICE_METRICS = ("cpu_s", "disk_mb")
 METRICS = ("cpu_s", "wall_s", "max_rss_mb", "written_mb", "disk_mb")
 #: what each stage leaves on disk (its outputs' size: disk_mb)
 STAGE_OUTPUTS = {
@@ -79,6 +88,27 @@ def scale_patients(n: int) -> list[str]:
         raise ValueError(f"{n} scans asked for; the database has {len(patients)} patients")
     picks = np.linspace(0, len(patients) - 1, n).round().astype(int)
     return [patients[i] for i in picks]
+
+
+def scan_slices(patients: list[str]) -> int:
+    """CT slices of the patients' annotated scans (what sample_data writes for them)."""
+    from lungseg.lidc.adapter import scans_for_patient
+
+    return sum(scan.n_slices for patient in patients for scan in scans_for_patient(patient))
+
+
+def collection_slices() -> int:
+    """CT slices of every scan in the annotation database (the whole collection)."""
+    from lungseg.lidc.adapter import all_scans
+
+    return sum(scan.n_slices for scan in all_scans())
+
+
+def _exponent(a: float, b: float, x_a: float, x_b: float) -> float:
+    """k of b / a = (x_b / x_a)^k; NaN when a value is not positive."""
+    if a > 0 and b > 0 and x_a > 0 and x_b > 0 and x_a != x_b:
+        return math.log(b / a) / math.log(x_b / x_a)
+    return math.nan
 
 
 def scale_config(patients: list[str], epochs: int) -> dict:
@@ -161,8 +191,12 @@ def stage_costs(workdir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def growth(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per stage: exponent k of cost ~ N^k between the two largest runs, and the 1018 projection."""
+def growth(frame: pd.DataFrame, total_slices: float | None = None) -> pd.DataFrame:
+    """Per stage: exponent k of cost ~ N^k between the two largest runs, and the 1018 projection.
+
+    With a ``slices`` column also ``k_slices``, ``k_<metric>_vs_slices`` and, given the
+    collection's ``total_slices``, ``<metric>_at_1018_by_slices`` (module docstring).
+    """
     sizes = sorted(frame["scans"].unique())
     if len(sizes) < 2:
         raise ValueError("the growth fit needs two numbers of scans")
@@ -175,16 +209,26 @@ def growth(frame: pd.DataFrame) -> pd.DataFrame:
         row = {"stage": stage, "fit_from": small, "fit_to": large}
         for metric in (*METRICS, "jobs"):
             a, b = by_n.loc[small, metric], by_n.loc[large, metric]
-            k = math.log(b / a) / math.log(large / small) if a > 0 and b > 0 else math.nan
+            k = _exponent(a, b, small, large)
             row[f"k_{metric}"] = round(k, 3)
             scale = (LIDC_SCANS / large) ** k if not math.isnan(k) else math.nan
             row[f"{metric}_at_{LIDC_SCANS}"] = round(float(b * scale), 1)
+        if "slices" in by_n:
+            s_small, s_large = by_n.loc[small, "slices"], by_n.loc[large, "slices"]
+            row["k_slices"] = round(_exponent(s_small, s_large, small, large), 3)
+            for metric in PER_SLICE_METRICS:
+                a, b = by_n.loc[small, metric], by_n.loc[large, metric]
+                k = _exponent(a, b, s_small, s_large)
+                row[f"k_{metric}_vs_slices"] = round(k, 3)
+                if total_slices:
+                    at = b * (total_slices / s_large) ** k if not math.isnan(k) else math.nan
+                    row[f"{metric}_at_{LIDC_SCANS}_by_slices"] = round(float(at), 1)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def scale_figure(frame: pd.DataFrame, fits: pd.DataFrame):
-    """CPU seconds and peak RSS per stage vs number of scans (log-log), exponents in the legend."""
+    """CPU seconds, peak RSS and disk per stage vs number of scans (log-log), exponents in legends."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(13, 4.5), dpi=120, layout="constrained")
@@ -192,14 +236,15 @@ def scale_figure(frame: pd.DataFrame, fits: pd.DataFrame):
     k = fits.set_index("stage")
     for stage, group in frame.groupby("stage", sort=False):
         group = group.sort_values("scans")
-        for axis, metric in ((ax_cpu, "cpu_s"), (ax_rss, "max_rss_mb"), (ax_disk, "written_mb")):
+        # disk_mb (the outputs' size), not io_out: Snakemake's io_out is 0 for some small jobs
+        for axis, metric in ((ax_cpu, "cpu_s"), (ax_rss, "max_rss_mb"), (ax_disk, "disk_mb")):
             exponent = k.loc[stage, f"k_{metric}"] if stage in k.index else math.nan
             axis.plot(group["scans"], group[metric], "o-", label=f"{stage} (k={exponent:.2f})")
     scans = sorted(frame["scans"].unique())
     titles = (
         (ax_cpu, "CPU seconds per stage (all its jobs)", "CPU seconds"),
         (ax_rss, "largest peak RSS of one job", "MB"),
-        (ax_disk, "MB written per stage", "MB"),
+        (ax_disk, "MB of the stage's outputs on disk", "MB"),
     )
     for axis, title, ylabel in titles:
         axis.set(xscale="log", yscale="log", xlabel="sample scans", ylabel=ylabel, title=title)
@@ -234,7 +279,9 @@ def run_scale(
                 shutil.rmtree(run_dir)
             log.info("workflow on %d sample scans in %s", n, run_dir)
             wall = run_workflow(run_dir, scale_patients(n), epochs, threads, timeout_s)
-        costs = stage_costs(run_dir).assign(scans=n, run_wall_s=round(wall, 1))
+        costs = stage_costs(run_dir).assign(
+            scans=n, slices=scan_slices(scale_patients(n)), run_wall_s=round(wall, 1)
+        )
         log.info("%d scans: %.0f s wall\n%s", n, wall, costs.to_string(index=False))
         frames.append(costs)
         if not done.exists():
@@ -245,7 +292,7 @@ def run_scale(
             shutil.rmtree(run_dir / "results", ignore_errors=True)  # keep benchmarks/, logs/
             done.write_text(f"{wall:.1f}")
     frame = pd.concat(frames, ignore_index=True)[SCALE_COLUMNS].round(2)
-    fits = growth(frame)
+    fits = growth(frame, collection_slices())
     write_csv_atomic(Path(table), frame)
     write_csv_atomic(Path(projection), fits)
     figure = scale_figure(frame, fits)
