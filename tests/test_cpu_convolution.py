@@ -14,7 +14,8 @@ from lungseg.nets.cpu_convolution import OneDNNConv3d, use_onednn_convolutions
 CASES = [
     (1, 8, 8, 3, 1, 1, 1, 1, False, (12, 10, 8)),  # an iUNet coupling: half width, "same"
     (2, 3, 5, 3, 1, 1, 1, 1, True, (6, 7, 5)),  # batch > 1 and bias
-    (1, 4, 2, 1, 0, 1, 1, 1, True, (5, 4, 3)),  # 1x1x1 head: PyTorch's path
+    (1, 4, 2, 1, 0, 1, 1, 1, True, (5, 4, 3)),  # 1x1x1 head: PyTorch's forward, matmul backward
+    (2, 3, 1, 1, 0, 1, 1, 1, True, (4, 5, 3)),  # the same, batch > 1
     (1, 2, 3, (3, 1, 5), (0, 0, 2), 1, 1, 1, True, (7, 6, 9)),  # anisotropic, "valid" in z
     (1, 1, 4, 3, 2, 1, 1, 1, False, (4, 4, 4)),  # padding = kernel - 1 (largest supported)
     (1, 4, 4, 2, 0, 2, 1, 1, True, (8, 8, 8)),  # strided: forward only on oneDNN
@@ -84,11 +85,13 @@ def test_stride_one_backward_runs_on_onednn_only():
 
 
 def test_one_by_one_kernels_keep_pytorchs_matrix_product():
+    """Forward on PyTorch's path; backward as matrix products, not its scratch-heavy backward."""
     _, fast = pair(1, 16, 1, 1, 0, 1, 1, 1, True)
     x = torch.randn(1, 16, 8, 8, 8, requires_grad=True)
     with profile(activities=[ProfilerActivity.CPU]) as trace:
         fast(x).sum().backward()
-    assert "aten::mkldnn_convolution" not in {event.key for event in trace.key_averages()}
+    calls = {event.key for event in trace.key_averages()}
+    assert "aten::mkldnn_convolution" not in calls and "aten::convolution_backward" not in calls
 
 
 def test_other_devices_dtypes_and_padding_modes_keep_pytorchs_path():

@@ -113,6 +113,87 @@ def test_memory_efficient_gradients_equal_plain_backprop(deep_supervision, lean_
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def _lean_coupling(onednn: bool):
+    """One lean-wrapped iunets coupling (4 channels) and an exact, plain-autograd copy."""
+    import copy
+
+    from iunets.layers import create_standard_module
+    from memcnn import InvertibleModuleWrapper
+
+    from lungseg.nets.cpu_convolution import use_onednn_convolutions
+    from lungseg.nets.invertible import use_lean_backward
+
+    torch.manual_seed(0)
+    coupling = randomised(create_standard_module(4, dim=3))
+    if onednn:
+        use_onednn_convolutions(coupling)
+    plain = copy.deepcopy(coupling)
+    lean = torch.nn.Sequential(InvertibleModuleWrapper(coupling, keep_input=False))
+    assert use_lean_backward(lean) == 1
+    return lean, plain
+
+
+# How the loss reads the coupling's output y, and whether dL/dy may be overwritten as dL/dx
+# (built in its storage) or must fall back to a new tensor.
+LOSSES = {
+    "owned": (lambda y, w, kept, other: (y * w).sum(), True),
+    # channels-last w: dL/dy = w has its strides
+    "non-contiguous": (
+        lambda y, w, kept, other: (
+            y * w.permute(0, 2, 3, 4, 1).contiguous().permute(0, 4, 1, 2, 3)
+        ).sum(),
+        False,
+    ),
+    # AddBackward passes one gradient tensor to both inputs; the other input's backward (made
+    # before y, so it runs after y's) still holds it while y's runs
+    "shared by an addition": (lambda y, w, kept, other: ((y + other) * w).sum(), False),
+    "kept by a hook": (
+        lambda y, w, kept, other: (y.register_hook(kept.append), (y * w).sum())[1],
+        False,
+    ),
+    # retain_grad stores a copy: dL/dy itself may still be overwritten
+    "retained as .grad": (
+        lambda y, w, kept, other: (y.retain_grad(), kept.append(y), (y * w).sum())[2],
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("onednn", [True, False], ids=["oneDNN slabs", "PyTorch conv"])
+@pytest.mark.parametrize("case", list(LOSSES))
+def test_lean_coupling_gradient_in_place_or_fallback(case, onednn, monkeypatch):
+    """The lean coupling's gradients equal plain autograd's whichever path dL/dx takes."""
+    from lungseg.nets import invertible
+
+    loss_of, in_place = LOSSES[case]
+    owned_calls = []
+
+    def spy(grad):
+        owned_calls.append(invertible._owned.__wrapped__(grad))
+        return owned_calls[-1]
+
+    spy.__wrapped__ = invertible._owned
+    monkeypatch.setattr(invertible, "_owned", spy)
+    monkeypatch.setattr(invertible, "_ENGINE_REFS", invertible._ENGINE_REFS + 1)  # spy's frame
+    lean, plain = _lean_coupling(onednn)
+    x = torch.randn(1, 4, 6, 5, 4, generator=torch.Generator().manual_seed(1))
+    w = torch.randn(1, 4, 6, 5, 4, generator=torch.Generator().manual_seed(2))
+    x_lean, x_plain = x.clone().requires_grad_(), x.clone().requires_grad_()
+    kept, leaf = [], torch.zeros_like(x, requires_grad=True)
+    other = leaf * 1.0
+    loss_of(lean(x_lean), w, kept, other).backward()
+    (plain(x_plain) * w).sum().backward()
+    torch.testing.assert_close(x_lean.grad, x_plain.grad, atol=1e-5, rtol=1e-4)
+    for (name, a), b in zip(lean.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+    if in_place is not None:
+        assert owned_calls == [in_place]
+    for seen in kept:  # what a hook or .grad holds is dL/dy, untouched by the backward
+        torch.testing.assert_close(seen.grad if seen.requires_grad else seen, w)
+    if leaf.grad is not None:  # the other input of the addition: dL/dy as well
+        torch.testing.assert_close(leaf.grad, w)
+
+
 @pytest.mark.parametrize("arch", ["unet", "iunet"])
 def test_overfits_one_sphere(arch):
     torch.manual_seed(0)

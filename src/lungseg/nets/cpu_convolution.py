@@ -16,7 +16,9 @@ memory than ``slow_conv3d``'s im2col buffers. 1x1x1 kernels (matrix products, wh
 path does ~2x faster: 16 -> 1 channels at 48^3, 8 ms vs 16-26 ms forward and backward) and other
 devices, dtypes, padding modes and autocast regions (PyTorch's path casts, this one would not)
 take PyTorch's own choice; strided, dilated and grouped convolutions run their forward only on
-oneDNN.
+oneDNN. The backward of a plain 1x1x1 convolution (the output heads) is two matrix products:
+PyTorch's CPU path allocates an input-sized scratch buffer besides the input gradient (a C = 16
+head at 128^3: +1 full-resolution activation at the iUNet's backward peak).
 """
 
 from __future__ import annotations
@@ -66,6 +68,31 @@ class _StrideOneConv3d(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None
 
 
+class _PointwiseConv3d(torch.autograd.Function):
+    """1x1x1 convolution: PyTorch's forward, a backward of matrix products without scratch."""
+
+    @staticmethod
+    def forward(ctx: Any, input, weight, bias):  # noqa: A002 - torch's own names
+        ctx.save_for_backward(input, weight)
+        ctx.has_bias = bias is not None
+        return torch.nn.functional.conv3d(input, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output):
+        input, weight = ctx.saved_tensors
+        matrix = weight.flatten(1)  # (C_out, C_in)
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:  # W^T g per voxel, written once into the input's shape
+            grad_input = torch.matmul(matrix.T, grad_output.flatten(2)).view(input.shape)
+        if ctx.needs_input_grad[1]:  # g x^T summed over voxels and the batch
+            grad_weight = sum(
+                g.flatten(1) @ x.flatten(1).T for g, x in zip(grad_output, input, strict=True)
+            ).view(weight.shape)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_output.sum(dim=(0, 2, 3, 4))
+        return grad_input, grad_weight, grad_bias
+
+
 def _onednn_usable(input: torch.Tensor, weight: torch.Tensor, padding_mode: str) -> bool:
     return (
         input.device.type == "cpu"
@@ -79,18 +106,25 @@ def _onednn_usable(input: torch.Tensor, weight: torch.Tensor, padding_mode: str)
 
 
 class OneDNNConv3d(nn.Conv3d):
-    """``nn.Conv3d`` that runs on oneDNN on CPU (kernels above 1x1x1): backward too at stride 1."""
+    """``nn.Conv3d`` that runs on oneDNN on CPU (kernels above 1x1x1): backward too at stride 1.
+
+    Plain 1x1x1 kernels keep PyTorch's forward, with a matrix-product backward."""
 
     def _conv_forward(
         self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        if (
-            isinstance(self.padding, str)
-            or tuple(self.kernel_size) == _ONES  # a plain matrix product: PyTorch's is faster
-            or not _onednn_usable(input, weight, self.padding_mode)
-        ):
+        if isinstance(self.padding, str) or not _onednn_usable(input, weight, self.padding_mode):
             return super()._conv_forward(input, weight, bias)
         padding = tuple(self.padding)
+        if tuple(self.kernel_size) == _ONES:  # a plain matrix product: PyTorch's is faster
+            if (
+                padding == (0, 0, 0)
+                and tuple(self.stride) == tuple(self.dilation) == _ONES
+                and self.groups == 1
+                and input.dim() == 5
+            ):
+                return _PointwiseConv3d.apply(input, weight, bias)
+            return super()._conv_forward(input, weight, bias)
         if (
             tuple(self.stride) == _ONES
             and tuple(self.dilation) == _ONES
@@ -102,6 +136,43 @@ class OneDNNConv3d(nn.Conv3d):
         return torch.ops.aten.mkldnn_convolution(
             input.contiguous(), weight, bias, padding, self.stride, self.dilation, self.groups
         )
+
+
+def depth_slabs(depth: int) -> list[tuple[int, int]]:
+    """Eight depth slabs ``(start, stop)``: a working set 1/8 of a whole tensor's."""
+    rows = max(1, -(-depth // 8))
+    return [(start, min(start + rows, depth)) for start in range(0, depth, rows)]
+
+
+def slabs_apply(conv: nn.Conv3d, x: torch.Tensor) -> bool:
+    """Whether :func:`add_input_grad_by_slabs` can differentiate ``conv`` at ``x``."""
+    pad = conv.padding
+    return (
+        type(conv) is OneDNNConv3d
+        and _onednn_usable(x, conv.weight, conv.padding_mode)
+        and tuple(conv.stride) == tuple(conv.dilation) == (1, 1, 1)
+        and conv.groups == 1
+        and not isinstance(pad, str)
+        and all(k == 2 * p + 1 for k, p in zip(conv.kernel_size, pad, strict=True))  # "same"
+    )
+
+
+def add_input_grad_by_slabs(conv: nn.Conv3d, grad_h: torch.Tensor, into: torch.Tensor) -> None:
+    """``into += J_conv^T grad_h`` in depth slabs (where :func:`slabs_apply`).
+
+    The same oneDNN convolution as ``_StrideOneConv3d``'s backward (``grad_h`` with the flipped,
+    transposed weight), a slab of output rows at a time from the rows it reads: the whole input
+    gradient and oneDNN's input-sized scratch are never alive at once (an iUNet coupling's
+    backward peak, lungseg.nets.invertible). Zero padding in depth is exact at the volume's
+    faces; inside, the slab's halo rows are cropped away.
+    """
+    pad = tuple(conv.padding)
+    weight = conv.weight.detach().flip(2, 3, 4).transpose(0, 1)
+    depth = grad_h.shape[2]
+    for start, stop in depth_slabs(depth):
+        low, high = max(start - pad[0], 0), min(stop + pad[0], depth)
+        piece = _onednn(grad_h[:, :, low:high], weight, None, pad)
+        into[:, :, start:stop].add_(piece[:, :, start - low : stop - low])
 
 
 def use_onednn_convolutions(model: nn.Module) -> int:

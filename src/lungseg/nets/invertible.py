@@ -10,13 +10,18 @@ alive than the maths needs, at the moment the backward pass peaks:
   which keeps those gradient tensors alive for as long as the tensors are referenced.
 
 ``LeanInvertibleFunction`` frees the output right after rebuilding the input and stores no
-``.grad``; everything else, including the forward pass, is memcnn's.
+``.grad``; everything else, including the forward pass, is memcnn's. The backward passes of
+iunets' couplings, channel mixings, splits and concatenations are written out by hand below,
+each to keep as few full-resolution tensors alive at once as it can (docs/decisions.md).
 """
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from iunets.layers import (
+    ConcatenateChannels,
     InvertibleChannelMixing3D,
     SplitChannels,
     StandardAdditiveCoupling,
@@ -24,6 +29,8 @@ from iunets.layers import (
 )
 from memcnn.models.revop import InvertibleCheckpointFunction, InvertibleModuleWrapper
 from torch import nn
+
+from lungseg.nets.cpu_convolution import add_input_grad_by_slabs, depth_slabs, slabs_apply
 
 
 class LeanAdditiveCoupling(StandardAdditiveCoupling):
@@ -60,6 +67,88 @@ def _rebuild_input_in_place(coupling: StandardAdditiveCoupling, y: torch.Tensor)
     return torch.cat([y2, y[:, :inverse_split]], dim=1)
 
 
+#: ``sys.getrefcount`` of a gradient in ``_owned`` when only the autograd engine holds it (its
+#: argument tuples, the callers' locals, ``getrefcount``'s own): measured with torch 2.13 and
+#: tested (tests/test_models.py); a hook that kept the gradient adds one.
+_ENGINE_REFS = 7
+
+
+def _owned(grad: torch.Tensor) -> bool:
+    """True when nothing but this backward can see ``grad``, so it may be overwritten."""
+    # A gradient made as ``.view`` of a product has that product as ``_base``: one more
+    # TensorImpl on the storage, harmless while nothing else holds the base either.
+    base = grad._base
+    return (
+        not grad.requires_grad  # not part of a double-backward graph
+        and grad.is_contiguous()
+        and grad.storage_offset() == 0
+        and grad.untyped_storage().nbytes() == grad.numel() * grad.element_size()
+        # no other view (+1: the temporary storage object made here)
+        and torch._C._storage_Use_Count(grad.untyped_storage()._cdata) == 2 + (base is not None)
+        and (base is None or (base._use_count() == 2 and sys.getrefcount(base) <= 3))
+        # no other C++ holder: an engine buffer of another input (``a + b`` passes one gradient
+        # to both), a ``.grad`` (retain_grad)
+        and grad._use_count() == 1
+        and sys.getrefcount(grad) <= _ENGINE_REFS  # no Python holder (a hook that stored it)
+    )
+
+
+def _block_backward(
+    block: StandardBlock, x2: torch.Tensor, grad_f: torch.Tensor, into: torch.Tensor
+) -> dict[int, torch.Tensor] | None:
+    """``into += J_F^T grad_f``; F's weight gradients, for iunets' conv -> leaky ReLU -> norm.
+
+    Differentiated in stages so that at most two half-size tensors are alive besides the input
+    and incoming gradient: the leaky ReLU's gradient is made in place of the group norm's input
+    gradient, with the ReLU's output (not read again) as the scratch for its slope; the
+    convolution's input gradient goes into ``into`` slab by slab. Same kernels and products as
+    autograd's; returns None (nothing done: use autograd) for any other block.
+    """
+    layers = list(block.F)
+    if not (
+        len(layers) == 3
+        and isinstance(layers[0], nn.Conv3d)
+        and type(layers[1]) is nn.LeakyReLU
+        and layers[1].inplace
+        and type(layers[2]) is nn.GroupNorm
+        and all(p.requires_grad for p in block.parameters())
+        and layers[0].bias is None
+    ):
+        return None
+    conv, relu, norm = layers
+    slabs = slabs_apply(conv, x2)
+    with torch.enable_grad():
+        x2 = x2.detach().requires_grad_(not slabs)  # the slabs make the input gradient
+        h = conv(x2)  # its backward reads x2 and the weight, not h
+    with torch.no_grad():
+        relu(h)  # in place, as in F's forward; h is now the group norm's input
+    with torch.enable_grad():
+        a = h.detach().requires_grad_()
+        f = norm(a)
+    f.untyped_storage().resize_(0)  # group norm's backward reads its input, not its output
+    grad_a, grad_gamma, grad_beta = torch.autograd.grad(f, (a, norm.weight, norm.bias), grad_f)
+    del f
+    with torch.no_grad():
+        # leaky_relu_backward: g where a > 0, else g * slope (the same float products), by
+        # slabs: the mask is a bool tensor, 1/4 of a slab's size
+        for start, stop in depth_slabs(a.shape[2]):
+            part = a[:, :, start:stop]
+            not_positive = part <= 0
+            part.fill_(1.0).masked_fill_(not_positive, relu.negative_slope)
+            grad_a[:, :, start:stop].mul_(part)
+        h.untyped_storage().resize_(0)
+    del a
+    if slabs:
+        (grad_w,) = torch.autograd.grad(h, conv.weight, grad_a)
+        with torch.no_grad():
+            add_input_grad_by_slabs(conv, grad_a, into)
+    else:
+        grad_x2, grad_w = torch.autograd.grad(h, (x2, conv.weight), grad_a)
+        with torch.no_grad():
+            into.add_(grad_x2)
+    return {id(conv.weight): grad_w, id(norm.weight): grad_gamma, id(norm.bias): grad_beta}
+
+
 def additive_coupling_backward(
     coupling: StandardAdditiveCoupling,
     x: torch.Tensor,
@@ -76,6 +165,9 @@ def additive_coupling_backward(
     as in memcnn (once to invert, once with autograd). ``y`` is not read again (its consumers'
     backward passes ran already), so ``x`` is rebuilt in place of it; ``F``'s output is freed
     before its backward, which does not read it (a convolution, leaky ReLU and group norm).
+    Likewise ``dx`` is built in ``g``'s storage when nothing else can see ``g`` (``_owned``):
+    ``g1 += J_F^T g2``, then the halves swapped through a half-size copy. Otherwise ``J_F^T g2``
+    is a new tensor and ``dx`` another, as before.
     """
     split = y.shape[1] - coupling.channel_split_pos  # channels of y1 = x2
     with torch.no_grad():
@@ -84,18 +176,38 @@ def additive_coupling_backward(
         if rebuilt.untyped_storage().data_ptr() != y.untyped_storage().data_ptr():
             y.untyped_storage().resize_(0)
         del rebuilt
-    with torch.enable_grad():
-        x2 = x[:, coupling.channel_split_pos :].detach().requires_grad_()
-        f = coupling.F(x2)
-    if isinstance(coupling.F, StandardBlock) and isinstance(coupling.F.F[-1], nn.GroupNorm):
-        f.untyped_storage().resize_(0)  # group norm's backward reads its input, not its output
-    grads = torch.autograd.grad(f, (x2, *weights), grad_y[:, split:], allow_unused=True)
-    del f
+    in_place = split == coupling.channel_split_pos and _owned(grad_y)  # before any view of it
+    x2 = x[:, coupling.channel_split_pos :]
+    grad_f = grad_y[:, split:]
+    into = grad_y[:, :split] if in_place else torch.zeros_like(x2)  # g1, or J_F^T g2 alone
+    staged = (
+        _block_backward(coupling.F, x2, grad_f, into)
+        if isinstance(coupling.F, StandardBlock)
+        else None
+    )
+    if staged is not None:
+        weight_grads = tuple(staged.get(id(w)) for w in weights)
+    else:
+        with torch.enable_grad():
+            x2 = x2.detach().requires_grad_()
+            f = coupling.F(x2)
+        if isinstance(coupling.F, StandardBlock) and isinstance(coupling.F.F[-1], nn.GroupNorm):
+            f.untyped_storage().resize_(0)  # group norm's backward reads its input, not output
+        grad_x2, *weight_grads = torch.autograd.grad(f, (x2, *weights), grad_f, allow_unused=True)
+        del f
+        with torch.no_grad():
+            into.add_(grad_x2)
+        del grad_x2
     with torch.no_grad():
+        if in_place:  # grad_y is (g1 + J_F^T g2, g2): swap the halves
+            g2 = grad_y[:, split:].clone()
+            grad_y[:, split:].copy_(grad_y[:, :split])
+            grad_y[:, :split].copy_(g2)
+            return (grad_y, *weight_grads)
         grad_x = torch.empty_like(grad_y, memory_format=torch.contiguous_format)
-        grad_x[:, : coupling.channel_split_pos].copy_(grad_y[:, split:])
-        torch.add(grad_y[:, :split], grads[0], out=grad_x[:, coupling.channel_split_pos :])
-    return (grad_x, *grads[1:])
+        grad_x[:, : coupling.channel_split_pos].copy_(grad_f)
+        torch.add(grad_y[:, :split], into, out=grad_x[:, coupling.channel_split_pos :])
+    return (grad_x, *weight_grads)
 
 
 def channel_mixing_backward(
@@ -144,6 +256,27 @@ def split_channels_backward(
         return (torch.cat(grads, dim=1),)
 
 
+def concat_channels_backward(
+    concat: ConcatenateChannels,
+    inputs: tuple[torch.Tensor, ...],
+    outputs: tuple[torch.Tensor, ...],
+    grad_outputs: tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ConcatenateChannels``: inputs and their gradients as copies of channel slices.
+
+    memcnn's path returns the gradient slices that autograd's ``cat`` backward makes: views
+    that keep the whole incoming gradient alive, including the part already consumed, through
+    the backward of every lower level (at level 0, +0.25 activations at the encoder's channel
+    split, the step's peak before). Copies cost the same at this call and free it after.
+    """
+    (y,), (grad_y,), split = outputs, grad_outputs, concat.split_location
+    with torch.no_grad():
+        for original, part in zip(inputs, (y[:, :split], y[:, split:]), strict=True):
+            original.set_(part.clone())
+        y.untyped_storage().resize_(0)
+        return grad_y[:, :split].clone(), grad_y[:, split:].clone()
+
+
 class LeanInvertibleFunction(InvertibleCheckpointFunction):
     """memcnn's invertible checkpoint with a backward that frees what it no longer needs."""
 
@@ -169,6 +302,10 @@ class LeanInvertibleFunction(InvertibleCheckpointFunction):
                 )
             if type(coupling) is SplitChannels and not ctx.weights:
                 return (None,) * 6 + split_channels_backward(inputs, outputs, grad_outputs)
+            if type(coupling) is ConcatenateChannels and grad_outputs[0] is not None:
+                return (None,) * 6 + concat_channels_backward(
+                    coupling, inputs, outputs, grad_outputs
+                )
         if not ctx.keep_input:
             with torch.no_grad():
                 rebuilt = ctx.fn_inverse(*outputs)
