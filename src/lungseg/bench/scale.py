@@ -228,7 +228,7 @@ def growth(frame: pd.DataFrame, total_slices: float | None = None) -> pd.DataFra
 
 
 def scale_figure(frame: pd.DataFrame, fits: pd.DataFrame):
-    """CPU seconds, peak RSS and disk per stage vs number of scans (log-log), exponents in legends."""
+    """CPU seconds, peak RSS and disk per stage vs number of scans (log-log); exponents shown."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(13, 4.5), dpi=120, layout="constrained")
