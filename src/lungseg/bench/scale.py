@@ -270,6 +270,7 @@ def run_scale(
     frames = []
     for n in sorted(int(s) for s in scans or (10, 30, 100)):
         run_dir = Path(workdir) / f"N{n}"
+        patients = scale_patients(n)
         done = run_dir / "run_wall_s.txt"  # a finished run is reused (delete it to rerun)
         if done.exists():
             wall = float(done.read_text())
@@ -278,9 +279,9 @@ def run_scale(
             if run_dir.exists():
                 shutil.rmtree(run_dir)
             log.info("workflow on %d sample scans in %s", n, run_dir)
-            wall = run_workflow(run_dir, scale_patients(n), epochs, threads, timeout_s)
+            wall = run_workflow(run_dir, patients, epochs, threads, timeout_s)
         costs = stage_costs(run_dir).assign(
-            scans=n, slices=scan_slices(scale_patients(n)), run_wall_s=round(wall, 1)
+            scans=n, slices=scan_slices(patients), run_wall_s=round(wall, 1)
         )
         log.info("%d scans: %.0f s wall\n%s", n, wall, costs.to_string(index=False))
         frames.append(costs)

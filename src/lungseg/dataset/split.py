@@ -139,6 +139,26 @@ def assign_groups(
     return bucket_of
 
 
+def bucket_fractions(settings: SplitSettings) -> list[float]:
+    """Target share of each bucket: k equal folds, or (train, val) = (1 - val_fraction, it)."""
+    folds, val_fold, val_fraction = settings.folds, settings.val_fold, settings.val_fraction
+    if folds >= 2:
+        if not 0 <= val_fold < folds:
+            raise ValueError(f"val_fold must lie in 0..{folds - 1}, got {val_fold}")
+        return [1.0 / folds] * folds
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    return [1.0 - val_fraction, val_fraction]
+
+
+def bucket_subsets(buckets: np.ndarray, settings: SplitSettings) -> np.ndarray:
+    """``train``/``val`` of each bucket index (with folds: ``val`` for fold ``val_fold``)."""
+    buckets = np.asarray(buckets, dtype=int)
+    if settings.folds >= 2:
+        return np.where(buckets == settings.val_fold, "val", "train")
+    return np.asarray(SUBSETS)[buckets]
+
+
 def split_nodules(nodules: pd.DataFrame, settings: SplitSettings) -> pd.DataFrame:
     """``nodule_id, patient_id, subset[, fold], size_stratum, diameter_mm`` of every nodule.
 
@@ -146,29 +166,18 @@ def split_nodules(nodules: pd.DataFrame, settings: SplitSettings) -> pd.DataFram
     ``folds`` >= 2: k patient-level folds of equal size; ``fold`` is each nodule's fold and subset
     ``val`` marks fold ``val_fold`` (``val_fraction`` is then unused).
     """
-    val_fraction, seed, folds, val_fold = (
-        settings.val_fraction, settings.seed, settings.folds, settings.val_fold
-    )  # fmt: skip
-    if folds >= 2:
-        if not 0 <= val_fold < folds:
-            raise ValueError(f"val_fold must lie in 0..{folds - 1}, got {val_fold}")
-        fractions = [1.0 / folds] * folds
-    else:
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
-        fractions = [1.0 - val_fraction, val_fraction]
+    fractions, folds = bucket_fractions(settings), settings.folds
     table = nodules[["nodule_id", "patient_id", "diameter_mm"]].copy()
     table["size_stratum"] = size_strata(table["diameter_mm"], settings.size_bins_mm)
     counts_frame = pd.crosstab(table["patient_id"], table["size_stratum"]).sort_index()
     patients = counts_frame.index.to_numpy()
-    buckets = assign_groups(counts_frame.to_numpy(), fractions, np.random.default_rng(seed))
+    rng = np.random.default_rng(settings.seed)
+    buckets = assign_groups(counts_frame.to_numpy(), fractions, rng)
     bucket_of = dict(zip(patients, buckets, strict=True))
     bucket = table["patient_id"].map(bucket_of).astype(int)
+    table["subset"] = bucket_subsets(bucket.to_numpy(), settings)
     if folds >= 2:
-        table["subset"] = np.where(bucket == val_fold, "val", "train")
         table["fold"] = bucket
-    else:
-        table["subset"] = np.asarray(SUBSETS)[bucket.to_numpy()]
     columns = ["nodule_id", "patient_id", "subset", *(["fold"] if folds >= 2 else [])]
     return table[[*columns, "size_stratum", "diameter_mm"]].reset_index(drop=True)
 
@@ -222,16 +231,12 @@ def split_patients(
     placed = placed.reset_index()
     others = np.array(sorted(set(patients) - set(placed["patient_id"])), dtype=object)
     others = others[np.random.default_rng(settings.seed).permutation(len(others))]
+    buckets = place_in_order(len(others), bucket_fractions(settings))
+    extra = pd.DataFrame(
+        {"patient_id": others, "subset": bucket_subsets(buckets, settings), "n_nodules": 0}
+    )
     if settings.folds >= 2:
-        folds = place_in_order(len(others), [1.0 / settings.folds] * settings.folds)
-        subsets = np.where(folds == settings.val_fold, "val", "train")
-    else:
-        folds = None
-        fractions = [1.0 - settings.val_fraction, settings.val_fraction]
-        subsets = np.asarray(SUBSETS)[place_in_order(len(others), fractions)]
-    extra = pd.DataFrame({"patient_id": others, "subset": subsets, "n_nodules": 0})
-    if folds is not None:
-        extra["fold"] = folds
+        extra["fold"] = buckets
     table = pd.concat([placed, extra], ignore_index=True) if len(extra) else placed
     table = table[[*columns, "n_nodules"]].sort_values("patient_id", kind="stable")
     return table.reset_index(drop=True)
