@@ -193,7 +193,7 @@ def finished_local_run(tmp_path_factory, lidc_root: Path) -> Path:
     session and shared by the tests that read it. Tests that change files in it restore them."""
     if "local" not in _FINISHED_RUNS:
         workdir = copy_workflow(tmp_path_factory.mktemp("local_run"), tiny_config(lidc_root))
-        snakemake(workdir, "--profile", "profiles/default", "--cores", "2", timeout=600)
+        snakemake(workdir, "--profile", "profiles/default", "--cores", "2", timeout=1200)
         _FINISHED_RUNS["local"] = workdir
     return _FINISHED_RUNS["local"]
 
