@@ -110,3 +110,59 @@ def test_other_devices_dtypes_and_padding_modes_keep_pytorchs_path():
         torch.nn.functional.pad(y, (1,) * 6, mode="circular"), circular.weight, circular.bias
     )
     torch.testing.assert_close(model(y), expected)
+
+
+# Stride-1 cases above the slab size: (in, out, kernel, padding, spatial, slab elements).
+SLAB_CASES = [
+    (8, 8, 3, 1, (12, 10, 8), 8 * 10 * 8 * 3),  # a coupling, 1-row slabs
+    (3, 5, 3, 1, (13, 4, 5), 5 * 4 * 5 * 4),  # out > in channels, uneven last slab
+    (2, 3, (3, 1, 5), (0, 0, 2), (9, 6, 7), 3 * 6 * 7 * 3),  # "valid" in depth
+    (1, 4, 3, 2, (7, 4, 4), 4 * 6 * 6 * 3),  # padding = kernel - 1: output deeper than input
+    (2, 2, 5, 1, (21, 5, 5), 350),  # halo wider than the padding
+]
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "kernel", "padding", "size", "slab"), SLAB_CASES)
+def test_depth_slabs_give_the_whole_convolutions_result(
+    c_in, c_out, kernel, padding, size, slab, monkeypatch
+):
+    """Problems above SLAB_ELEMENTS run slab by slab, with PyTorch's outputs and gradients."""
+    import lungseg.nets.cpu_convolution as cpu_convolution
+
+    torch.manual_seed(1)
+    reference, fast = pair(2, c_in, c_out, kernel, padding, 1, 1, 1, True)
+    x = torch.randn(2, c_in, *size)
+    x_ref, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ref = reference(x_ref)
+    weights = torch.randn_like(out_ref)
+    (out_ref * weights).sum().backward()
+    limit = 2 * slab  # batch 2
+    monkeypatch.setattr(cpu_convolution, "SLAB_ELEMENTS", limit)
+    sizes = []  # per oneDNN call: the larger of its two operands
+
+    def whole(input, weight, bias, padding):
+        sizes.append(max(input.numel(), weight.numel()))
+        return whole_convolution(input, weight, bias, padding)
+
+    whole_convolution = cpu_convolution._whole
+    monkeypatch.setattr(cpu_convolution, "_whole", whole)
+    out_fast = fast(x_fast)
+    assert len(sizes) > 1 and max(sizes) <= limit  # the forward: 2+ slabs
+    (out_fast * weights).sum().backward()
+    assert len(sizes) > 3 * 2 and max(sizes) <= limit  # input and weight gradients too
+    torch.testing.assert_close(out_fast, out_ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(x_fast.grad, x_ref.grad, atol=1e-4, rtol=1e-4)
+    for (name, a), b in zip(fast[0].named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_problems_under_the_slab_size_run_whole():
+    _, fast = pair(1, 8, 8, 3, 1, 1, 1, 1, False)
+    x = torch.randn(1, 8, 16, 16, 16, requires_grad=True)
+    with profile(activities=[ProfilerActivity.CPU]) as trace:
+        fast(x).square().sum().backward()
+    assert oned_calls(trace) == 3
+
+
+def oned_calls(trace) -> int:
+    return {event.key: event.count for event in trace.key_averages()}["aten::mkldnn_convolution"]

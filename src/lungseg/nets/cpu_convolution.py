@@ -19,6 +19,11 @@ take PyTorch's own choice; strided, dilated and grouped convolutions run their f
 oneDNN. The backward of a plain 1x1x1 convolution (the output heads) is two matrix products:
 PyTorch's CPU path allocates an input-sized scratch buffer besides the input gradient (a C = 16
 head at 128^3: +1 full-resolution activation at the iUNet's backward peak).
+
+Whole-CT shapes: oneDNN runs a stride-1 convolution whose tensors pass 2^29 elements (16
+channels at 512 x 512 x 256) 2.5-4x slower per voxel (its reorders fall back to reference
+kernels), so these run in depth slabs of at most ``SLAB_ELEMENTS`` elements, each reading its
+halo rows; the weight gradient sums the slabs' (same results, tested).
 """
 
 from __future__ import annotations
@@ -31,12 +36,74 @@ from torch import nn
 _ONES = (1, 1, 1)
 
 
+# Largest tensor oneDNN (torch 2.13's) gets in one call, the fastest measured (docs/decisions.md):
+# slabs copy their input rows and output, so smaller ones cost more than they save.
+SLAB_ELEMENTS = 2**29
+
+
 def _onednn(
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple
+) -> torch.Tensor:
+    """Stride-1 oneDNN convolution, in depth slabs where its tensors exceed SLAB_ELEMENTS."""
+    if input.dim() != 5:
+        return _whole(input, weight, bias, padding)
+    depth, kernel = input.shape[2], weight.shape[2]
+    per_row = max(input[:, :, 0].numel(), input[:, :1, 0].numel() * weight.shape[0])
+    out_depth = depth + 2 * padding[0] - kernel + 1
+    if per_row * max(depth, out_depth) <= SLAB_ELEMENTS:
+        return _whole(input, weight, bias, padding)
+    rows = max(1, SLAB_ELEMENTS // per_row - kernel + 1)
+    out = None
+    for start, stop, piece, piece_padding, first in _depth_pieces(
+        input, out_depth, rows, kernel, padding
+    ):
+        part = _whole(piece, weight, bias, piece_padding)[:, :, first : first + stop - start]
+        if out is None:  # written slab by slab: the whole output and one slab's, never two
+            out = part.new_empty((*part.shape[:2], out_depth, *part.shape[3:]))
+        out[:, :, start:stop] = part
+    return out
+
+
+def _whole(
     input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple
 ) -> torch.Tensor:
     return torch.ops.aten.mkldnn_convolution(
         input.contiguous(), weight.contiguous(), bias, padding, _ONES, _ONES, 1
     )
+
+
+def _depth_pieces(input: torch.Tensor, out_depth: int, rows: int, kernel: int, padding: tuple):
+    """Per slab of output rows ``[start, stop)``: the input rows it reads, the padding to
+    convolve them with and the first row of that convolution's output that belongs to the slab.
+
+    Zero padding in depth is only real at the volume's faces: an inner slab reads its halo rows
+    unpadded (no wasted rows), a face slab pads by ``padding[0]`` and drops what it adds."""
+    depth, pad = input.shape[2], padding[0]
+    for start in range(0, out_depth, rows):
+        stop = min(start + rows, out_depth)
+        low, high = start - pad, stop - pad + kernel - 1
+        own = 0 if low >= 0 and high <= depth else pad
+        first = start - max(low, 0) + own - pad
+        yield start, stop, input[:, :, max(low, 0) : min(high, depth)], (own, *padding[1:]), first
+
+
+def _weight_grad(input: torch.Tensor, grad_output: torch.Tensor, padding: tuple, kernel: tuple):
+    """(C_in, N, ...) * (C_out, N, ...) -> (C_out, C_in, k, k, k): sums over the batch, and over
+    depth slabs of the output gradient where its tensors exceed SLAB_ELEMENTS."""
+    by_channel = input.transpose(0, 1)
+    kernel_grad = grad_output.transpose(0, 1)
+    if max(input.numel(), grad_output.numel()) <= SLAB_ELEMENTS:
+        return _whole(by_channel, kernel_grad, None, padding).transpose(0, 1).contiguous()
+    per_row = max(input[:, :, 0].numel(), grad_output[:, :, 0].numel())
+    rows = max(1, SLAB_ELEMENTS // per_row - kernel[0] + 1)
+    total = None
+    for start, stop, piece, piece_padding, first in _depth_pieces(
+        by_channel, grad_output.shape[2], rows, kernel[0], padding
+    ):
+        part = _whole(piece, kernel_grad[:, :, start:stop], None, piece_padding)
+        part = part[:, :, first : first + kernel[0]]
+        total = part if total is None else total.add_(part)
+    return total.transpose(0, 1).contiguous()
 
 
 class _StrideOneConv3d(torch.autograd.Function):
@@ -60,9 +127,7 @@ class _StrideOneConv3d(torch.autograd.Function):
             transposed = tuple(k - 1 - p for k, p in zip(kernel, padding, strict=True))
             grad_input = _onednn(grad_output, flipped, None, transposed)
         if ctx.needs_input_grad[1]:
-            # (C_in, N, ...) * (C_out, N, ...) -> (C_in, C_out, k, k, k): sums over the batch.
-            by_channel = _onednn(input.transpose(0, 1), grad_output.transpose(0, 1), None, padding)
-            grad_weight = by_channel.transpose(0, 1).contiguous()
+            grad_weight = _weight_grad(input, grad_output, padding, weight.shape[2:])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_output.sum(dim=(0, 2, 3, 4))
         return grad_input, grad_weight, grad_bias, None
