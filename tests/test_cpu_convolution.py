@@ -118,7 +118,7 @@ SLAB_CASES = [
     (3, 5, 3, 1, (13, 4, 5), 5 * 4 * 5 * 4),  # out > in channels, uneven last slab
     (2, 3, (3, 1, 5), (0, 0, 2), (9, 6, 7), 3 * 6 * 7 * 3),  # "valid" in depth
     (1, 4, 3, 2, (7, 4, 4), 4 * 6 * 6 * 3),  # padding = kernel - 1: output deeper than input
-    (2, 2, 5, 1, (21, 5, 5), 350),  # halo wider than the padding
+    (2, 2, 5, (1, 2, 2), (21, 5, 5), 525),  # halo wider than the padding
 ]
 
 
@@ -126,7 +126,8 @@ SLAB_CASES = [
 def test_depth_slabs_give_the_whole_convolutions_result(
     c_in, c_out, kernel, padding, size, slab, monkeypatch
 ):
-    """Problems above SLAB_ELEMENTS run slab by slab, with PyTorch's outputs and gradients."""
+    """Problems above SLAB_ELEMENTS run cut (depth slabs, channel blocks for the weight
+    gradient), no call over the size, with PyTorch's outputs and gradients."""
     import lungseg.nets.cpu_convolution as cpu_convolution
 
     torch.manual_seed(1)
@@ -138,6 +139,7 @@ def test_depth_slabs_give_the_whole_convolutions_result(
     (out_ref * weights).sum().backward()
     limit = 2 * slab  # batch 2
     monkeypatch.setattr(cpu_convolution, "SLAB_ELEMENTS", limit)
+    monkeypatch.setattr(cpu_convolution, "PIECE_ELEMENTS", limit)
     sizes = []  # per oneDNN call: the larger of its two operands
 
     def whole(input, weight, bias, padding):

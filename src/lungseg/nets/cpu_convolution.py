@@ -22,8 +22,8 @@ head at 128^3: +1 full-resolution activation at the iUNet's backward peak).
 
 Whole-CT shapes: oneDNN runs a stride-1 convolution whose tensors pass 2^29 elements (16
 channels at 512 x 512 x 256) 2.5-4x slower per voxel (its reorders fall back to reference
-kernels), so these run in depth slabs of at most ``SLAB_ELEMENTS`` elements, each reading its
-halo rows; the weight gradient sums the slabs' (same results, tested).
+kernels), so these run in depth slabs, each reading its halo rows; the weight gradient sums
+the slabs' (same results, tested).
 """
 
 from __future__ import annotations
@@ -36,9 +36,13 @@ from torch import nn
 _ONES = (1, 1, 1)
 
 
-# Largest tensor oneDNN (torch 2.13's) gets in one call, the fastest measured (docs/decisions.md):
-# slabs copy their input rows and output, so smaller ones cost more than they save.
+# oneDNN (torch 2.13's) takes its vectorised layout conversions up to this many elements a tensor;
+# past it, reference ones, 2.5-4x slower per voxel (docs/decisions.md). Larger problems are cut.
 SLAB_ELEMENTS = 2**29
+# Slabs copy their input rows and their output (the weight gradient: its two operands' rows):
+# pieces this small keep those copies at 1 GiB together (the checkpointed U-Net's whole-CT peak
+# is within that of this machine's budget).
+PIECE_ELEMENTS = 2**27
 
 
 def _onednn(
@@ -52,7 +56,7 @@ def _onednn(
     out_depth = depth + 2 * padding[0] - kernel + 1
     if per_row * max(depth, out_depth) <= SLAB_ELEMENTS:
         return _whole(input, weight, bias, padding)
-    rows = max(1, SLAB_ELEMENTS // per_row - kernel + 1)
+    rows = max(1, PIECE_ELEMENTS // per_row - kernel + 1)
     out = None
     for start, stop, piece, piece_padding, first in _depth_pieces(
         input, out_depth, rows, kernel, padding
@@ -94,8 +98,10 @@ def _weight_grad(input: torch.Tensor, grad_output: torch.Tensor, padding: tuple,
     kernel_grad = grad_output.transpose(0, 1)
     if max(input.numel(), grad_output.numel()) <= SLAB_ELEMENTS:
         return _whole(by_channel, kernel_grad, None, padding).transpose(0, 1).contiguous()
+    # Blocks of channels would copy nothing, but oneDNN runs a convolution with so large a
+    # kernel (the gradient) several times slower than depth slabs (docs/decisions.md).
     per_row = max(input[:, :, 0].numel(), grad_output[:, :, 0].numel())
-    rows = max(1, SLAB_ELEMENTS // per_row - kernel[0] + 1)
+    rows = max(1, PIECE_ELEMENTS // per_row - kernel[0] + 1)
     total = None
     for start, stop, piece, piece_padding, first in _depth_pieces(
         by_channel, grad_output.shape[2], rows, kernel[0], padding
