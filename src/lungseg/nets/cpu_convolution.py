@@ -234,16 +234,15 @@ def add_input_grad_by_slabs(conv: nn.Conv3d, grad_h: torch.Tensor, into: torch.T
     The same oneDNN convolution as ``_StrideOneConv3d``'s backward (``grad_h`` with the flipped,
     transposed weight), a slab of output rows at a time from the rows it reads: the whole input
     gradient and oneDNN's input-sized scratch are never alive at once (an iUNet coupling's
-    backward peak, lungseg.nets.invertible). Zero padding in depth is exact at the volume's
-    faces; inside, the slab's halo rows are cropped away.
+    backward peak, lungseg.nets.invertible). Slabs and halos as :func:`_depth_pieces`.
     """
-    pad = tuple(conv.padding)
     weight = conv.weight.detach().flip(2, 3, 4).transpose(0, 1)
-    depth = grad_h.shape[2]
-    for start, stop in depth_slabs(depth):
-        low, high = max(start - pad[0], 0), min(stop + pad[0], depth)
-        piece = _onednn(grad_h[:, :, low:high], weight, None, pad)
-        into[:, :, start:stop].add_(piece[:, :, start - low : stop - low])
+    depth, rows = grad_h.shape[2], depth_slabs(grad_h.shape[2])[0][1]
+    for start, stop, piece, padding, first in _depth_pieces(
+        grad_h, depth, rows, weight.shape[2], tuple(conv.padding)
+    ):
+        part = _onednn(piece, weight, None, padding)
+        into[:, :, start:stop].add_(part[:, :, first : first + stop - start])
 
 
 def use_onednn_convolutions(model: nn.Module) -> int:
