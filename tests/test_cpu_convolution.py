@@ -14,7 +14,7 @@ from lungseg.nets.cpu_convolution import OneDNNConv3d, use_onednn_convolutions
 CASES = [
     (1, 8, 8, 3, 1, 1, 1, 1, False, (12, 10, 8)),  # an iUNet coupling: half width, "same"
     (2, 3, 5, 3, 1, 1, 1, 1, True, (6, 7, 5)),  # batch > 1 and bias
-    (1, 4, 2, 1, 0, 1, 1, 1, True, (5, 4, 3)),  # 1x1x1 head: PyTorch's forward, matmul backward
+    (1, 4, 2, 1, 0, 1, 1, 1, True, (5, 4, 3)),  # 1x1x1 head: matrix products, forward and backward
     (2, 3, 1, 1, 0, 1, 1, 1, True, (4, 5, 3)),  # the same, batch > 1
     (1, 2, 3, (3, 1, 5), (0, 0, 2), 1, 1, 1, True, (7, 6, 9)),  # anisotropic, "valid" in z
     (1, 1, 4, 3, 2, 1, 1, 1, False, (4, 4, 4)),  # padding = kernel - 1 (largest supported)
@@ -84,14 +84,16 @@ def test_stride_one_backward_runs_on_onednn_only():
     assert slow == []
 
 
-def test_one_by_one_kernels_keep_pytorchs_matrix_product():
-    """Forward on PyTorch's path; backward as matrix products, not its scratch-heavy backward."""
+def test_one_by_one_kernels_are_matrix_products():
+    """Forward and backward as matrix products: no convolution, so neither oneDNN's reorders
+    nor PyTorch's scratch-heavy backward."""
     _, fast = pair(1, 16, 1, 1, 0, 1, 1, 1, True)
     x = torch.randn(1, 16, 8, 8, 8, requires_grad=True)
     with profile(activities=[ProfilerActivity.CPU]) as trace:
         fast(x).sum().backward()
     calls = {event.key for event in trace.key_averages()}
-    assert "aten::mkldnn_convolution" not in calls and "aten::convolution_backward" not in calls
+    assert not {c for c in calls if "convolution" in c}, calls
+    assert "aten::matmul" in calls
 
 
 def test_other_devices_dtypes_and_padding_modes_keep_pytorchs_path():
@@ -122,12 +124,13 @@ SLAB_CASES = [
 ]
 
 
+@pytest.mark.parametrize("limit_on", ["elements", "per_channel"])
 @pytest.mark.parametrize(("c_in", "c_out", "kernel", "padding", "size", "slab"), SLAB_CASES)
 def test_depth_slabs_give_the_whole_convolutions_result(
-    c_in, c_out, kernel, padding, size, slab, monkeypatch
+    c_in, c_out, kernel, padding, size, slab, limit_on, monkeypatch
 ):
-    """Problems above SLAB_ELEMENTS run cut (depth slabs, channel blocks for the weight
-    gradient), no call over the size, with PyTorch's outputs and gradients."""
+    """Problems above SLAB_ELEMENTS, or with more than SPATIAL_ELEMENTS voxels a channel, run
+    in depth slabs, no call over the limit, with PyTorch's outputs and gradients."""
     import lungseg.nets.cpu_convolution as cpu_convolution
 
     torch.manual_seed(1)
@@ -137,13 +140,24 @@ def test_depth_slabs_give_the_whole_convolutions_result(
     out_ref = reference(x_ref)
     weights = torch.randn_like(out_ref)
     (out_ref * weights).sum().backward()
-    limit = 2 * slab  # batch 2
-    monkeypatch.setattr(cpu_convolution, "SLAB_ELEMENTS", limit)
-    monkeypatch.setattr(cpu_convolution, "PIECE_ELEMENTS", limit)
-    sizes = []  # per oneDNN call: the larger of its two operands
+    unlimited = 2**40
+    if limit_on == "elements":
+        limit = 2 * slab  # batch 2
+        limits = {"SLAB_ELEMENTS": limit, "SPATIAL_ELEMENTS": unlimited}
+        pieces = {"PIECE_ELEMENTS": limit, "PIECE_SPATIAL": unlimited}
+    else:  # the same rows as one channel's voxels
+        limit = slab // max(c_in, c_out)
+        limits = {"SLAB_ELEMENTS": unlimited, "SPATIAL_ELEMENTS": limit}
+        pieces = {"PIECE_ELEMENTS": unlimited, "PIECE_SPATIAL": limit}
+    for name, value in {**limits, **pieces}.items():
+        monkeypatch.setattr(cpu_convolution, name, value)
+    sizes = []  # per oneDNN call: the larger of its two operands (elements or a channel's)
 
     def whole(input, weight, bias, padding):
-        sizes.append(max(input.numel(), weight.numel()))
+        if limit_on == "elements":
+            sizes.append(max(input.numel(), weight.numel()))
+        else:
+            sizes.append(max(input[0, 0].numel(), weight[0, 0].numel()))
         return whole_convolution(input, weight, bias, padding)
 
     whole_convolution = cpu_convolution._whole

@@ -12,18 +12,19 @@ convolution is itself two convolutions, which oneDNN runs as well:
   ``kernel``-sized result.
 
 Same arithmetic as PyTorch's own path (tested to float tolerance); it also needs less scratch
-memory than ``slow_conv3d``'s im2col buffers. 1x1x1 kernels (matrix products, which PyTorch's
-path does ~2x faster: 16 -> 1 channels at 48^3, 8 ms vs 16-26 ms forward and backward) and other
-devices, dtypes, padding modes and autocast regions (PyTorch's path casts, this one would not)
-take PyTorch's own choice; strided, dilated and grouped convolutions run their forward only on
-oneDNN. The backward of a plain 1x1x1 convolution (the output heads) is two matrix products:
-PyTorch's CPU path allocates an input-sized scratch buffer besides the input gradient (a C = 16
-head at 128^3: +1 full-resolution activation at the iUNet's backward peak).
+memory than ``slow_conv3d``'s im2col buffers. Other devices, dtypes, padding modes and autocast
+regions (PyTorch's path casts, this one would not) take PyTorch's own choice; strided, dilated
+and grouped convolutions run their forward only on oneDNN. A plain 1x1x1 convolution (the output
+heads) is a matrix product, forward and backward: PyTorch's CPU backward allocates an input-sized
+scratch buffer besides the input gradient (a C = 16 head at 128^3: +1 full-resolution activation
+at the iUNet's backward peak), and its forward (16 -> 1 channels at 512 x 512 x N, 2 threads)
+costs 18.7 ms a slice at N = 128 and 214 ms at N = 256 (oneDNN's reference reorders, below),
+the product 3.1 and 3.8 ms.
 
-Whole-CT shapes: oneDNN runs a stride-1 convolution whose tensors pass 2^29 elements (16
-channels at 512 x 512 x 256) 2.5-4x slower per voxel (its reorders fall back to reference
-kernels), so these run in depth slabs, each reading its halo rows; the weight gradient sums
-the slabs' (same results, tested).
+Whole-CT shapes: oneDNN runs a stride-1 convolution whose tensors pass 2^29 elements, or whose
+channels pass 2^26 voxels (512 x 512 x 256), 2.5-4x slower per voxel (its reorders fall back to
+reference kernels), so these run in depth slabs, each reading its halo rows; the weight
+gradient sums the slabs' (same results, tested).
 """
 
 from __future__ import annotations
@@ -36,13 +37,16 @@ from torch import nn
 _ONES = (1, 1, 1)
 
 
-# oneDNN (torch 2.13's) takes its vectorised layout conversions up to this many elements a tensor;
-# past it, reference ones, 2.5-4x slower per voxel (docs/decisions.md). Larger problems are cut.
+# oneDNN (torch 2.13's) takes its vectorised layout conversions up to this many elements a tensor
+# and, per channel, up to SPATIAL_ELEMENTS voxels (8-channel blocks of 4-byte floats: 2 GiB);
+# past either, reference ones, 2.5-4x slower per voxel (docs/decisions.md). Such problems are cut.
 SLAB_ELEMENTS = 2**29
+SPATIAL_ELEMENTS = 2**26 - 1
 # Slabs copy their input rows and their output (the weight gradient: its two operands' rows):
 # pieces this small keep those copies at 1 GiB together (the checkpointed U-Net's whole-CT peak
-# is within that of this machine's budget).
+# is within that of this machine's budget), and half the per-channel limit.
 PIECE_ELEMENTS = 2**27
+PIECE_SPATIAL = 2**25
 
 
 def _onednn(
@@ -52,11 +56,15 @@ def _onednn(
     if input.dim() != 5:
         return _whole(input, weight, bias, padding)
     depth, kernel = input.shape[2], weight.shape[2]
-    per_row = max(input[:, :, 0].numel(), input[:, :1, 0].numel() * weight.shape[0])
+    out_plane = 1  # one output channel's row: padding can make it larger than the input's
+    for size, k, pad in zip(input.shape[3:], weight.shape[3:], padding[1:], strict=True):
+        out_plane *= size + 2 * pad - k + 1
+    plane = max(input[0, 0, 0].numel(), out_plane)
+    per_row = input.shape[0] * max(input.shape[1], weight.shape[0]) * plane
     out_depth = depth + 2 * padding[0] - kernel + 1
-    if per_row * max(depth, out_depth) <= SLAB_ELEMENTS:
+    if not _too_large(per_row, plane, max(depth, out_depth)):
         return _whole(input, weight, bias, padding)
-    rows = max(1, PIECE_ELEMENTS // per_row - kernel + 1)
+    rows = _piece_rows(per_row, plane, kernel)
     out = None
     for start, stop, piece, piece_padding, first in _depth_pieces(
         input, out_depth, rows, kernel, padding
@@ -66,6 +74,17 @@ def _onednn(
             out = part.new_empty((*part.shape[:2], out_depth, *part.shape[3:]))
         out[:, :, start:stop] = part
     return out
+
+
+def _too_large(per_row: int, plane: int, depth: int) -> bool:
+    """Whether ``depth`` rows of ``per_row`` elements (``plane`` a channel) are past oneDNN's
+    vectorised reorders."""
+    return per_row * depth > SLAB_ELEMENTS or plane * depth > SPATIAL_ELEMENTS
+
+
+def _piece_rows(per_row: int, plane: int, kernel: int) -> int:
+    """Output rows of one slab: its input rows (halo included) within both piece sizes."""
+    return max(1, min(PIECE_ELEMENTS // per_row, PIECE_SPATIAL // plane) - kernel + 1)
 
 
 def _whole(
@@ -96,12 +115,14 @@ def _weight_grad(input: torch.Tensor, grad_output: torch.Tensor, padding: tuple,
     depth slabs of the output gradient where its tensors exceed SLAB_ELEMENTS."""
     by_channel = input.transpose(0, 1)
     kernel_grad = grad_output.transpose(0, 1)
-    if max(input.numel(), grad_output.numel()) <= SLAB_ELEMENTS:
+    per_row = max(input[:, :, 0].numel(), grad_output[:, :, 0].numel())
+    plane = max(input[0, 0, 0].numel(), grad_output[0, 0, 0].numel())
+    depth = max(input.shape[2], grad_output.shape[2])
+    if not _too_large(per_row, plane, depth):
         return _whole(by_channel, kernel_grad, None, padding).transpose(0, 1).contiguous()
     # Blocks of channels would copy nothing, but oneDNN runs a convolution with so large a
     # kernel (the gradient) several times slower than depth slabs (docs/decisions.md).
-    per_row = max(input[:, :, 0].numel(), grad_output[:, :, 0].numel())
-    rows = max(1, PIECE_ELEMENTS // per_row - kernel[0] + 1)
+    rows = _piece_rows(per_row, plane, kernel[0])
     total = None
     for start, stop, piece, piece_padding, first in _depth_pieces(
         by_channel, grad_output.shape[2], rows, kernel[0], padding
@@ -140,13 +161,15 @@ class _StrideOneConv3d(torch.autograd.Function):
 
 
 class _PointwiseConv3d(torch.autograd.Function):
-    """1x1x1 convolution: PyTorch's forward, a backward of matrix products without scratch."""
+    """1x1x1 convolution as matrix products, forward and backward, without scratch."""
 
     @staticmethod
     def forward(ctx: Any, input, weight, bias):  # noqa: A002 - torch's own names
         ctx.save_for_backward(input, weight)
         ctx.has_bias = bias is not None
-        return torch.nn.functional.conv3d(input, weight, bias)
+        out = torch.matmul(weight.flatten(1), input.flatten(2))  # (N, C_out, voxels)
+        out = out.view(input.shape[0], weight.shape[0], *input.shape[2:])
+        return out if bias is None else out.add_(bias.view(1, -1, 1, 1, 1))
 
     @staticmethod
     def backward(ctx: Any, grad_output):
@@ -179,7 +202,7 @@ def _onednn_usable(input: torch.Tensor, weight: torch.Tensor, padding_mode: str)
 class OneDNNConv3d(nn.Conv3d):
     """``nn.Conv3d`` that runs on oneDNN on CPU (kernels above 1x1x1): backward too at stride 1.
 
-    Plain 1x1x1 kernels keep PyTorch's forward, with a matrix-product backward."""
+    Plain 1x1x1 kernels are matrix products, forward and backward."""
 
     def _conv_forward(
         self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
@@ -187,7 +210,7 @@ class OneDNNConv3d(nn.Conv3d):
         if isinstance(self.padding, str) or not _onednn_usable(input, weight, self.padding_mode):
             return super()._conv_forward(input, weight, bias)
         padding = tuple(self.padding)
-        if tuple(self.kernel_size) == _ONES:  # a plain matrix product: PyTorch's is faster
+        if tuple(self.kernel_size) == _ONES:  # a plain matrix product: no oneDNN reorders
             if (
                 padding == (0, 0, 0)
                 and tuple(self.stride) == tuple(self.dilation) == _ONES
