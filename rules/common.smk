@@ -71,6 +71,24 @@ def read_series_table(path, mtime):
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
+@functools.lru_cache(maxsize=4)
+def read_files_table(path, mtime):
+    """The index's files.csv as {series_uid: [paths]}, read once per version: each convert job
+    reading the whole list itself would cost N^2 over N scans (0.4 s a job at 1018 scans).
+    """
+    import pandas as pd
+
+    files = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return files.groupby("series_uid", sort=False)["path"].apply(list).to_dict()
+
+
+def series_files_of(wildcards):
+    """The files of a convert job's series (files.csv's rows of that series, in order)."""
+    files_csv = checkpoints.index.get().output.files
+    table = read_files_table(files_csv, Path(files_csv).stat().st_mtime)
+    return table.get(wildcards.series_uid, [])
+
+
 def index_version():
     """(path, mtime) of the index's series.csv; raises until the checkpoint has run."""
     series_csv = checkpoints.index.get().output.series

@@ -7,8 +7,10 @@ checkpoint index:
     input:
         sample_data_outputs(),
     output:
-        series="results/index/series.csv",
+        # files first: a param that asks this checkpoint for its output waits for its first
+        # output, which must then be an input of that rule (convert's `paths`)
         files="results/index/files.csv",
+        series="results/index/series.csv",
         unreadable="results/index/unreadable.csv",
     log:
         "logs/index.log",
@@ -81,6 +83,8 @@ rule convert:
     params:
         series_uid=series_uid_of,
         patient_id=patient_id_of,
+        # this series' rows of files.csv, looked up once for all jobs (not read per job)
+        paths=series_files_of,
         settings=settings_of(ConvertSettings),
         code=source_hash("ingest", "io", "lidc"),
     script:

