@@ -243,3 +243,21 @@ def test_memory_figure_labels_sizes_by_their_sides_and_marks_the_budget():
     # the unet point that did not fit is drawn as an x on the budget line
     crosses = [line for line in memory.get_lines() if line.get_marker() == "x"]
     assert any(list(line.get_ydata()) == [4] for line in crosses)
+
+
+def test_memory_figure_of_whole_ct_shapes_is_labelled_by_slices_without_a_depth_panel():
+    rows = [
+        {"series": "size", "variant": v, "status": status, "size_d": n, "size_h": 512}
+        | {"size_w": 512, "voxels": n * 512 * 512, "peak_mb": 1000.0 * n, "step_mb": 900.0 * n}
+        | {"seconds_per_step": 2.0 * n, "blocks_per_level": 2}
+        for v in ("unet", "iunet")
+        for n, status in ((16, "ok"), (32, "ok"), (72 if v == "unet" else 400, "ok"))
+    ]
+    rows += [rows[-1] | {"size_d": 512, "voxels": 512**3, "status": "did_not_fit"}]
+    figure = memory_figure(pd.DataFrame(rows), budget_gb=22)
+    assert len(figure.axes) == 2  # no empty depth panel
+    for axis in figure.axes:
+        assert [t.get_text() for t in axis.get_xticklabels()] == ["16", "32", "72", "400"]
+        assert axis.get_xlabel() == "slices N of 512 x 512 x N (log scale)"
+    # 512, where nothing fitted, is named at its cross instead
+    assert [t.get_text() for t in figure.axes[0].texts] == ["512"]

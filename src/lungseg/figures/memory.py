@@ -15,7 +15,8 @@ def _size_label(row: pd.Series) -> str:
 
 
 def memory_figure(frame: pd.DataFrame, budget_gb: float):
-    """Peak memory and time per step vs volume size, and step memory vs blocks per level."""
+    """Peak memory and time per step vs volume size, and (with a depth series) step memory vs
+    blocks per level."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import (
         FixedLocator,
@@ -25,9 +26,11 @@ def memory_figure(frame: pd.DataFrame, budget_gb: float):
         NullLocator,
     )
 
-    figure = Figure(figsize=(15, 4.5), dpi=120, layout="constrained")
-    ax_memory, ax_time, ax_depth = figure.subplots(1, 3)
     sizes = frame[frame["series"] == "size"]
+    depth = frame[(frame["series"] == "depth") & (frame["status"] == "ok")]
+    panels = 3 if len(depth) else 2  # no empty panel when there is no depth series
+    figure = Figure(figsize=(5 * panels, 4.5), dpi=120, layout="constrained")
+    ax_memory, ax_time, *ax_depth = figure.subplots(1, panels)
     for variant, group in sizes.groupby("variant"):
         fitted = group[group["status"] == "ok"]
         (line,) = ax_memory.plot(fitted["voxels"], fitted["peak_mb"] / 1024, "o-", label=variant)
@@ -41,31 +44,50 @@ def memory_figure(frame: pd.DataFrame, budget_gb: float):
     ax_memory.set_title("peak memory of one training step, batch 1 (x: did not fit)")
     ax_time.set(yscale="log", ylabel="seconds per step")
     ax_time.set_title("time per training step")
-    # Volume sizes on a log axis, labelled by their sides rather than by powers of ten.
+    # Volume sizes on a log axis, labelled by their sides rather than by powers of ten; a
+    # series of one cross-section (whole CTs, 512 x 512 x N) by its number of slices.
     ticks = sizes.drop_duplicates("voxels").sort_values("voxels")
+    measured = set(sizes.loc[sizes["status"] == "ok", "voxels"])
+    planes = set(zip(ticks["size_h"], ticks["size_w"], strict=True))
+    by_slices = len(planes) == 1 and len(ticks) > 1
+    if by_slices:
+        height, width = planes.pop()
+        xlabel = f"slices N of {int(height)} x {int(width)} x N (log scale)"
+        labels = [str(int(d)) for d in ticks["size_d"]]
+    else:
+        xlabel = "input volume (voxels, log scale)"
+        labels = [_size_label(row) for _, row in ticks.iterrows()]
+    # A size where nothing fitted is named at its crosses, not on the axis (where it would
+    # crowd the largest measured size's label).
+    shown = [v in measured or not measured for v in ticks["voxels"]]
+    for voxels, label, on_axis in zip(ticks["voxels"], labels, shown, strict=True):
+        if not on_axis:
+            ax_memory.annotate(
+                label, (voxels, budget_gb), xytext=(0, -16), textcoords="offset points",
+                ha="center",
+            )  # fmt: skip
     for axis in (ax_memory, ax_time):
         axis.set_xscale("log")
-        axis.set_xlabel("input volume (voxels, log scale)")
-        axis.xaxis.set_major_locator(FixedLocator(ticks["voxels"].tolist()))
-        axis.set_xticklabels([_size_label(row) for _, row in ticks.iterrows()])
+        axis.set_xlabel(xlabel)
+        axis.xaxis.set_major_locator(
+            FixedLocator([v for v, on in zip(ticks["voxels"], shown, strict=True) if on])
+        )
+        axis.set_xticklabels([t for t, on in zip(labels, shown, strict=True) if on])
         axis.xaxis.set_minor_locator(NullLocator())
         axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         axis.yaxis.set_minor_formatter(NullFormatter())
-    depth = frame[(frame["series"] == "depth") & (frame["status"] == "ok")]
-    for variant, group in depth.groupby("variant"):
-        ax_depth.plot(group["blocks_per_level"], group["step_mb"], "o-", label=variant)
-    if len(depth):
-        ax_depth.set_title(f"step memory vs depth at {_size_label(depth.iloc[0])}")
+    for axis in ax_depth:
+        for variant, group in depth.groupby("variant"):
+            axis.plot(group["blocks_per_level"], group["step_mb"], "o-", label=variant)
+        axis.set_title(f"step memory vs depth at {_size_label(depth.iloc[0])}")
         blocks = sorted(depth["blocks_per_level"].unique())
-        ax_depth.set_xscale("log")
-        ax_depth.xaxis.set_major_locator(FixedLocator(blocks))
-        ax_depth.set_xticklabels([str(b) for b in blocks])
-        ax_depth.xaxis.set_minor_locator(NullLocator())
-    else:
-        ax_depth.text(0.5, 0.5, "no depth series", ha="center", transform=ax_depth.transAxes)
-    ax_depth.set(xlabel="blocks per level and side", ylabel="step memory above model (MiB)")
-    for axis in (ax_memory, ax_time, ax_depth):
+        axis.set_xscale("log")
+        axis.xaxis.set_major_locator(FixedLocator(blocks))
+        axis.set_xticklabels([str(b) for b in blocks])
+        axis.xaxis.set_minor_locator(NullLocator())
+        axis.set(xlabel="blocks per level and side", ylabel="step memory above model (MiB)")
+    for axis in (ax_memory, ax_time, *ax_depth):
         if axis.get_legend_handles_labels()[0]:
             axis.legend()
         axis.grid(alpha=0.3)
