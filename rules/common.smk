@@ -84,15 +84,14 @@ def read_files_table(path, mtime):
 
 def series_files_of(wildcards):
     """The files of a convert job's series (files.csv's rows of that series, in order)."""
-    files_csv = checkpoints.index.get().output.files
-    table = read_files_table(files_csv, Path(files_csv).stat().st_mtime)
-    return table.get(wildcards.series_uid, [])
+    return read_files_table(*index_version("files")).get(wildcards.series_uid, [])
 
 
-def index_version():
-    """(path, mtime) of the index's series.csv; raises until the checkpoint has run."""
-    series_csv = checkpoints.index.get().output.series
-    return series_csv, Path(series_csv).stat().st_mtime
+def index_version(output="series"):
+    """(path, mtime) of an output of the index (series.csv); raises until the checkpoint has
+    run."""
+    path = checkpoints.index.get().output[output]
+    return path, Path(path).stat().st_mtime
 
 
 def volume_files(wildcards=None):

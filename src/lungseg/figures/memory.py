@@ -59,9 +59,11 @@ def memory_figure(frame: pd.DataFrame, budget_gb: float):
         labels = [_size_label(row) for _, row in ticks.iterrows()]
     # A size where nothing fitted is named at its crosses, not on the axis (where it would
     # crowd the largest measured size's label).
-    shown = [v in measured or not measured for v in ticks["voxels"]]
-    for voxels, label, on_axis in zip(ticks["voxels"], labels, shown, strict=True):
-        if not on_axis:
+    on_axis = {}
+    for voxels, label in zip(ticks["voxels"], labels, strict=True):
+        if voxels in measured or not measured:
+            on_axis[voxels] = label
+        else:
             ax_memory.annotate(
                 label, (voxels, budget_gb), xytext=(0, -16), textcoords="offset points",
                 ha="center",
@@ -69,10 +71,8 @@ def memory_figure(frame: pd.DataFrame, budget_gb: float):
     for axis in (ax_memory, ax_time):
         axis.set_xscale("log")
         axis.set_xlabel(xlabel)
-        axis.xaxis.set_major_locator(
-            FixedLocator([v for v, on in zip(ticks["voxels"], shown, strict=True) if on])
-        )
-        axis.set_xticklabels([t for t, on in zip(labels, shown, strict=True) if on])
+        axis.xaxis.set_major_locator(FixedLocator(list(on_axis)))
+        axis.set_xticklabels(list(on_axis.values()))
         axis.xaxis.set_minor_locator(NullLocator())
         axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))

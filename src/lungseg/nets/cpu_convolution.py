@@ -52,7 +52,7 @@ PIECE_SPATIAL = 2**25
 def _onednn(
     input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple
 ) -> torch.Tensor:
-    """Stride-1 oneDNN convolution, in depth slabs where its tensors exceed SLAB_ELEMENTS."""
+    """Stride-1 oneDNN convolution, in depth slabs where it is too large (:func:`_too_large`)."""
     if input.dim() != 5:
         return _whole(input, weight, bias, padding)
     depth, kernel = input.shape[2], weight.shape[2]
@@ -112,7 +112,7 @@ def _depth_pieces(input: torch.Tensor, out_depth: int, rows: int, kernel: int, p
 
 def _weight_grad(input: torch.Tensor, grad_output: torch.Tensor, padding: tuple, kernel: tuple):
     """(C_in, N, ...) * (C_out, N, ...) -> (C_out, C_in, k, k, k): sums over the batch, and over
-    depth slabs of the output gradient where its tensors exceed SLAB_ELEMENTS."""
+    depth slabs of the output gradient where the problem is too large (:func:`_too_large`)."""
     by_channel = input.transpose(0, 1)
     kernel_grad = grad_output.transpose(0, 1)
     per_row = max(input[:, :, 0].numel(), grad_output[:, :, 0].numel())
