@@ -113,22 +113,26 @@ def test_memory_efficient_gradients_equal_plain_backprop(deep_supervision, lean_
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def _lean_coupling(onednn: bool):
-    """One lean-wrapped iunets coupling (4 channels) and an exact, plain-autograd copy."""
+def _lean_module(kind: str, onednn: bool):
+    """One lean-wrapped iunets module (4 channels): a coupling or an orthogonal channel mixing,
+    and an exact, plain-autograd copy."""
     import copy
 
-    from iunets.layers import create_standard_module
+    from iunets.layers import InvertibleChannelMixing3D, create_standard_module
     from memcnn import InvertibleModuleWrapper
 
     from lungseg.nets.cpu_convolution import use_onednn_convolutions
     from lungseg.nets.invertible import use_lean_backward
 
     torch.manual_seed(0)
-    coupling = randomised(create_standard_module(4, dim=3))
+    if kind == "coupling":
+        module = randomised(create_standard_module(4, dim=3))
+    else:
+        module = randomised(InvertibleChannelMixing3D(4))
     if onednn:
-        use_onednn_convolutions(coupling)
-    plain = copy.deepcopy(coupling)
-    lean = torch.nn.Sequential(InvertibleModuleWrapper(coupling, keep_input=False))
+        use_onednn_convolutions(module)
+    plain = copy.deepcopy(module)
+    lean = torch.nn.Sequential(InvertibleModuleWrapper(module, keep_input=False))
     assert use_lean_backward(lean) == 1
     return lean, plain
 
@@ -159,10 +163,12 @@ LOSSES = {
 }
 
 
+@pytest.mark.parametrize("kind", ["coupling", "mixing"])
 @pytest.mark.parametrize("onednn", [True, False], ids=["oneDNN slabs", "PyTorch conv"])
 @pytest.mark.parametrize("case", list(LOSSES))
-def test_lean_coupling_gradient_in_place_or_fallback(case, onednn, monkeypatch):
-    """The lean coupling's gradients equal plain autograd's whichever path dL/dx takes."""
+def test_lean_coupling_gradient_in_place_or_fallback(case, onednn, kind, monkeypatch):
+    """A lean coupling's or channel mixing's gradients equal plain autograd's whichever path
+    dL/dx takes (built over dL/dy, or a new tensor)."""
     from lungseg.nets import invertible
 
     loss_of, in_place = LOSSES[case]
@@ -175,7 +181,7 @@ def test_lean_coupling_gradient_in_place_or_fallback(case, onednn, monkeypatch):
     spy.__wrapped__ = invertible._owned
     monkeypatch.setattr(invertible, "_owned", spy)
     monkeypatch.setattr(invertible, "_ENGINE_REFS", invertible._ENGINE_REFS + 1)  # spy's frame
-    lean, plain = _lean_coupling(onednn)
+    lean, plain = _lean_module(kind, onednn)
     x = torch.randn(1, 4, 6, 5, 4, generator=torch.Generator().manual_seed(1))
     w = torch.randn(1, 4, 6, 5, 4, generator=torch.Generator().manual_seed(2))
     x_lean, x_plain = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -191,6 +197,43 @@ def test_lean_coupling_gradient_in_place_or_fallback(case, onednn, monkeypatch):
     for seen in kept:  # what a hook or .grad holds is dL/dy, untouched by the backward
         torch.testing.assert_close(seen.grad if seen.requires_grad else seen, w)
     if leaf.grad is not None:  # the other input of the addition: dL/dy as well
+        torch.testing.assert_close(leaf.grad, w)
+
+
+@pytest.mark.parametrize("case", list(LOSSES))
+def test_lean_channel_split_frees_only_gradients_nothing_else_holds(case, monkeypatch):
+    """The split's backward frees each incoming gradient once copied only where ``_owned``."""
+    from iunets.layers import SplitChannels
+    from memcnn import InvertibleModuleWrapper
+
+    from lungseg.nets import invertible
+    from lungseg.nets.invertible import use_lean_backward
+
+    loss_of, owned = LOSSES[case]
+    seen = []
+
+    def spy(grad):
+        seen.append(invertible._owned.__wrapped__(grad))
+        return seen[-1]
+
+    spy.__wrapped__ = invertible._owned
+    monkeypatch.setattr(invertible, "_owned", spy)
+    monkeypatch.setattr(invertible, "_ENGINE_REFS", invertible._ENGINE_REFS + 1)  # spy's frame
+    lean = torch.nn.Sequential(InvertibleModuleWrapper(SplitChannels(2), keep_input=False))
+    assert use_lean_backward(lean) == 1
+    x = torch.randn(1, 4, 6, 5, 4, generator=torch.Generator().manual_seed(1))
+    w = torch.randn(1, 2, 6, 5, 4, generator=torch.Generator().manual_seed(2))
+    x_lean = x.clone().requires_grad_()
+    kept, leaf = [], torch.zeros_like(w, requires_grad=True)
+    other = leaf * 1.0  # made before the split: its backward runs after the split's
+    first, second = lean(x_lean)
+    (loss_of(first, w, kept, other) + (second * 3.0).sum()).backward()
+    expected = torch.cat([w, torch.full_like(w, 3.0)], dim=1)
+    torch.testing.assert_close(x_lean.grad, expected)
+    assert seen == [owned, True]  # (second * 3)'s gradient is a new tensor
+    for held in kept:  # a hook's or .grad's copy of dL/d(first): still whole and unchanged
+        torch.testing.assert_close(held.grad if held.requires_grad else held, w)
+    if leaf.grad is not None:
         torch.testing.assert_close(leaf.grad, w)
 
 

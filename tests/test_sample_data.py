@@ -20,6 +20,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from scipy import ndimage
 
 from lungseg.cli import main
+from lungseg.core.rule import logged_resources
 from lungseg.lidc import adapter as lidc
 from lungseg.sample.generate import LESION_CONSENSUS, storage_kind
 
@@ -229,4 +230,8 @@ def test_snakemake_rule_writes_the_same_files(tmp_path, sample_lidc):
     written = _series_files(tmp_path / "results/sample_data/LIDC-IDRI", scan)
     reference = _series_files(sample_lidc.lidc_root, scan)
     assert [p.read_bytes() for p in written] == [p.read_bytes() for p in reference]
-    assert (tmp_path / f"logs/sample_data/{patient}.log").exists()
+    # the job's log ends with its own CPU seconds (what the scale benchmark reads)
+    last = (tmp_path / f"logs/sample_data/{patient}.log").read_text().splitlines()[-1]
+    resources = logged_resources(last)
+    assert resources is not None and resources["cpu_s"] > 0.5, last
+    assert resources["max_rss_mb"] > 50

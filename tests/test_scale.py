@@ -31,6 +31,45 @@ def test_stage_costs_sum_jobs_and_take_the_largest_peak(tmp_path):
     assert costs.loc["convert", "disk_mb"] == pytest.approx(2.0)
 
 
+def test_stage_costs_take_cpu_seconds_from_the_job_logs(tmp_path):
+    """A job's log line beats Snakemake's sampled cpu_time; a log without it falls back."""
+    from lungseg.core.rule import RESOURCES_LINE
+
+    for i in range(2):
+        _benchmark_file(tmp_path / f"benchmarks/convert/P{i}/S{i}.tsv", 2.0, 100, 10, 1.5)
+    log = tmp_path / "logs/convert/P0/S0.log"
+    log.parent.mkdir(parents=True)
+    line = RESOURCES_LINE.format(cpu_s=1.875, max_rss_mb=90.0)
+    log.write_text(f"2026-12-02 INFO lungseg: converted\n2026-12-02 INFO lungseg: {line}\n")
+    (tmp_path / "logs/convert/P1").mkdir(parents=True)
+    (tmp_path / "logs/convert/P1/S1.log").write_text("2026-12-02 INFO lungseg: converted\n")
+    costs = stage_costs(tmp_path).set_index("stage")
+    assert costs.loc["convert", "cpu_s"] == pytest.approx(1.875 + 1.5)
+
+
+def test_call_logged_ends_the_log_file_with_the_jobs_cpu_seconds(tmp_path, capsys):
+    """The resources line goes to the log file (after an error too), not to the terminal."""
+    from lungseg.core.errors import LungsegError
+    from lungseg.core.rule import call_logged, logged_resources
+
+    def busy() -> None:
+        total = 0
+        for i in range(3_000_000):
+            total += i * i
+
+    def bad() -> None:
+        raise LungsegError("cohort.csv: column 'x' missing")
+
+    log = tmp_path / "job.log"
+    assert call_logged(busy, {}, str(log)) == 0
+    resources = logged_resources(log.read_text())
+    assert resources is not None and resources["cpu_s"] > 0.05
+    assert call_logged(bad, {}, str(log)) == 1
+    lines = log.read_text().splitlines()
+    assert "column 'x' missing" in lines[-2] and logged_resources(lines[-1]) is not None
+    assert "job resources" not in capsys.readouterr().err
+
+
 def test_growth_fits_the_exponent_between_the_two_largest_runs_and_projects():
     rows = [
         {"scans": n, "stage": "convert", "jobs": n, "cpu_s": 2.0 * n, "wall_s": 3.0 * n}

@@ -4,10 +4,12 @@ For each number of scans ``N`` (:func:`scale_patients`: ``N`` patients spread ev
 annotation database's 1010 patients, so that their scans are as long as the collection's) the
 workflow is copied into ``workdir/N<n>`` and run there on generated sample data, up to the
 split (and, with ``epochs > 0``, one U-Net trained for that many epochs). Each job's Snakemake
-benchmark file (``benchmarks/**.tsv``: wall seconds ``s``, ``cpu_time``, ``max_rss``,
-``io_out``) gives, per stage: jobs, CPU seconds, wall seconds, the largest peak RSS of a job and
-the MB written. The growth exponent ``k`` (cost ~ N^k) of each stage is fitted between the two
-largest runs, and the projection to the 1018 scans of LIDC-IDRI follows that power law.
+benchmark file (``benchmarks/**.tsv``: wall seconds ``s``, ``max_rss``, ``io_out``) and the
+CPU seconds its own log ends with (``lungseg.core.rule.RESOURCES_LINE``; Snakemake's sampled
+``cpu_time`` misses up to 0.5 s a job) give, per stage: jobs, CPU seconds, wall seconds, the
+largest peak RSS of a job and the MB written. The growth exponent ``k`` (cost ~ N^k) of each
+stage is fitted between the two largest runs, and the projection to the 1018 scans of
+LIDC-IDRI follows that power law.
 
 The runs' scans differ in length, so a per-scan stage can grow faster than N only because its
 larger run has longer scans. ``slices`` (the run's CT slices) separates the two: ``k_slices`` is
@@ -31,6 +33,7 @@ import pandas as pd
 import yaml
 
 from lungseg.core.atomic import atomic_path, write_csv_atomic
+from lungseg.core.rule import logged_resources
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +170,17 @@ def stage_disk_mb(workdir: Path, stage: str) -> float:
     return disk_mb(workdir, STAGE_OUTPUTS[stage])
 
 
+def job_cpu_seconds(workdir: Path, benchmark: Path, sampled: float) -> float:
+    """A job's CPU seconds from the last line of its log (``logs/`` mirrors ``benchmarks/``).
+
+    Snakemake's ``cpu_time`` is the last of its 0.5 s samples (up to half a second short for a
+    job of a few seconds); ``sampled``, that figure, is the fallback for a log without the line."""
+    relative = benchmark.relative_to(workdir / "benchmarks").with_suffix(".log")
+    path = workdir / "logs" / relative
+    found = logged_resources(path.read_text()) if path.exists() else None
+    return found["cpu_s"] if found else sampled
+
+
 def stage_costs(workdir: Path) -> pd.DataFrame:
     """Per stage of a finished run: jobs, CPU and wall seconds, largest job RSS, MB written."""
     rows = []
@@ -176,12 +190,17 @@ def stage_costs(workdir: Path) -> pd.DataFrame:
         )
         if not files:
             continue
-        jobs = pd.concat([pd.read_csv(f, sep="\t") for f in files], ignore_index=True)
+        tables = [pd.read_csv(f, sep="\t") for f in files]
+        cpu = [
+            job_cpu_seconds(workdir, f, float(t["cpu_time"].iloc[0]))
+            for f, t in zip(files, tables, strict=True)
+        ]
+        jobs = pd.concat(tables, ignore_index=True)
         rows.append(
             {
                 "stage": stage,
                 "jobs": len(files),
-                "cpu_s": float(jobs["cpu_time"].sum()),
+                "cpu_s": float(sum(cpu)),
                 "wall_s": float(jobs["s"].sum()),
                 "max_rss_mb": float(jobs["max_rss"].max()),
                 "written_mb": float(pd.to_numeric(jobs["io_out"], errors="coerce").sum()),

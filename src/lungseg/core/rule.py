@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import logging
+import re
+import resource
 import sys
 import typing
 from collections.abc import Callable
@@ -42,8 +44,36 @@ def settings_parameters(func: Callable) -> dict[str, type[StageSettings]]:
     }
 
 
+#: The last line of every job's log: the process's own CPU seconds (user + system, waited-for
+#: children included) and peak RSS. Snakemake's benchmark files sample a job every 0.5 s and
+#: keep the last sample, so a job of a few seconds loses up to half a second of CPU there; the
+#: scale benchmark reads this line instead (lungseg.bench.scale).
+RESOURCES_LINE = "job resources: cpu_s={cpu_s:.3f} max_rss_mb={max_rss_mb:.1f}"
+_RESOURCES = re.compile(r"job resources: cpu_s=([0-9.]+) max_rss_mb=([0-9.]+)")
+
+
+def job_resources() -> dict[str, float]:
+    """This process's CPU seconds and peak RSS so far (Linux: ``ru_maxrss`` in KiB)."""
+    own, children = (
+        resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return {"cpu_s": cpu, "max_rss_mb": max(own.ru_maxrss, children.ru_maxrss) / 1024}
+
+
+def logged_resources(text: str) -> dict[str, float] | None:
+    """The last :data:`RESOURCES_LINE` of a job's log text, or None if it has none."""
+    found = _RESOURCES.findall(text)
+    if not found:
+        return None
+    cpu_s, max_rss_mb = found[-1]
+    return {"cpu_s": float(cpu_s), "max_rss_mb": float(max_rss_mb)}
+
+
 def call_logged(func: Callable, kwargs: dict[str, Any], log_file: str | None) -> int:
-    """Run ``func(**kwargs)`` with logging to ``log_file``; 0 on success, 1 on a LungsegError."""
+    """Run ``func(**kwargs)`` with logging to ``log_file``; 0 on success, 1 on a LungsegError.
+
+    The log file ends with :data:`RESOURCES_LINE` either way."""
     setup_logging(log_file)
     try:
         for name, cls in settings_parameters(func).items():
@@ -56,7 +86,17 @@ def call_logged(func: Callable, kwargs: dict[str, Any], log_file: str | None) ->
     except Exception:
         log.exception("%s failed with an unexpected error (a bug; please report it)", func.__name__)
         return 2
+    finally:
+        _log_file_only(RESOURCES_LINE.format(**job_resources()))
     return 0
+
+
+def _log_file_only(message: str) -> None:
+    """``message`` to the log file, not to the terminal (where an error stays the last line)."""
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def snakemake_kwargs(func: Callable, smk) -> dict[str, Any]:

@@ -50,9 +50,14 @@ PIECE_SPATIAL = 2**25
 
 
 def _onednn(
-    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding: tuple,
+    rows: int | None = None,
 ) -> torch.Tensor:
-    """Stride-1 oneDNN convolution, in depth slabs where it is too large (:func:`_too_large`)."""
+    """Stride-1 oneDNN convolution, in depth slabs of ``rows`` output rows, or where it is too
+    large (:func:`_too_large`) of the piece sizes'."""
     if input.dim() != 5:
         return _whole(input, weight, bias, padding)
     depth, kernel = input.shape[2], weight.shape[2]
@@ -62,9 +67,10 @@ def _onednn(
     plane = max(input[0, 0, 0].numel(), out_plane)
     per_row = input.shape[0] * max(input.shape[1], weight.shape[0]) * plane
     out_depth = depth + 2 * padding[0] - kernel + 1
-    if not _too_large(per_row, plane, max(depth, out_depth)):
+    if rows is None and not _too_large(per_row, plane, max(depth, out_depth)):
         return _whole(input, weight, bias, padding)
-    rows = _piece_rows(per_row, plane, kernel)
+    pieces = _piece_rows(per_row, plane, kernel)
+    rows = pieces if rows is None else min(rows, pieces)
     out = None
     for start, stop, piece, piece_padding, first in _depth_pieces(
         input, out_depth, rows, kernel, padding
@@ -110,19 +116,27 @@ def _depth_pieces(input: torch.Tensor, out_depth: int, rows: int, kernel: int, p
         yield start, stop, input[:, :, max(low, 0) : min(high, depth)], (own, *padding[1:]), first
 
 
-def _weight_grad(input: torch.Tensor, grad_output: torch.Tensor, padding: tuple, kernel: tuple):
+def _weight_grad(
+    input: torch.Tensor,
+    grad_output: torch.Tensor,
+    padding: tuple,
+    kernel: tuple,
+    rows: int | None = None,
+):
     """(C_in, N, ...) * (C_out, N, ...) -> (C_out, C_in, k, k, k): sums over the batch, and over
-    depth slabs of the output gradient where the problem is too large (:func:`_too_large`)."""
+    depth slabs of the output gradient of ``rows`` rows, or where the problem is too large
+    (:func:`_too_large`) of the piece sizes'."""
     by_channel = input.transpose(0, 1)
     kernel_grad = grad_output.transpose(0, 1)
     per_row = max(input[:, :, 0].numel(), grad_output[:, :, 0].numel())
     plane = max(input[0, 0, 0].numel(), grad_output[0, 0, 0].numel())
     depth = max(input.shape[2], grad_output.shape[2])
-    if not _too_large(per_row, plane, depth):
+    if rows is None and not _too_large(per_row, plane, depth):
         return _whole(by_channel, kernel_grad, None, padding).transpose(0, 1).contiguous()
     # Blocks of channels would copy nothing, but oneDNN runs a convolution with so large a
     # kernel (the gradient) several times slower than depth slabs (docs/decisions.md).
-    rows = _piece_rows(per_row, plane, kernel[0])
+    pieces = _piece_rows(per_row, plane, kernel[0])
+    rows = pieces if rows is None else min(rows, pieces)
     total = None
     for start, stop, piece, piece_padding, first in _depth_pieces(
         by_channel, grad_output.shape[2], rows, kernel[0], padding
@@ -266,6 +280,27 @@ def add_input_grad_by_slabs(conv: nn.Conv3d, grad_h: torch.Tensor, into: torch.T
     ):
         part = _onednn(piece, weight, None, padding)
         into[:, :, start:stop].add_(part[:, :, first : first + stop - start])
+
+
+def conv_by_slabs(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` (where :func:`slabs_apply`; no autograd) in the slabs of :func:`depth_slabs`.
+
+    oneDNN converts a whole-volume call's input and output to its blocked layouts, whose
+    channel blocks (8 with AVX2, 16 with AVX-512) pad an 8-channel tensor to twice its size:
+    at an iUNet coupling's level-0 backward that was 2.5 half-size tensors of scratch on an
+    AVX-512 CPU; a slab's are an eighth."""
+    rows = depth_slabs(x.shape[2])[0][1]
+    bias = None if conv.bias is None else conv.bias.detach()
+    return _onednn(x, conv.weight.detach(), bias, tuple(conv.padding), rows=rows)
+
+
+def weight_grad_by_slabs(conv: nn.Conv3d, x: torch.Tensor, grad_h: torch.Tensor) -> torch.Tensor:
+    """``conv``'s weight gradient at input ``x`` (where :func:`slabs_apply`), summed over the
+    slabs of :func:`depth_slabs`: oneDNN's whole-volume call reorders the output gradient (its
+    kernel) into a scratch as large as it, a third half-size tensor at an iUNet coupling's
+    backward peak; a slab's copies are an eighth of that."""
+    rows = depth_slabs(grad_h.shape[2])[0][1]
+    return _weight_grad(x, grad_h, tuple(conv.padding), conv.weight.shape[2:], rows=rows)
 
 
 def use_onednn_convolutions(model: nn.Module) -> int:

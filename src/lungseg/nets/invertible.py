@@ -30,7 +30,8 @@ from iunets.layers import (
 from memcnn.models.revop import InvertibleCheckpointFunction, InvertibleModuleWrapper
 from torch import nn
 
-from lungseg.nets.cpu_convolution import add_input_grad_by_slabs, depth_slabs, slabs_apply
+from lungseg.nets.coupling_block import add_block, block_backward, standard_layers
+from lungseg.nets.cpu_convolution import depth_slabs
 
 
 class LeanAdditiveCoupling(StandardAdditiveCoupling):
@@ -47,6 +48,11 @@ class LeanAdditiveCoupling(StandardAdditiveCoupling):
         inverse_split = x.shape[1] - split  # channels of y1 = x2
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
         out[:, :inverse_split].copy_(x[:, split:])
+        if standard_layers(self.F) is not None and not torch.is_grad_enabled():
+            # memcnn's forward runs without autograd: F's norm goes straight into the sum
+            out[:, inverse_split:].copy_(x[:, :split])
+            add_block(self.F, x[:, split:], out[:, inverse_split:], alpha=1.0)
+            return out
         f = self.F(x[:, split:])
         torch.add(x[:, :split], f, out=out[:, inverse_split:])
         return out
@@ -57,7 +63,10 @@ def _rebuild_input_in_place(coupling: StandardAdditiveCoupling, y: torch.Tensor)
     split = coupling.channel_split_pos
     inverse_split = y.shape[1] - split  # channels of y1 = x2
     y2 = y[:, inverse_split:]
-    y2.sub_(coupling.F(y[:, :inverse_split]))  # now x1
+    if standard_layers(coupling.F) is not None:
+        add_block(coupling.F, y[:, :inverse_split], y2, alpha=-1.0)  # now x1
+    else:
+        y2.sub_(coupling.F(y[:, :inverse_split]))
     if split == inverse_split and y.is_contiguous():
         # y = (x2, x1) -> (x1, x2) through a half-sized copy instead of a whole new tensor
         x2 = y[:, :inverse_split].clone()
@@ -93,62 +102,6 @@ def _owned(grad: torch.Tensor) -> bool:
     )
 
 
-def _block_backward(
-    block: StandardBlock, x2: torch.Tensor, grad_f: torch.Tensor, into: torch.Tensor
-) -> dict[int, torch.Tensor] | None:
-    """``into += J_F^T grad_f``; F's weight gradients, for iunets' conv -> leaky ReLU -> norm.
-
-    Differentiated in stages so that at most two half-size tensors are alive besides the input
-    and incoming gradient: the leaky ReLU's gradient is made in place of the group norm's input
-    gradient, with the ReLU's output (not read again) as the scratch for its slope; the
-    convolution's input gradient goes into ``into`` slab by slab. Same kernels and products as
-    autograd's; returns None (nothing done: use autograd) for any other block.
-    """
-    layers = list(block.F)
-    if not (
-        len(layers) == 3
-        and isinstance(layers[0], nn.Conv3d)
-        and type(layers[1]) is nn.LeakyReLU
-        and layers[1].inplace
-        and type(layers[2]) is nn.GroupNorm
-        and all(p.requires_grad for p in block.parameters())
-        and layers[0].bias is None
-    ):
-        return None
-    conv, relu, norm = layers
-    slabs = slabs_apply(conv, x2)
-    with torch.enable_grad():
-        x2 = x2.detach().requires_grad_(not slabs)  # the slabs make the input gradient
-        h = conv(x2)  # its backward reads x2 and the weight, not h
-    with torch.no_grad():
-        relu(h)  # in place, as in F's forward; h is now the group norm's input
-    with torch.enable_grad():
-        a = h.detach().requires_grad_()
-        f = norm(a)
-    f.untyped_storage().resize_(0)  # group norm's backward reads its input, not its output
-    grad_a, grad_gamma, grad_beta = torch.autograd.grad(f, (a, norm.weight, norm.bias), grad_f)
-    del f
-    with torch.no_grad():
-        # leaky_relu_backward: g where a > 0, else g * slope (the same float products), by
-        # slabs: the mask is a bool tensor, 1/4 of a slab's size
-        for start, stop in depth_slabs(a.shape[2]):
-            part = a[:, :, start:stop]
-            not_positive = part <= 0
-            part.fill_(1.0).masked_fill_(not_positive, relu.negative_slope)
-            grad_a[:, :, start:stop].mul_(part)
-        h.untyped_storage().resize_(0)
-    del a
-    if slabs:
-        (grad_w,) = torch.autograd.grad(h, conv.weight, grad_a)
-        with torch.no_grad():
-            add_input_grad_by_slabs(conv, grad_a, into)
-    else:
-        grad_x2, grad_w = torch.autograd.grad(h, (x2, conv.weight), grad_a)
-        with torch.no_grad():
-            into.add_(grad_x2)
-    return {id(conv.weight): grad_w, id(norm.weight): grad_gamma, id(norm.bias): grad_beta}
-
-
 def additive_coupling_backward(
     coupling: StandardAdditiveCoupling,
     x: torch.Tensor,
@@ -181,8 +134,8 @@ def additive_coupling_backward(
     grad_f = grad_y[:, split:]
     into = grad_y[:, :split] if in_place else torch.zeros_like(x2)  # g1, or J_F^T g2 alone
     staged = (
-        _block_backward(coupling.F, x2, grad_f, into)
-        if isinstance(coupling.F, StandardBlock)
+        block_backward(coupling.F, x2, grad_f, into)
+        if standard_layers(coupling.F) is not None
         else None
     )
     if staged is not None:
@@ -210,6 +163,17 @@ def additive_coupling_backward(
     return (grad_x, *weight_grads)
 
 
+def _mix_in_place(matrix: torch.Tensor, t: torch.Tensor) -> None:
+    """``t = matrix t`` per voxel (a C x C channel mixing), in ``t``'s own storage.
+
+    Each voxel's channels mix alone, so a depth slab at a time can be overwritten: the working
+    set is one slab's product, not a second whole tensor."""
+    for sample in t:
+        for start, stop in depth_slabs(t.shape[2]):
+            part = sample[:, start:stop]  # (C, rows, ...): a strided (C, voxels) matrix
+            part.copy_(torch.matmul(matrix, part.flatten(1)).view(part.shape))
+
+
 def channel_mixing_backward(
     mixing: InvertibleChannelMixing3D,
     x: torch.Tensor,
@@ -219,18 +183,29 @@ def channel_mixing_backward(
 ) -> tuple[torch.Tensor | None, ...]:
     """The orthogonal 1x1x1 channel mixing ``y = W x``, differentiated by hand.
 
-    ``x = W^T y`` (rebuilt, then ``y`` freed), ``dx = W^T g`` and ``dW = g x^T`` summed over
-    the voxels; autograd then takes ``dW`` back to the Cayley parameters (a C x C problem).
-    memcnn's generic path recomputes ``W x`` with autograd and keeps it alive with its
-    gradients: about two full-resolution activations more at the iUNet's peak.
+    ``x = W^T y`` is rebuilt in ``y``'s storage (``y`` is not read again), ``dW = g x^T`` is
+    summed over the voxels, then ``dx = W^T g`` is written over ``g`` when nothing else can see
+    it (``_owned``; else a new tensor), both products a depth slab at a time; autograd then
+    takes ``dW`` back to the Cayley parameters (a C x C problem). memcnn's generic path
+    recomputes ``W x`` with autograd and keeps it alive with its gradients; a whole ``W^T g``
+    beside ``g`` was the third-highest peak of the iUNet's step (docs/decisions.md).
     """
     with torch.no_grad():
-        transposed = mixing.kernel_matrix.T  # W^T, as (C, C) products per sample (no scratch)
-        x.set_(torch.matmul(transposed, y.flatten(2)).view(y.shape))
-        y.untyped_storage().resize_(0)
-        grad_x = torch.matmul(transposed, grad_y.flatten(2)).view(grad_y.shape)
+        transposed = mixing.kernel_matrix.T  # W^T
+        in_place = _owned(grad_y)  # before any view of it
+        if y.is_contiguous():
+            _mix_in_place(transposed, y)
+            x.set_(y)
+        else:
+            x.set_(torch.matmul(transposed, y.flatten(2)).view(y.shape))
+            y.untyped_storage().resize_(0)
         # per sample a (C, V) x (V, C) product: BLAS reads the transposed view without a copy
         grad_matrix = sum(g.flatten(1) @ v.flatten(1).T for g, v in zip(grad_y, x, strict=True))
+        if in_place:
+            _mix_in_place(transposed, grad_y)
+            grad_x = grad_y
+        else:
+            grad_x = torch.matmul(transposed, grad_y.flatten(2)).view(grad_y.shape)
     with torch.enable_grad():
         matrix = mixing.kernel_matrix
     grads = torch.autograd.grad(matrix, weights, grad_matrix, allow_unused=True)
@@ -243,17 +218,36 @@ def split_channels_backward(
     grad_outputs: tuple[torch.Tensor | None, ...],
 ) -> tuple[torch.Tensor]:
     """``SplitChannels`` (two copies of channel slices): the input rebuilt and the gradient
-    concatenated directly; memcnn's path also recomputes the copies with autograd."""
+    concatenated directly; memcnn's path also recomputes the copies with autograd.
+
+    Both are filled part by part, each part freed once copied (an output always; a gradient
+    when nothing else can see it, ``_owned``): a new page is touched only as an old one goes,
+    so the concatenation and both of its parts are never resident at once (docs/decisions.md).
+    """
     (x,) = inputs
     with torch.no_grad():
-        x.set_(torch.cat(outputs, dim=1))
-        for output in outputs:
-            output.untyped_storage().resize_(0)
-        grads = [
+        x.set_(_concatenate_freeing(list(outputs), [True] * len(outputs)))
+        # Before anything else holds the gradients, and not through zip (whose cached result
+        # tuple would hold one more reference): ``_owned`` counts them.
+        owned = [g is None or _owned(g) for g in grad_outputs]
+        parts = [
             torch.zeros_like(o) if g is None else g
             for o, g in zip(outputs, grad_outputs, strict=True)
         ]
-        return (torch.cat(grads, dim=1),)
+        return (_concatenate_freeing(parts, owned),)
+
+
+def _concatenate_freeing(parts: list[torch.Tensor], free: list[bool]) -> torch.Tensor:
+    """``torch.cat(parts, dim=1)``, each part's storage freed after its copy where ``free``."""
+    channels = sum(part.shape[1] for part in parts)
+    whole = parts[0].new_empty((parts[0].shape[0], channels, *parts[0].shape[2:]))
+    start = 0
+    for part, drop in zip(parts, free, strict=True):
+        whole[:, start : start + part.shape[1]].copy_(part)
+        start += part.shape[1]
+        if drop:
+            part.untyped_storage().resize_(0)
+    return whole
 
 
 def concat_channels_backward(
