@@ -163,24 +163,31 @@ LOSSES = {
 }
 
 
+@pytest.fixture
+def owned_answers(monkeypatch) -> list[bool]:
+    """What ``invertible._owned`` answers, call by call (a spy that counts its own frame)."""
+    from lungseg.nets import invertible
+
+    answers: list[bool] = []
+    owned = invertible._owned
+
+    def spy(grad):
+        answers.append(owned(grad))
+        return answers[-1]
+
+    monkeypatch.setattr(invertible, "_owned", spy)
+    monkeypatch.setattr(invertible, "_ENGINE_REFS", invertible._ENGINE_REFS + 1)  # spy's frame
+    return answers
+
+
 @pytest.mark.parametrize("kind", ["coupling", "mixing"])
 @pytest.mark.parametrize("onednn", [True, False], ids=["oneDNN slabs", "PyTorch conv"])
 @pytest.mark.parametrize("case", list(LOSSES))
-def test_lean_coupling_gradient_in_place_or_fallback(case, onednn, kind, monkeypatch):
+def test_lean_coupling_gradient_in_place_or_fallback(case, onednn, kind, owned_answers):
     """A lean coupling's or channel mixing's gradients equal plain autograd's whichever path
     dL/dx takes (built over dL/dy, or a new tensor)."""
-    from lungseg.nets import invertible
-
     loss_of, in_place = LOSSES[case]
-    owned_calls = []
-
-    def spy(grad):
-        owned_calls.append(invertible._owned.__wrapped__(grad))
-        return owned_calls[-1]
-
-    spy.__wrapped__ = invertible._owned
-    monkeypatch.setattr(invertible, "_owned", spy)
-    monkeypatch.setattr(invertible, "_ENGINE_REFS", invertible._ENGINE_REFS + 1)  # spy's frame
+    owned_calls = owned_answers
     lean, plain = _lean_module(kind, onednn)
     x = torch.randn(1, 4, 6, 5, 4, generator=torch.Generator().manual_seed(1))
     w = torch.randn(1, 4, 6, 5, 4, generator=torch.Generator().manual_seed(2))
@@ -201,24 +208,15 @@ def test_lean_coupling_gradient_in_place_or_fallback(case, onednn, kind, monkeyp
 
 
 @pytest.mark.parametrize("case", list(LOSSES))
-def test_lean_channel_split_frees_only_gradients_nothing_else_holds(case, monkeypatch):
+def test_lean_channel_split_frees_only_gradients_nothing_else_holds(case, owned_answers):
     """The split's backward frees each incoming gradient once copied only where ``_owned``."""
     from iunets.layers import SplitChannels
     from memcnn import InvertibleModuleWrapper
 
-    from lungseg.nets import invertible
     from lungseg.nets.invertible import use_lean_backward
 
     loss_of, owned = LOSSES[case]
-    seen = []
-
-    def spy(grad):
-        seen.append(invertible._owned.__wrapped__(grad))
-        return seen[-1]
-
-    spy.__wrapped__ = invertible._owned
-    monkeypatch.setattr(invertible, "_owned", spy)
-    monkeypatch.setattr(invertible, "_ENGINE_REFS", invertible._ENGINE_REFS + 1)  # spy's frame
+    seen = owned_answers
     lean = torch.nn.Sequential(InvertibleModuleWrapper(SplitChannels(2), keep_input=False))
     assert use_lean_backward(lean) == 1
     x = torch.randn(1, 4, 6, 5, 4, generator=torch.Generator().manual_seed(1))
