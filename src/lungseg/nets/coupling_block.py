@@ -9,7 +9,7 @@ step's peak. Here the norm is applied as ``x * scale + shift`` per channel strai
 tensor it is added to, its backward is written over its own input, and the weight gradient is
 summed over depth slabs, so the block never holds more than the convolution's output and one
 slab (docs/decisions.md). The formulas are group norm's; values equal PyTorch's within float
-rounding (tests/test_models.py).
+rounding (tests/test_coupling_block.py, and the whole iUNet in tests/test_models.py).
 """
 
 from __future__ import annotations

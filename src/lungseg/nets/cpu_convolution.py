@@ -69,8 +69,7 @@ def _onednn(
     out_depth = depth + 2 * padding[0] - kernel + 1
     if rows is None and not _too_large(per_row, plane, max(depth, out_depth)):
         return _whole(input, weight, bias, padding)
-    pieces = _piece_rows(per_row, plane, kernel)
-    rows = pieces if rows is None else min(rows, pieces)
+    rows = _piece_rows(per_row, plane, kernel, rows)
     out = None
     for start, stop, piece, piece_padding, first in _depth_pieces(
         input, out_depth, rows, kernel, padding
@@ -88,9 +87,11 @@ def _too_large(per_row: int, plane: int, depth: int) -> bool:
     return per_row * depth > SLAB_ELEMENTS or plane * depth > SPATIAL_ELEMENTS
 
 
-def _piece_rows(per_row: int, plane: int, kernel: int) -> int:
-    """Output rows of one slab: its input rows (halo included) within both piece sizes."""
-    return max(1, min(PIECE_ELEMENTS // per_row, PIECE_SPATIAL // plane) - kernel + 1)
+def _piece_rows(per_row: int, plane: int, kernel: int, rows: int | None = None) -> int:
+    """Output rows of one slab: its input rows (halo included) within both piece sizes, and
+    at most ``rows`` where given."""
+    pieces = max(1, min(PIECE_ELEMENTS // per_row, PIECE_SPATIAL // plane) - kernel + 1)
+    return pieces if rows is None else min(rows, pieces)
 
 
 def _whole(
@@ -135,8 +136,7 @@ def _weight_grad(
         return _whole(by_channel, kernel_grad, None, padding).transpose(0, 1).contiguous()
     # Blocks of channels would copy nothing, but oneDNN runs a convolution with so large a
     # kernel (the gradient) several times slower than depth slabs (docs/decisions.md).
-    pieces = _piece_rows(per_row, plane, kernel[0])
-    rows = pieces if rows is None else min(rows, pieces)
+    rows = _piece_rows(per_row, plane, kernel[0], rows)
     total = None
     for start, stop, piece, piece_padding, first in _depth_pieces(
         by_channel, grad_output.shape[2], rows, kernel[0], padding
@@ -246,9 +246,14 @@ class OneDNNConv3d(nn.Conv3d):
         )
 
 
+def _slab_rows(depth: int) -> int:
+    """Rows of one of :func:`depth_slabs`' slabs."""
+    return max(1, -(-depth // 8))
+
+
 def depth_slabs(depth: int) -> list[tuple[int, int]]:
     """Eight depth slabs ``(start, stop)``: a working set 1/8 of a whole tensor's."""
-    rows = max(1, -(-depth // 8))
+    rows = _slab_rows(depth)
     return [(start, min(start + rows, depth)) for start in range(0, depth, rows)]
 
 
@@ -274,7 +279,7 @@ def add_input_grad_by_slabs(conv: nn.Conv3d, grad_h: torch.Tensor, into: torch.T
     backward peak, lungseg.nets.invertible). Slabs and halos as :func:`_depth_pieces`.
     """
     weight = conv.weight.detach().flip(2, 3, 4).transpose(0, 1)
-    depth, rows = grad_h.shape[2], depth_slabs(grad_h.shape[2])[0][1]
+    depth, rows = grad_h.shape[2], _slab_rows(grad_h.shape[2])
     for start, stop, piece, padding, first in _depth_pieces(
         grad_h, depth, rows, weight.shape[2], tuple(conv.padding)
     ):
@@ -289,9 +294,8 @@ def conv_by_slabs(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     channel blocks (8 with AVX2, 16 with AVX-512) pad an 8-channel tensor to twice its size:
     at an iUNet coupling's level-0 backward that was 2.5 half-size tensors of scratch on an
     AVX-512 CPU; a slab's are an eighth."""
-    rows = depth_slabs(x.shape[2])[0][1]
     bias = None if conv.bias is None else conv.bias.detach()
-    return _onednn(x, conv.weight.detach(), bias, tuple(conv.padding), rows=rows)
+    return _onednn(x, conv.weight.detach(), bias, tuple(conv.padding), _slab_rows(x.shape[2]))
 
 
 def weight_grad_by_slabs(conv: nn.Conv3d, x: torch.Tensor, grad_h: torch.Tensor) -> torch.Tensor:
@@ -299,8 +303,8 @@ def weight_grad_by_slabs(conv: nn.Conv3d, x: torch.Tensor, grad_h: torch.Tensor)
     slabs of :func:`depth_slabs`: oneDNN's whole-volume call reorders the output gradient (its
     kernel) into a scratch as large as it, a third half-size tensor at an iUNet coupling's
     backward peak; a slab's copies are an eighth of that."""
-    rows = depth_slabs(grad_h.shape[2])[0][1]
-    return _weight_grad(x, grad_h, tuple(conv.padding), conv.weight.shape[2:], rows=rows)
+    rows = _slab_rows(grad_h.shape[2])
+    return _weight_grad(x, grad_h, tuple(conv.padding), conv.weight.shape[2:], rows)
 
 
 def use_onednn_convolutions(model: nn.Module) -> int:
