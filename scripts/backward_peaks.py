@@ -79,8 +79,8 @@ owned_said: list[bool] = []
 _owned = invertible._owned
 
 
-def counted_owned(grad):  # a frame more, as the spy in tests/test_models.py: one more reference
-    owned_said.append(_owned(grad))
+def counted_owned(grad, channels=None):  # a frame more, as tests/test_models.py's spy: +1 reference
+    owned_said.append(_owned(grad, channels))
     return owned_said[-1]
 
 

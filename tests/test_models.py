@@ -113,6 +113,53 @@ def test_memory_efficient_gradients_equal_plain_backprop(deep_supervision, lean_
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_skip_connections_stay_at_the_head_of_their_tensors_in_the_lean_backward(
+    batch, monkeypatch
+):
+    """Each decoder concatenation leaves the skip part in place (the rest of the output and of
+    its gradient released) and the encoder's split fills the rest in again, at every level:
+    gradients as plain autograd's."""
+    from lungseg.nets import invertible
+
+    released, filled = [], []
+    release, fill = invertible.release_channels, invertible._fill_tail
+    monkeypatch.setattr(
+        invertible, "release_channels", lambda t, first: released.append(first) or release(t, first)
+    )
+    monkeypatch.setattr(
+        invertible, "_fill_tail", lambda *args, **kw: filled.append(args[2]) or fill(*args, **kw)
+    )
+    settings = {**SMALL, "arch": "iunet"}
+    lean = randomised(build_model({**settings, "memory_efficient": True}))
+    plain = build_model({**settings, "memory_efficient": False})
+    plain.load_state_dict(lean.state_dict())
+    x = torch.randn(batch, 1, 16, 16, 8, generator=torch.Generator().manual_seed(1))
+    for model in (lean, plain):
+        (model(x)[0] ** 2).mean().backward()
+    for (name, a), b in zip(lean.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+    splits = [c._fn.split_location for c in lean.core.concat_layers]
+    assert sorted(released) == sorted(splits * 2)  # output and gradient, each concatenation
+    widths = lean.core.channels[: len(splits)]
+    assert sorted(filled) == sorted(list(widths) * 2)  # input and gradient, each split
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 16, 5, 4), (2, 6, 13, 3, 5)])
+def test_lean_channel_mixing_forward_equals_iunets_convolution(shape):
+    from iunets.layers import InvertibleChannelMixing3D
+
+    from lungseg.nets.invertible import LeanChannelMixing
+
+    mixing = randomised(InvertibleChannelMixing3D(shape[1]))
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    expected = mixing(x)
+    mixing.__class__ = LeanChannelMixing
+    with torch.no_grad():  # memcnn's forward: the slab path
+        torch.testing.assert_close(mixing(x), expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(mixing(x), expected)  # with autograd: iunets' own
+
+
 def _lean_module(kind: str, onednn: bool):
     """One lean-wrapped iunets module (4 channels): a coupling or an orthogonal channel mixing,
     and an exact, plain-autograd copy."""
@@ -171,8 +218,8 @@ def owned_answers(monkeypatch) -> list[bool]:
     answers: list[bool] = []
     owned = invertible._owned
 
-    def spy(grad):
-        answers.append(owned(grad))
+    def spy(grad, channels=None):  # no *args: a packed argument tuple is one more reference
+        answers.append(owned(grad, channels))
         return answers[-1]
 
     monkeypatch.setattr(invertible, "_owned", spy)

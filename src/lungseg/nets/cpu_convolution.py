@@ -191,7 +191,11 @@ class _PointwiseConv3d(torch.autograd.Function):
         matrix = weight.flatten(1)  # (C_out, C_in)
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:  # W^T g per voxel, written once into the input's shape
-            grad_input = torch.matmul(matrix.T, grad_output.flatten(2)).view(input.shape)
+            # One product per batch element into the result: a batched matmul of the
+            # transposed weight makes a contiguous copy of its whole-volume result first.
+            grad_input = torch.empty(input.shape, dtype=grad_output.dtype, device=input.device)
+            for g, into in zip(grad_output, grad_input, strict=True):
+                torch.mm(matrix.T, g.flatten(1), out=into.view(into.shape[0], -1))
         if ctx.needs_input_grad[1]:  # g x^T summed over voxels and the batch
             grad_weight = sum(
                 g.flatten(1) @ x.flatten(1).T for g, x in zip(grad_output, input, strict=True)

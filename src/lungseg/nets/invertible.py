@@ -32,6 +32,7 @@ from torch import nn
 
 from lungseg.nets.coupling_block import add_block, block_backward, standard_layers
 from lungseg.nets.cpu_convolution import depth_slabs
+from lungseg.nets.pages import release_channels
 
 
 class LeanAdditiveCoupling(StandardAdditiveCoupling):
@@ -55,6 +56,28 @@ class LeanAdditiveCoupling(StandardAdditiveCoupling):
             return out
         f = self.F(x[:, split:])
         torch.add(x[:, :split], f, out=out[:, inverse_split:])
+        return out
+
+
+class LeanChannelMixing(InvertibleChannelMixing3D):
+    """iunets' orthogonal channel mixing whose forward writes ``W x`` a depth slab at a time.
+
+    Stock: ``conv3d`` with the 1x1x1 kernel, which oneDNN computes into a blocked-layout
+    tensor and converts into a second one: with its input, three activations alive at once
+    (the iUNet forward pass's peak at level 0). Here: the output and one slab's product (2 1/8).
+    Same values (tested).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.dim() != 5:
+            return super().forward(x)
+        matrix = self.kernel_matrix
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        for sample, into in zip(x, out, strict=True):
+            for start, stop in depth_slabs(x.shape[2]):
+                part = sample[:, start:stop]
+                product = torch.matmul(matrix, part.reshape(part.shape[0], -1))
+                into[:, start:stop].copy_(product.view(part.shape))
         return out
 
 
@@ -82,16 +105,18 @@ def _rebuild_input_in_place(coupling: StandardAdditiveCoupling, y: torch.Tensor)
 _ENGINE_REFS = 7
 
 
-def _owned(grad: torch.Tensor) -> bool:
-    """True when nothing but this backward can see ``grad``, so it may be overwritten."""
+def _owned(grad: torch.Tensor, channels: int | None = None) -> bool:
+    """True when nothing but this backward can see ``grad``, so it may be overwritten.
+
+    With ``channels``, ``grad`` may also be the head (its first channels) of a contiguous
+    tensor of that many channels, the whole storage nothing else can see either
+    (:func:`_head_of`)."""
     # A gradient made as ``.view`` of a product has that product as ``_base``: one more
     # TensorImpl on the storage, harmless while nothing else holds the base either.
     base = grad._base
     return (
         not grad.requires_grad  # not part of a double-backward graph
-        and grad.is_contiguous()
-        and grad.storage_offset() == 0
-        and grad.untyped_storage().nbytes() == grad.numel() * grad.element_size()
+        and (_whole(grad) or (channels is not None and _head_of(grad, channels)))
         # no other view (+1: the temporary storage object made here)
         and torch._C._storage_Use_Count(grad.untyped_storage()._cdata) == 2 + (base is not None)
         and (base is None or (base._use_count() == 2 and sys.getrefcount(base) <= 3))
@@ -100,6 +125,33 @@ def _owned(grad: torch.Tensor) -> bool:
         and grad._use_count() == 1
         and sys.getrefcount(grad) <= _ENGINE_REFS  # no Python holder (a hook that stored it)
     )
+
+
+def _whole(t: torch.Tensor) -> bool:
+    """``t`` is contiguous and is all of its storage."""
+    return (
+        t.is_contiguous()
+        and t.storage_offset() == 0
+        and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    )
+
+
+def _head_of(t: torch.Tensor, channels: int) -> bool:
+    """``t`` is the first channels of a contiguous ``(N, channels, ...)`` tensor that is all
+    of ``t``'s storage."""
+    spatial = t[0, 0].numel() if t.numel() else 0
+    return (
+        t.dim() >= 2
+        and t.storage_offset() == 0
+        and t.stride()[0] == channels * spatial
+        and t[0].is_contiguous()
+        and t.untyped_storage().nbytes() == t.shape[0] * channels * spatial * t.element_size()
+    )
+
+
+def _alone(t: torch.Tensor) -> bool:
+    """Only ``t`` holds its storage (+1: the temporary storage object made here)."""
+    return t._base is None and torch._C._storage_Use_Count(t.untyped_storage()._cdata) == 2
 
 
 def additive_coupling_backward(
@@ -220,21 +272,40 @@ def split_channels_backward(
     """``SplitChannels`` (two copies of channel slices): the input rebuilt and the gradient
     concatenated directly; memcnn's path also recomputes the copies with autograd.
 
-    Both are filled part by part, each part freed once copied (an output always; a gradient
-    when nothing else can see it, ``_owned``): a new page is touched only as an old one goes,
-    so the concatenation and both of its parts are never resident at once (docs/decisions.md).
+    Where the first part is still the head of its whole tensor (the decoder's concatenation
+    left it there, :func:`concat_channels_backward`) the second is copied into the rest of it:
+    nothing new is allocated. Otherwise both are filled part by part, each part freed once
+    copied (an output always; a gradient when nothing else can see it, ``_owned``): a new page
+    is touched only as an old one goes (docs/decisions.md).
     """
     (x,) = inputs
+    channels = sum(o.shape[1] for o in outputs)
     with torch.no_grad():
-        x.set_(_concatenate_freeing(list(outputs), [True] * len(outputs)))
+        if len(outputs) == 2 and _alone(outputs[0]) and _head_of(outputs[0], channels):
+            x.set_(_fill_tail(outputs[0], outputs[1], channels, free=True))
+        else:
+            x.set_(_concatenate_freeing(list(outputs), [True] * len(outputs)))
         # Before anything else holds the gradients, and not through zip (whose cached result
         # tuple would hold one more reference): ``_owned`` counts them.
-        owned = [g is None or _owned(g) for g in grad_outputs]
+        owned = [g is None or _owned(g, channels) for g in grad_outputs]
         parts = [
             torch.zeros_like(o) if g is None else g
             for o, g in zip(outputs, grad_outputs, strict=True)
         ]
+        if len(parts) == 2 and owned[0] and _head_of(parts[0], channels):
+            return (_fill_tail(parts[0], parts[1], channels, free=owned[1]),)
         return (_concatenate_freeing(parts, owned),)
+
+
+def _fill_tail(head: torch.Tensor, tail: torch.Tensor, channels: int, free: bool) -> torch.Tensor:
+    """The whole ``(N, channels, ...)`` tensor ``head`` is the start of, ``tail`` copied in."""
+    whole = head.new_empty(0).set_(
+        head.untyped_storage(), 0, (head.shape[0], channels, *head.shape[2:])
+    )
+    whole[:, head.shape[1] :].copy_(tail)
+    if free:
+        tail.untyped_storage().resize_(0)
+    return whole
 
 
 def _concatenate_freeing(parts: list[torch.Tensor], free: list[bool]) -> torch.Tensor:
@@ -256,19 +327,33 @@ def concat_channels_backward(
     outputs: tuple[torch.Tensor, ...],
     grad_outputs: tuple[torch.Tensor, ...],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``ConcatenateChannels``: inputs and their gradients as copies of channel slices.
+    """``ConcatenateChannels`` (the skip connection, then the upsampled part): inputs and
+    their gradients as channel slices.
 
-    memcnn's path returns the gradient slices that autograd's ``cat`` backward makes: views
-    that keep the whole incoming gradient alive, including the part already consumed, through
-    the backward of every lower level (at level 0, +0.25 activations at the encoder's channel
-    split, the step's peak before). Copies cost the same at this call and free it after.
+    The upsampled part, read at once by the upsampling's backward, is copied out. The skip
+    part stays where it is, at the head of the output and of its gradient, while the lower
+    levels' backward runs: the rest of each is handed back to the system
+    (:mod:`lungseg.nets.pages`), and the encoder's split fills it in again
+    (:func:`split_channels_backward`). Copying the skip out instead needs the whole tensor and
+    the copy resident at once: at level 0 the step's peak. Where something else holds the
+    output or gradient, both parts are copies (memcnn's views would keep the consumed part
+    alive through the lower levels).
     """
     (y,), (grad_y,), split = outputs, grad_outputs, concat.split_location
     with torch.no_grad():
-        for original, part in zip(inputs, (y[:, :split], y[:, split:]), strict=True):
-            original.set_(part.clone())
-        y.untyped_storage().resize_(0)
-        return grad_y[:, :split].clone(), grad_y[:, split:].clone()
+        skip, up = inputs
+        up.set_(y[:, split:].clone())
+        if _alone(y) and _whole(y):
+            skip.set_(y[:, :split])
+            release_channels(y, split)
+        else:
+            skip.set_(y[:, :split].clone())
+            y.untyped_storage().resize_(0)
+        grad_up = grad_y[:, split:].clone()
+        if _owned(grad_y):
+            release_channels(grad_y, split)
+            return grad_y[:, :split], grad_up
+        return grad_y[:, :split].clone(), grad_up
 
 
 class LeanInvertibleFunction(InvertibleCheckpointFunction):
@@ -290,7 +375,7 @@ class LeanInvertibleFunction(InvertibleCheckpointFunction):
                 coupling, inputs[0], outputs[0], grad_outputs[0], ctx.weights
             )
         if not ctx.keep_input and coupling is not None and ctx.fn == coupling.forward:
-            if type(coupling) is InvertibleChannelMixing3D:
+            if isinstance(coupling, InvertibleChannelMixing3D):
                 return (None,) * 6 + channel_mixing_backward(
                     coupling, inputs[0], outputs[0], grad_outputs[0], ctx.weights
                 )
@@ -357,5 +442,7 @@ def use_lean_backward(module: nn.Module) -> int:
                 setattr(parent, name, lean)
                 if type(child._fn) is StandardAdditiveCoupling:
                     child._fn.__class__ = LeanAdditiveCoupling  # same module, leaner forward
+                elif type(child._fn) is InvertibleChannelMixing3D:
+                    child._fn.__class__ = LeanChannelMixing
                 swapped += 1
     return swapped
