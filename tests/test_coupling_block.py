@@ -55,6 +55,12 @@ def test_block_by_slabs_equals_pytorch(cin, cout, groups, batch, size, onednn):
     accumulated = start.clone()
     grads = block_backward(block, x.clone(), g, accumulated)
     torch.testing.assert_close(accumulated, start + x_ref.grad, atol=1e-4, rtol=1e-4)
+    # the coupling's inverse in the same pass: y2 - F(x2), and the same gradients
+    accumulated, inverted = start.clone(), base.clone()
+    again = block_backward(block, x.clone(), g, accumulated, subtract_from=inverted)
+    torch.testing.assert_close(inverted, base - f.detach(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(accumulated, start + x_ref.grad, atol=1e-4, rtol=1e-4)
+    assert again.keys() == grads.keys()
     for name, parameter in block.named_parameters():
         torch.testing.assert_close(
             grads[id(parameter)], parameter.grad, atol=1e-4, rtol=1e-4, msg=name
@@ -68,22 +74,41 @@ def test_other_blocks_are_left_to_autograd():
     assert standard_layers(torch.nn.Conv3d(2, 2, 3)) is None
 
 
-@pytest.mark.parametrize("size", [(17, 6, 5), (5, 4, 4), (8, 3, 9)])
-def test_slab_convolution_and_weight_gradient_equal_whole_volume_ones(size):
+@pytest.mark.parametrize("size", [(17, 6, 5), (5, 4, 4), (8, 3, 9), (2, 3, 3)])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_row_convolutions_and_gradients_add_up_to_whole_volume_ones(size, batch):
+    """Any cut of the depth into row ranges: each range's output rows, weight-gradient part
+    and input-gradient rows (from the gradient rows its halo reaches) equal PyTorch's."""
     torch.manual_seed(0)
     conv = torch.nn.Conv3d(3, 5, 3, padding=1, bias=True)
     cpu_convolution.use_onednn_convolutions(conv)
-    x = torch.randn(1, 3, *size)
-    with torch.no_grad():
-        torch.testing.assert_close(
-            cpu_convolution.conv_by_slabs(conv, x),
-            torch.nn.functional.conv3d(x, conv.weight, conv.bias, padding=1),
-            atol=1e-5,
-            rtol=1e-4,
-        )
-    g = torch.randn(1, 5, *size)
+    x = torch.randn(batch, 3, *size)
+    g = torch.randn(batch, 5, *size)
     x_ref = x.clone().requires_grad_()
-    torch.nn.functional.conv3d(x_ref, conv.weight, None, padding=1).backward(g)
-    torch.testing.assert_close(
-        cpu_convolution.weight_grad_by_slabs(conv, x, g), conv.weight.grad, atol=1e-4, rtol=1e-4
-    )
+    whole = torch.nn.functional.conv3d(x_ref, conv.weight, conv.bias, padding=1)
+    whole.backward(g)
+    depth = size[0]
+    cuts = sorted({0, depth, *range(0, depth, 3), min(1, depth)})
+    weight_grad = torch.zeros_like(conv.weight)
+    with torch.no_grad():
+        for start, stop in zip(cuts, cuts[1:]):
+            torch.testing.assert_close(
+                cpu_convolution.conv_rows(conv, x, start, stop),
+                whole[:, :, start:stop].detach(),
+                atol=1e-5,
+                rtol=1e-4,
+            )
+            weight_grad += cpu_convolution.weight_grad_rows(
+                conv, x, g[:, :, start:stop], start, stop
+            )
+            low, high = max(start - 1, 0), min(stop + 1, depth)
+            torch.testing.assert_close(
+                cpu_convolution.input_grad_rows(conv, g[:, :, low:high], low, start, stop),
+                x_ref.grad[:, :, start:stop],
+                atol=1e-4,
+                rtol=1e-4,
+            )
+        torch.testing.assert_close(weight_grad, conv.weight.grad, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            cpu_convolution.conv_by_slabs(conv, x), whole.detach(), atol=1e-5, rtol=1e-4
+        )

@@ -19,11 +19,12 @@ from iunets.layers import StandardBlock
 from torch import nn
 
 from lungseg.nets.cpu_convolution import (
-    add_input_grad_by_slabs,
     conv_by_slabs,
+    conv_rows,
     depth_slabs,
+    input_grad_rows,
     slabs_apply,
-    weight_grad_by_slabs,
+    weight_grad_rows,
 )
 
 
@@ -51,93 +52,153 @@ def _per_channel(values: torch.Tensor, channels: int) -> torch.Tensor:
     return values.repeat_interleave(channels // values.shape[1], dim=1)
 
 
-def _group_statistics(norm: nn.GroupNorm, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per channel (N, C): the group's mean and 1 / std, as group norm computes them."""
-    var, mean = torch.var_mean(a.reshape(a.shape[0], norm.num_groups, -1), dim=2, correction=0)
-    rstd = (var + norm.eps).rsqrt()
-    return _per_channel(mean, a.shape[1]), _per_channel(rstd, a.shape[1])
-
-
 def _spatial(values: torch.Tensor) -> torch.Tensor:
     return values[:, :, None, None, None]
 
 
-def _activation(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The leaky ReLU's output: the group norm's input."""
+def _slabs(block: nn.Module, x: torch.Tensor) -> list[tuple[int, int]]:
+    """Depth slabs where the convolution runs by slabs, else the whole depth at once."""
+    conv = standard_layers(block)[0]
+    return depth_slabs(x.shape[2]) if slabs_apply(conv, x) else [(0, x.shape[2])]
+
+
+def _activation_rows(block: nn.Module, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows ``[start, stop)`` of the leaky ReLU's output (the group norm's input); without the
+    slab path only all of them (:func:`_slabs`)."""
     conv, relu, _ = standard_layers(block)
     with torch.no_grad():
-        h = conv_by_slabs(conv, x) if slabs_apply(conv, x) else conv(x)
-        return relu(h)  # in place, as in F's forward
+        if not slabs_apply(conv, x):
+            return relu(conv(x))  # in place, as in F's forward
+        return relu(conv_rows(conv, x, start, stop))
+
+
+class _Statistics:
+    """One pass over the slabs: per sample and group the mean and 1 / std of the norm's input
+    ``a`` (per channel and slab, combined exactly in float64: Chan et al.'s pairwise update),
+    and with an output gradient ``g`` per channel ``sum g`` and ``sum g a``."""
+
+    def __init__(self, block: nn.Module, x: torch.Tensor, grad_f: torch.Tensor | None = None):
+        _, _, norm = standard_layers(block)
+        batch, channels = x.shape[0], norm.num_channels
+        wide = {"dtype": torch.float64, "device": x.device}
+        count, mean = 0, torch.zeros(batch, channels, **wide)
+        m2, sum_g, sum_ga = (torch.zeros_like(mean) for _ in range(3))
+        for start, stop in _slabs(block, x):
+            a = _activation_rows(block, x, start, stop)
+            var_slab, mean_slab = torch.var_mean(a, dim=(2, 3, 4), correction=0)
+            n = a[0, 0].numel()
+            delta = mean_slab.double() - mean
+            mean += delta * (n / (count + n))
+            m2 += var_slab.double() * n + delta**2 * (count * n / (count + n))
+            count += n
+            if grad_f is not None:
+                g = grad_f[:, :, start:stop]
+                sum_g += g.sum(dim=(2, 3, 4), dtype=torch.float64)
+                sum_ga += (g * a).sum(dim=(2, 3, 4), dtype=torch.float64)
+        groups = norm.num_groups
+        by_group = mean.view(batch, groups, -1)
+        group_mean = by_group.mean(dim=2)
+        spread = m2.view(batch, groups, -1).sum(2)
+        spread += count * ((by_group - group_mean[..., None]) ** 2).sum(2)
+        group_var = spread / (count * by_group.shape[2])
+        self.mean = _per_channel(group_mean, channels).to(x.dtype)
+        self.rstd = _per_channel((group_var + norm.eps).rsqrt(), channels).to(x.dtype)
+        self.sum_g, self.sum_ga = sum_g.to(x.dtype), sum_ga.to(x.dtype)
+
+    def norm_affine(self, norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per channel ``(scale, shift)``: the norm is ``a * scale + shift``."""
+        scale = self.rstd * norm.weight.detach()
+        return scale, norm.bias.detach() - self.mean * scale
 
 
 def add_block(block: nn.Module, x: torch.Tensor, into: torch.Tensor, alpha: float) -> None:
-    """``into += alpha * F(x)`` without F's output as a tensor of its own (no autograd)."""
-    _, _, norm = standard_layers(block)
-    a = _activation(block, x)
-    mean, rstd = _group_statistics(norm, a)
-    scale = rstd * norm.weight.detach()
-    shift = norm.bias.detach() - mean * scale
+    """``into += alpha * F(x)`` without F's output as a tensor of its own (no autograd): the
+    norm's input ``a`` is computed by slabs, then normed slab by slab into ``into``."""
+    conv, relu, norm = standard_layers(block)
     with torch.no_grad():
+        a = relu(conv_by_slabs(conv, x) if slabs_apply(conv, x) else conv(x))
+        var, mean = torch.var_mean(a.reshape(a.shape[0], norm.num_groups, -1), dim=2, correction=0)
+        mean = _per_channel(mean, a.shape[1])
+        scale = _per_channel((var + norm.eps).rsqrt(), a.shape[1]) * norm.weight.detach()
+        shift = _spatial(norm.bias.detach() - mean * scale)
+        scale = _spatial(scale)
         for start, stop in depth_slabs(a.shape[2]):
             part = a[:, :, start:stop]
-            into[:, :, start:stop].add_(part * _spatial(scale) + _spatial(shift), alpha=alpha)
+            into[:, :, start:stop].add_(part.mul_(scale).add_(shift), alpha=alpha)
 
 
 def block_backward(
-    block: nn.Module, x: torch.Tensor, grad_f: torch.Tensor, into: torch.Tensor
+    block: nn.Module,
+    x: torch.Tensor,
+    grad_f: torch.Tensor,
+    into: torch.Tensor,
+    subtract_from: torch.Tensor | None = None,
 ) -> dict[int, torch.Tensor]:
     """``into += J_F(x)^T grad_f``; returns F's weight gradients by ``id`` of the parameter.
+    With ``subtract_from``, also ``subtract_from -= F(x)`` (a coupling's inverse, in the same
+    pass: it reads the same slabs of the norm's input).
 
     With ``a`` the norm's input, ``x^ = (a - mean) rstd`` and ``g = grad_f``: ``dbeta = sum g``,
     ``dgamma = sum g x^``, and per group ``da = rstd (gamma g - <gamma g> - x^ <gamma g x^>)``
     (``<.>`` the group's mean), i.e. ``A g + B a + D`` per channel; the leaky ReLU's gradient
-    scales it by the slope where ``a <= 0``. ``da`` is written over ``a`` slab by slab.
+    scales it by the slope where ``a <= 0``. A first pass over the slabs sums what these need;
+    a second recomputes each slab's ``a`` with the halo rows its input gradient reads, turns
+    it into ``da`` and adds the slab's weight and input gradients: no tensor of the whole
+    volume is made (docs/decisions.md).
     """
     conv, relu, norm = standard_layers(block)
-    slabs = slabs_apply(conv, x)
-    if slabs:
-        a = _activation(block, x)
-    else:  # a backend without the slab path: the convolution through autograd
-        with torch.enable_grad():
-            x = x.detach().requires_grad_()
-            h = conv(x)
-        a = h.detach()
-        with torch.no_grad():
-            relu(a)
-    mean, rstd = _group_statistics(norm, a)
+    if not slabs_apply(conv, x):
+        return _block_backward_by_autograd(block, x, grad_f, into, subtract_from)
+    stats = _Statistics(block, x, grad_f)
+    mean, rstd, sum_g = stats.mean, stats.rstd, stats.sum_g
     gamma = norm.weight.detach()
+    centred = rstd * (stats.sum_ga - mean * sum_g)  # sum g x^, per channel
+    channels, groups = norm.num_channels, norm.num_groups
+    size = x[0, 0].numel() * channels // groups
+    m1 = _per_channel((gamma * sum_g).reshape(x.shape[0], groups, -1).sum(2) / size, channels)
+    m2 = _per_channel((gamma * centred).reshape(x.shape[0], groups, -1).sum(2) / size, channels)
+    coefficient_g = _spatial(rstd * gamma)
+    coefficient_a = _spatial(-rstd * rstd * m2)
+    constant = _spatial(rstd * (rstd * mean * m2 - m1))
+    scale, shift = (_spatial(t) for t in stats.norm_affine(norm))
+    depth, halo = x.shape[2], conv.padding[0]
+    weight_grad = None
     with torch.no_grad():
-        sum_g = grad_f.sum(dim=(2, 3, 4))
-        sum_ga = torch.stack(
-            [
-                torch.bmm(g.reshape(g.shape[0], 1, -1), v.reshape(v.shape[0], -1, 1)).flatten()
-                for g, v in zip(grad_f, a, strict=True)
-            ]
-        )
-        centred = rstd * (sum_ga - mean * sum_g)  # sum g x^, per channel
-        groups, size = norm.num_groups, a[0].numel() // norm.num_groups
-        m1 = _per_channel((gamma * sum_g).reshape(a.shape[0], groups, -1).sum(2) / size, a.shape[1])
-        m2 = _per_channel(
-            (gamma * centred).reshape(a.shape[0], groups, -1).sum(2) / size, a.shape[1]
-        )
-        coefficient_g = _spatial(rstd * gamma)
-        coefficient_a = _spatial(-rstd * rstd * m2)
-        constant = _spatial(rstd * (rstd * mean * m2 - m1))
-        for start, stop in depth_slabs(a.shape[2]):
-            part = a[:, :, start:stop]
-            slope = torch.ones_like(part).masked_fill_(part <= 0, relu.negative_slope)
-            part.mul_(coefficient_a).add_(constant).addcmul_(
-                grad_f[:, :, start:stop], coefficient_g
-            )
-            part.mul_(slope)
-        del slope
-    grads = {id(norm.weight): centred.sum(0), id(norm.bias): sum_g.sum(0)}
-    if slabs:
-        with torch.no_grad():
-            grads[id(conv.weight)] = weight_grad_by_slabs(conv, x, a)
-            add_input_grad_by_slabs(conv, a, into)
-    else:
-        grad_x, grads[id(conv.weight)] = torch.autograd.grad(h, (x, conv.weight), a)
-        with torch.no_grad():
-            into.add_(grad_x)
-    return grads
+        for start, stop in depth_slabs(depth):
+            low, high = max(start - halo, 0), min(stop + halo, depth)
+            a = _activation_rows(block, x, low, high)  # the slab and its halo rows
+            if subtract_from is not None:
+                own = a[:, :, start - low : stop - low]
+                subtract_from[:, :, start:stop].sub_(own * scale + shift)
+            slope = torch.ones_like(a).masked_fill_(a <= 0, relu.negative_slope)
+            a.mul_(coefficient_a).add_(constant).addcmul_(grad_f[:, :, low:high], coefficient_g)
+            a.mul_(slope)  # now da
+            del slope
+            part = weight_grad_rows(conv, x, a[:, :, start - low : stop - low], start, stop)
+            weight_grad = part.clone() if weight_grad is None else weight_grad.add_(part)
+            into[:, :, start:stop].add_(input_grad_rows(conv, a, low, start, stop))
+    return {
+        id(norm.weight): centred.sum(0),
+        id(norm.bias): sum_g.sum(0),
+        id(conv.weight): weight_grad.contiguous(),
+    }
+
+
+def _block_backward_by_autograd(
+    block: nn.Module,
+    x: torch.Tensor,
+    grad_f: torch.Tensor,
+    into: torch.Tensor,
+    subtract_from: torch.Tensor | None,
+) -> dict[int, torch.Tensor]:
+    """:func:`block_backward` on a backend without the slab path: F through autograd."""
+    conv, _, norm = standard_layers(block)
+    with torch.enable_grad():
+        x = x.detach().requires_grad_()
+        f = block(x)
+    grads = torch.autograd.grad(f, (x, conv.weight, norm.weight, norm.bias), grad_f)
+    with torch.no_grad():
+        if subtract_from is not None:
+            subtract_from.sub_(f)
+        into.add_(grads[0])
+    return {id(p): g for p, g in zip((conv.weight, norm.weight, norm.bias), grads[1:], strict=True)}

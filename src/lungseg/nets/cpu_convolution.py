@@ -103,18 +103,23 @@ def _whole(
 
 
 def _depth_pieces(input: torch.Tensor, out_depth: int, rows: int, kernel: int, padding: tuple):
-    """Per slab of output rows ``[start, stop)``: the input rows it reads, the padding to
-    convolve them with and the first row of that convolution's output that belongs to the slab.
+    """Per slab of output rows ``[start, stop)``: :func:`_rows_piece` of it."""
+    for start in range(0, out_depth, rows):
+        stop = min(start + rows, out_depth)
+        yield start, stop, *_rows_piece(input, start, stop, kernel, padding)
+
+
+def _rows_piece(input: torch.Tensor, start: int, stop: int, kernel: int, padding: tuple):
+    """The input rows output rows ``[start, stop)`` of a stride-1 convolution read, the padding
+    to convolve them with and the first row of that convolution's output that is ``start``.
 
     Zero padding in depth is only real at the volume's faces: an inner slab reads its halo rows
     unpadded (no wasted rows), a face slab pads by ``padding[0]`` and drops what it adds."""
     depth, pad = input.shape[2], padding[0]
-    for start in range(0, out_depth, rows):
-        stop = min(start + rows, out_depth)
-        low, high = start - pad, stop - pad + kernel - 1
-        own = 0 if low >= 0 and high <= depth else pad
-        first = start - max(low, 0) + own - pad
-        yield start, stop, input[:, :, max(low, 0) : min(high, depth)], (own, *padding[1:]), first
+    low, high = start - pad, stop - pad + kernel - 1
+    own = 0 if low >= 0 and high <= depth else pad
+    first = start - max(low, 0) + own - pad
+    return input[:, :, max(low, 0) : min(high, depth)], (own, *padding[1:]), first
 
 
 def _weight_grad(
@@ -122,21 +127,19 @@ def _weight_grad(
     grad_output: torch.Tensor,
     padding: tuple,
     kernel: tuple,
-    rows: int | None = None,
 ):
-    """(C_in, N, ...) * (C_out, N, ...) -> (C_out, C_in, k, k, k): sums over the batch, and over
-    depth slabs of the output gradient of ``rows`` rows, or where the problem is too large
-    (:func:`_too_large`) of the piece sizes'."""
+    """(C_in, N, ...) * (C_out, N, ...) -> (C_out, C_in, k, k, k): sums over the batch, and
+    where the problem is too large (:func:`_too_large`) over depth slabs of the piece sizes'."""
     by_channel = input.transpose(0, 1)
     kernel_grad = grad_output.transpose(0, 1)
     per_row = max(input[:, :, 0].numel(), grad_output[:, :, 0].numel())
     plane = max(input[0, 0, 0].numel(), grad_output[0, 0, 0].numel())
     depth = max(input.shape[2], grad_output.shape[2])
-    if rows is None and not _too_large(per_row, plane, depth):
+    if not _too_large(per_row, plane, depth):
         return _whole(by_channel, kernel_grad, None, padding).transpose(0, 1).contiguous()
     # Blocks of channels would copy nothing, but oneDNN runs a convolution with so large a
     # kernel (the gradient) several times slower than depth slabs (docs/decisions.md).
-    rows = _piece_rows(per_row, plane, kernel[0], rows)
+    rows = _piece_rows(per_row, plane, kernel[0])
     total = None
     for start, stop, piece, piece_padding, first in _depth_pieces(
         by_channel, grad_output.shape[2], rows, kernel[0], padding
@@ -262,7 +265,8 @@ def depth_slabs(depth: int) -> list[tuple[int, int]]:
 
 
 def slabs_apply(conv: nn.Conv3d, x: torch.Tensor) -> bool:
-    """Whether :func:`add_input_grad_by_slabs` can differentiate ``conv`` at ``x``."""
+    """Whether the row functions below (:func:`conv_rows` and its gradients) apply to
+    ``conv`` at ``x``."""
     pad = conv.padding
     return (
         type(conv) is OneDNNConv3d
@@ -274,21 +278,36 @@ def slabs_apply(conv: nn.Conv3d, x: torch.Tensor) -> bool:
     )
 
 
-def add_input_grad_by_slabs(conv: nn.Conv3d, grad_h: torch.Tensor, into: torch.Tensor) -> None:
-    """``into += J_conv^T grad_h`` in depth slabs (where :func:`slabs_apply`).
+def conv_rows(conv: nn.Conv3d, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Output rows ``[start, stop)`` of ``conv(x)`` (where :func:`slabs_apply`; no autograd),
+    from the input rows they read."""
+    piece, padding, first = _rows_piece(x, start, stop, conv.weight.shape[2], tuple(conv.padding))
+    bias = None if conv.bias is None else conv.bias.detach()
+    return _whole(piece, conv.weight.detach(), bias, padding)[:, :, first : first + stop - start]
 
-    The same oneDNN convolution as ``_StrideOneConv3d``'s backward (``grad_h`` with the flipped,
-    transposed weight), a slab of output rows at a time from the rows it reads: the whole input
-    gradient and oneDNN's input-sized scratch are never alive at once (an iUNet coupling's
-    backward peak, lungseg.nets.invertible). Slabs and halos as :func:`_depth_pieces`.
-    """
+
+def weight_grad_rows(
+    conv: nn.Conv3d, x: torch.Tensor, grad_rows: torch.Tensor, start: int, stop: int
+) -> torch.Tensor:
+    """The part of ``conv``'s weight gradient at input ``x`` that output rows ``[start, stop)``
+    contribute, ``grad_rows`` their output gradient (summed over the batch)."""
+    kernel = conv.weight.shape[2]
+    piece, padding, first = _rows_piece(x.transpose(0, 1), start, stop, kernel, tuple(conv.padding))
+    part = _whole(piece, grad_rows.transpose(0, 1), None, padding)
+    return part[:, :, first : first + kernel].transpose(0, 1)
+
+
+def input_grad_rows(
+    conv: nn.Conv3d, grad_h: torch.Tensor, offset: int, start: int, stop: int
+) -> torch.Tensor:
+    """Rows ``[start, stop)`` of ``J_conv^T grad`` (where :func:`slabs_apply`), from
+    ``grad_h``: the output gradient's rows ``[offset, offset + len)``, which must hold the rows
+    ``[start, stop)`` reads (its halo, up to the volume's faces)."""
     weight = conv.weight.detach().flip(2, 3, 4).transpose(0, 1)
-    depth, rows = grad_h.shape[2], _slab_rows(grad_h.shape[2])
-    for start, stop, piece, padding, first in _depth_pieces(
-        grad_h, depth, rows, weight.shape[2], tuple(conv.padding)
-    ):
-        part = _onednn(piece, weight, None, padding)
-        into[:, :, start:stop].add_(part[:, :, first : first + stop - start])
+    piece, padding, first = _rows_piece(
+        grad_h, start - offset, stop - offset, weight.shape[2], tuple(conv.padding)
+    )
+    return _whole(piece, weight, None, padding)[:, :, first : first + stop - start]
 
 
 def conv_by_slabs(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
@@ -300,15 +319,6 @@ def conv_by_slabs(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     AVX-512 CPU; a slab's are an eighth."""
     bias = None if conv.bias is None else conv.bias.detach()
     return _onednn(x, conv.weight.detach(), bias, tuple(conv.padding), _slab_rows(x.shape[2]))
-
-
-def weight_grad_by_slabs(conv: nn.Conv3d, x: torch.Tensor, grad_h: torch.Tensor) -> torch.Tensor:
-    """``conv``'s weight gradient at input ``x`` (where :func:`slabs_apply`), summed over the
-    slabs of :func:`depth_slabs`: oneDNN's whole-volume call reorders the output gradient (its
-    kernel) into a scratch as large as it, a third half-size tensor at an iUNet coupling's
-    backward peak; a slab's copies are an eighth of that."""
-    rows = _slab_rows(grad_h.shape[2])
-    return _weight_grad(x, grad_h, tuple(conv.padding), conv.weight.shape[2:], rows)
 
 
 def use_onednn_convolutions(model: nn.Module) -> int:

@@ -23,12 +23,15 @@ import torch
 from iunets.layers import (
     ConcatenateChannels,
     InvertibleChannelMixing3D,
+    InvertibleDownsampling3D,
+    InvertibleUpsampling3D,
     SplitChannels,
     StandardAdditiveCoupling,
     StandardBlock,
 )
 from memcnn.models.revop import InvertibleCheckpointFunction, InvertibleModuleWrapper
 from torch import nn
+from torch.nn import functional as F
 
 from lungseg.nets.coupling_block import add_block, block_backward, standard_layers
 from lungseg.nets.cpu_convolution import depth_slabs
@@ -36,21 +39,28 @@ from lungseg.nets.pages import release_channels
 
 
 class LeanAdditiveCoupling(StandardAdditiveCoupling):
-    """iunets' additive coupling whose forward writes ``y`` into one new tensor.
+    """iunets' additive coupling whose forward, under memcnn (no autograd), writes ``y`` over
+    ``x``.
 
     Stock: contiguous copies of both input halves, ``x1 + F(x2)`` as its own tensor, then the
     concatenation (about 4.5 full-resolution activations alive at its peak at level 0, input
-    included). Here: ``y1 = x2`` copied into the output, ``F(x2)`` read from the input, the sum
-    written into the output (3). Same values (tested).
+    included). Here, with equal halves: ``x1 += F(x2)`` by slabs (F's norm applied straight into
+    the sum), then the halves swapped slab by slab, so ``y = (x2, x1 + F(x2))`` lives in ``x``'s
+    storage, which memcnn would free (:class:`LeanInvertibleFunction` hands it over instead).
+    Otherwise ``y`` is one new tensor. Same values (tested).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         split = self.channel_split_pos
         inverse_split = x.shape[1] - split  # channels of y1 = x2
+        lean = standard_layers(self.F) is not None and not torch.is_grad_enabled()
+        if lean and split == inverse_split and x.is_contiguous() and not x.requires_grad:
+            add_block(self.F, x[:, split:], x[:, :split], alpha=1.0)
+            _swap_halves(x)
+            return x
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
         out[:, :inverse_split].copy_(x[:, split:])
-        if standard_layers(self.F) is not None and not torch.is_grad_enabled():
-            # memcnn's forward runs without autograd: F's norm goes straight into the sum
+        if lean:
             out[:, inverse_split:].copy_(x[:, :split])
             add_block(self.F, x[:, split:], out[:, inverse_split:], alpha=1.0)
             return out
@@ -91,10 +101,7 @@ def _rebuild_input_in_place(coupling: StandardAdditiveCoupling, y: torch.Tensor)
     else:
         y2.sub_(coupling.F(y[:, :inverse_split]))
     if split == inverse_split and y.is_contiguous():
-        # y = (x2, x1) -> (x1, x2) through a half-sized copy instead of a whole new tensor
-        x2 = y[:, :inverse_split].clone()
-        y[:, :split].copy_(y2)
-        y[:, split:].copy_(x2)
+        _swap_halves(y)  # y = (x2, x1) -> (x1, x2) in its own storage
         return y
     return torch.cat([y2, y[:, :inverse_split]], dim=1)
 
@@ -165,23 +172,30 @@ def additive_coupling_backward(
 
     iunets' coupling is ``y = (y1, y2) = (x2, x1 + F(x2))``, so ``x2 = y1``, ``x1 = y2 - F(y1)``
     and, with ``g`` the incoming gradient, ``dx1 = g2`` and ``dx2 = g1 + J_F(x2)^T g2``. Only
-    ``F`` is recomputed with autograd; the concatenation and sum, whose gradients are these
-    slices, are not (memcnn recomputes and differentiates the whole coupling). ``F`` runs twice,
-    as in memcnn (once to invert, once with autograd). ``y`` is not read again (its consumers'
-    backward passes ran already), so ``x`` is rebuilt in place of it; ``F``'s output is freed
-    before its backward, which does not read it (a convolution, leaky ReLU and group norm).
-    Likewise ``dx`` is built in ``g``'s storage when nothing else can see ``g`` (``_owned``):
-    ``g1 += J_F^T g2``, then the halves swapped through a half-size copy. Otherwise ``J_F^T g2``
-    is a new tensor and ``dx`` another, as before.
+    ``F`` is differentiated (memcnn recomputes and differentiates the whole coupling). ``y``
+    is not read again (its consumers' backward passes ran already), so ``x`` is rebuilt in
+    place of it. Where nothing else can see ``g`` (``_owned``) and the halves are equal, ``dx``
+    is built in ``g``'s storage, and F's inverse and backward run in one pass over depth slabs
+    (:func:`lungseg.nets.coupling_block.block_backward`): ``y2 -= F(y1)``, ``g1 += J_F^T g2``,
+    then both tensors' halves swapped slab by slab. Otherwise the inverse comes first and
+    ``J_F^T g2`` is a new tensor and ``dx`` another.
     """
     split = y.shape[1] - coupling.channel_split_pos  # channels of y1 = x2
+    in_place = split == coupling.channel_split_pos and _owned(grad_y)  # before any view of it
     with torch.no_grad():
+        if in_place and y.is_contiguous() and standard_layers(coupling.F) is not None:
+            staged = block_backward(
+                coupling.F, y[:, :split], grad_y[:, split:], grad_y[:, :split], y[:, split:]
+            )
+            _swap_halves(y)
+            x.set_(y)
+            _swap_halves(grad_y)
+            return (grad_y, *(staged.get(id(w)) for w in weights))
         rebuilt = _rebuild_input_in_place(coupling, y)
         x.set_(rebuilt)
         if rebuilt.untyped_storage().data_ptr() != y.untyped_storage().data_ptr():
             y.untyped_storage().resize_(0)
         del rebuilt
-    in_place = split == coupling.channel_split_pos and _owned(grad_y)  # before any view of it
     x2 = x[:, coupling.channel_split_pos :]
     grad_f = grad_y[:, split:]
     into = grad_y[:, :split] if in_place else torch.zeros_like(x2)  # g1, or J_F^T g2 alone
@@ -205,14 +219,22 @@ def additive_coupling_backward(
         del grad_x2
     with torch.no_grad():
         if in_place:  # grad_y is (g1 + J_F^T g2, g2): swap the halves
-            g2 = grad_y[:, split:].clone()
-            grad_y[:, split:].copy_(grad_y[:, :split])
-            grad_y[:, :split].copy_(g2)
+            _swap_halves(grad_y)
             return (grad_y, *weight_grads)
         grad_x = torch.empty_like(grad_y, memory_format=torch.contiguous_format)
         grad_x[:, : coupling.channel_split_pos].copy_(grad_f)
         torch.add(grad_y[:, :split], into, out=grad_x[:, coupling.channel_split_pos :])
     return (grad_x, *weight_grads)
+
+
+def _swap_halves(t: torch.Tensor) -> None:
+    """``(a, b) -> (b, a)`` along the channels of ``t`` (two equal halves), in place, a depth
+    slab at a time: a slab's copy is the only scratch."""
+    half = t.shape[1] // 2
+    for start, stop in depth_slabs(t.shape[2]):
+        first = t[:, :half, start:stop].clone()
+        t[:, :half, start:stop].copy_(t[:, half:, start:stop])
+        t[:, half:, start:stop].copy_(first)
 
 
 def _mix_in_place(matrix: torch.Tensor, t: torch.Tensor) -> None:
@@ -262,6 +284,78 @@ def channel_mixing_backward(
         matrix = mixing.kernel_matrix
     grads = torch.autograd.grad(matrix, weights, grad_matrix, allow_unused=True)
     return (grad_x, *grads)
+
+
+def resampling_backward(
+    layer: InvertibleDownsampling3D | InvertibleUpsampling3D,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    grad_y: torch.Tensor,
+    weights: tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor | None, ...]:
+    """iunets' orthogonal up- or downsampling (a strided, grouped convolution with the kernel
+    ``K`` or its transpose), differentiated by hand.
+
+    The layer is linear and its ``inverse`` is the transposed operation: ``x = inverse(y)``
+    and ``dx = J^T g = inverse(g)``; ``dK`` is the convolution's weight gradient alone, which
+    autograd takes back to the Cayley parameters. ``y`` is freed once ``x`` is rebuilt.
+    memcnn's generic path recomputes ``y`` with autograd and keeps it alive with its input
+    gradient (at level 0 the step's peak, docs/decisions.md).
+    """
+    transposed = isinstance(layer, InvertibleUpsampling3D)
+    with torch.no_grad():
+        kernel = layer.kernel
+        x.set_(_inverse_by_slabs(layer, kernel, y))
+        if y.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+            y.untyped_storage().resize_(0)
+        _, grad_kernel, _ = torch.ops.aten.convolution_backward(
+            grad_y,
+            x,
+            kernel,
+            None,
+            list(layer.stride),
+            [0] * len(layer.stride),
+            [1] * len(layer.stride),
+            transposed,
+            [0] * len(layer.stride),
+            layer.low_channel_number,
+            [False, True, False],
+        )
+        grad_x = _inverse_by_slabs(layer, kernel, grad_y)
+    with torch.enable_grad():
+        kernel = layer.kernel
+    grads = torch.autograd.grad(kernel, weights, grad_kernel, allow_unused=True)
+    return (grad_x, *grads)
+
+
+def _inverse_by_slabs(
+    layer: InvertibleDownsampling3D | InvertibleUpsampling3D, kernel: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """``layer.inverse(t)`` written a depth slab at a time into its result.
+
+    The kernel is as large as the stride, so each block of ``stride`` rows on the fine side
+    maps to one row on the coarse side and slabs need no halo. A whole-volume call converts
+    its tensors to oneDNN's blocked layout, which pads a level-0 split's 4 channels to 16."""
+    step, groups = layer.stride[0], layer.low_channel_number
+    upsampling = isinstance(layer, InvertibleUpsampling3D)  # its inverse goes fine -> coarse
+    coarse_depth = t.shape[2] // step if upsampling else t.shape[2]
+    out = None
+    for start, stop in depth_slabs(coarse_depth):
+        if upsampling:
+            part = F.conv3d(
+                t[:, :, start * step : stop * step], kernel, stride=layer.stride, groups=groups
+            )
+            rows = slice(start, stop)
+        else:
+            part = F.conv_transpose3d(
+                t[:, :, start:stop], kernel, stride=layer.stride, groups=groups
+            )
+            rows = slice(start * step, stop * step)
+        if out is None:
+            depth = coarse_depth if upsampling else coarse_depth * step
+            out = part.new_empty((*part.shape[:2], depth, *part.shape[3:]))
+        out[:, :, rows] = part
+    return out
 
 
 def split_channels_backward(
@@ -357,7 +451,25 @@ def concat_channels_backward(
 
 
 class LeanInvertibleFunction(InvertibleCheckpointFunction):
-    """memcnn's invertible checkpoint with a backward that frees what it no longer needs."""
+    """memcnn's invertible checkpoint with a backward that frees what it no longer needs, and
+    a forward that lets a module write its output over its input."""
+
+    @staticmethod
+    def forward(ctx, fn, fn_inverse, keep_input, num_bwd_passes, preserve_rng_state, *args):
+        # memcnn frees each input's storage after ``fn`` (keep_input False). An output written
+        # over its input (LeanAdditiveCoupling) lives in that storage: memcnn runs as if the
+        # input were kept, then frees only the inputs no output shares. Such an input holds
+        # the output's values until its backward rebuilds it, as freed ones hold nothing.
+        outputs = InvertibleCheckpointFunction.forward(
+            ctx, fn, fn_inverse, True, num_bwd_passes, preserve_rng_state, *args
+        )
+        ctx.keep_input = keep_input
+        if not keep_input:
+            shared = {o.untyped_storage().data_ptr() for o in outputs}
+            for element in ctx.inputs[0]:
+                if element.untyped_storage().data_ptr() not in shared:
+                    element.untyped_storage().resize_(0)
+        return outputs
 
     @staticmethod
     def backward(ctx, *grad_outputs):
@@ -375,6 +487,10 @@ class LeanInvertibleFunction(InvertibleCheckpointFunction):
                 coupling, inputs[0], outputs[0], grad_outputs[0], ctx.weights
             )
         if not ctx.keep_input and coupling is not None and ctx.fn == coupling.forward:
+            if type(coupling) in (InvertibleDownsampling3D, InvertibleUpsampling3D):
+                return (None,) * 6 + resampling_backward(
+                    coupling, inputs[0], outputs[0], grad_outputs[0], ctx.weights
+                )
             if isinstance(coupling, InvertibleChannelMixing3D):
                 return (None,) * 6 + channel_mixing_backward(
                     coupling, inputs[0], outputs[0], grad_outputs[0], ctx.weights
