@@ -3,6 +3,8 @@ forward and autograd, and the slab convolutions it uses against whole-volume one
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from iunets.layers import StandardBlock
@@ -91,7 +93,7 @@ def test_row_convolutions_and_gradients_add_up_to_whole_volume_ones(size, batch)
     cuts = sorted({0, depth, *range(0, depth, 3), min(1, depth)})
     weight_grad = torch.zeros_like(conv.weight)
     with torch.no_grad():
-        for start, stop in zip(cuts, cuts[1:]):
+        for start, stop in itertools.pairwise(cuts):
             torch.testing.assert_close(
                 cpu_convolution.conv_rows(conv, x, start, stop),
                 whole[:, :, start:stop].detach(),
