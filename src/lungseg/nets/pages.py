@@ -48,3 +48,30 @@ def release_channels(whole: torch.Tensor, first: int) -> int:
     return sum(
         release_bytes(storage, n * sample + keep, (n + 1) * sample) for n in range(whole.shape[0])
     )
+
+
+def _whole(t: torch.Tensor) -> bool:
+    """``t`` is contiguous and is all of its storage."""
+    return (
+        t.is_contiguous()
+        and t.storage_offset() == 0
+        and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    )
+
+
+def _head_of(t: torch.Tensor, channels: int) -> bool:
+    """``t`` is the first channels of a contiguous ``(N, channels, ...)`` tensor that is all
+    of ``t``'s storage."""
+    spatial = t[0, 0].numel() if t.numel() else 0
+    return (
+        t.dim() >= 2
+        and t.storage_offset() == 0
+        and t.stride()[0] == channels * spatial
+        and t[0].is_contiguous()
+        and t.untyped_storage().nbytes() == t.shape[0] * channels * spatial * t.element_size()
+    )
+
+
+def _alone(t: torch.Tensor) -> bool:
+    """Only ``t`` holds its storage (+1: the temporary storage object made here)."""
+    return t._base is None and torch._C._storage_Use_Count(t.untyped_storage()._cdata) == 2
