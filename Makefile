@@ -5,23 +5,36 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lungseg-installed
-CORES ?= 2
+# Every core of the machine unless told otherwise (make run CORES=4).
+CORES ?= $(shell nproc 2>/dev/null || echo 2)
+# Which torch build the venv gets (scripts/install-torch.sh): auto (CUDA when nvidia-smi sees a
+# GPU), cpu or cuda. A changed choice reinstalls the venv's packages (.venv/.torch-choice).
+LUNGSEG_TORCH ?= auto
+export LUNGSEG_TORCH
+TORCH_CHOICE := $(VENV)/.torch-choice
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all venv system-deps run test test-fast lint pytest dag clean lock
+.PHONY: FORCE all venv system-deps run test test-fast lint pytest dag clean lock
 
 all: test
 
-# The venv is rebuilt when the lock file or pyproject.toml changes (stamp older than them).
-# install-lock.sh: the lock with --no-deps, then pyradiomics-bhklab (sdist only) built without
-# build isolation against the pinned numpy (see the script).
-$(STAMP): requirements.lock pyproject.toml scripts/install-lock.sh
+# The venv is rebuilt when a lock file, pyproject.toml or the torch choice changes (stamp older
+# than them). install-lock.sh: the lock with --no-deps, torch (install-torch.sh), then
+# pyradiomics-bhklab (sdist only) built without build isolation against the pinned numpy.
+$(STAMP): requirements.lock requirements-torch-cpu.lock requirements-torch-cuda.lock \
+		pyproject.toml scripts/install-lock.sh scripts/install-torch.sh $(TORCH_CHOICE)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	scripts/install-lock.sh $(BIN)/python --quiet
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# Rewritten only when LUNGSEG_TORCH differs from the last install's, so that only a change
+# reinstalls.
+$(TORCH_CHOICE): FORCE
+	@mkdir -p $(VENV)
+	@echo "$(LUNGSEG_TORCH)" | cmp -s - $@ || echo "$(LUNGSEG_TORCH)" > $@
 
 # The whole workflow, then the HTML report of what it made.
 run: venv
@@ -52,10 +65,13 @@ test-fast: venv
 dag: venv
 	$(BIN)/snakemake --rulegraph --cores 1 | dot -Tpng > docs/rulegraph.png
 
-# Freeze the current venv into the lock file (after a deliberate upgrade).
+# Freeze the current venv into the lock file (after a deliberate upgrade). torch and its CUDA
+# packages stay out: they are pinned by build in requirements-torch-*.lock.
 lock: venv
 	{ sed -n '1,/^# Regenerate/p' requirements.lock; \
-	  $(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu$$//'; \
+	  $(BIN)/python -m pip freeze --exclude-editable \
+	    | grep -viE "^($$(sed -n 's/^\([A-Za-z0-9_.-]*\)=.*/\1/p' requirements-torch-cuda.lock \
+	      | paste -sd'|'))=="; \
 	  echo "setuptools==$$($(BIN)/python -c 'import setuptools; print(setuptools.__version__)')"; \
 	} > requirements.lock.new && mv requirements.lock.new requirements.lock
 
