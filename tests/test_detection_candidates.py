@@ -62,7 +62,7 @@ def test_scan_candidates_in_source_voxels_and_world_mm():
             "source_direction": "1 0 0 0 1 0 0 0 1",
         }
     )  # fmt: skip
-    found = scan_candidates(prob, row, settings, (5.0, 4.0, 4.0))
+    found = scan_candidates(prob, row, settings, (5.0, 4.0, 4.0), settings.to_config())
     assert list(found.columns) == COLUMNS and len(found) == 1
     source = [-1 + 2 * 2, 10 + 3 * 4, 5 + 4 * 4]  # offset + canvas * step
     assert found[["center_z", "center_y", "center_x"]].iloc[0].tolist() == pytest.approx(source)

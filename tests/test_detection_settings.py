@@ -50,6 +50,8 @@ def test_merge_inherits_unset_and_null_keys(config):
         (lambda c: c["detectors"]["iunet_whole"].update(hu_min=500), "hu_min"),
         (lambda c: c["detectors"]["iunet_whole"].update(colour="red"), "colour"),
         (lambda c: c.update(detectors={}), "detectors"),
+        (lambda c: c["detection"].update(heatmap_sigma_mm=0.0), "detection.heatmap_sigma_mm"),
+        (lambda c: c["detectors"]["unet_patch"].update(heatmap_sigma_mm=-2), "heatmap_sigma_mm"),
     ],
     ids=[
         "patch larger than volume",
@@ -61,6 +63,8 @@ def test_merge_inherits_unset_and_null_keys(config):
         "hu window",
         "unknown key",
         "no detector",
+        "heatmap width 0",
+        "heatmap width < 0",
     ],
 )
 def test_bad_settings_name_the_key(config, change, key):

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from lungseg.core.atomic import write_csv_atomic
-from lungseg.detection.candidates import find_candidates
+from lungseg.detection.candidates import candidates_of
 from lungseg.detection.inference import probability_map
 from lungseg.detection.scans import geometry, read_scan_table
 from lungseg.detection.settings import DetectorSettings
@@ -42,11 +42,11 @@ COLUMNS = [
 
 
 def scan_candidates(
-    probability: np.ndarray, row, settings: DetectorSettings, spacing
+    probability: np.ndarray, row, settings: DetectorSettings, spacing, trained: dict
 ) -> pd.DataFrame:
-    """One scan's candidates in the candidates.csv columns."""
-    found = find_candidates(
-        probability, settings.candidate_threshold, settings.max_candidates, spacing
+    """One scan's candidates in the candidates.csv columns (method: the trained detector's)."""
+    found = candidates_of(
+        probability, trained, spacing, settings.candidate_threshold, settings.max_candidates
     )
     attrs = geometry(row)
     source = to_source_voxels(found[["center_z", "center_y", "center_x"]].to_numpy(), attrs)
@@ -86,7 +86,7 @@ def detect(
     for _, row in table[table["subset"] == "val"].iterrows():
         image, _, attrs = read_volume(row["path"])
         probability = probability_map(model, image, trained)
-        found = scan_candidates(probability, row, settings, attrs["spacing"])
+        found = scan_candidates(probability, row, settings, attrs["spacing"], trained)
         logger.info(
             "%s: %d candidate(s), max probability %.3f",
             row["series_uid"],

@@ -81,6 +81,8 @@ class DetectorSettings(StageSettings):
     sw_batch_size: int
     candidate_threshold: float
     max_candidates: int
+    heatmap_sigma_mm: float
+    candidate_method: str
     bootstrap_draws: int
     bootstrap_seed: int
     operating_fps: float
@@ -91,6 +93,11 @@ class DetectorSettings(StageSettings):
             raise SettingsError(
                 f"detection.hu_min, detection.hu_max: need hu_min < hu_max, "
                 f"got {self.hu_min}, {self.hu_max}"
+            )
+        if not self.heatmap_sigma_mm > 0:
+            raise SettingsError(
+                f"detection.heatmap_sigma_mm: the heatmap's width (mm) must be > 0, "
+                f"got {self.heatmap_sigma_mm}"
             )
         if self.mode == "whole" and self.batch_size != 1:
             raise SettingsError(

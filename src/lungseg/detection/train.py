@@ -2,8 +2,11 @@
 
 :class:`DetectionTrainer` is :class:`lungseg.training.Trainer` (model and optimiser from the
 settings, seeded generator, ``metrics.csv`` with the segmentation models' columns, ``last.pt`` /
-``best.pt`` by validation Dice, exact resume) with two things replaced: the loss skips the
-target's ignore label (:data:`lungseg.detection.volumes.IGNORE`), and the data are whole scans:
+``best.pt``, exact resume) with three things replaced: the loss skips the target's ignore label
+(:data:`lungseg.detection.volumes.IGNORE`); loss ``focal`` trains on nodule-centre heatmaps
+(:mod:`lungseg.detection.heatmap`) and keeps the epoch of lowest validation loss as best.pt (the
+others: highest validation Dice); and the data are whole scans, streamed from their HDF5 files
+(:mod:`lungseg.detection.stream`: one batch in memory, whatever the number of scans):
 
 - mode ``whole``: every training scan once per epoch, whole, batch 1 (one pass per scan);
 - mode ``patch``: ``patches_per_epoch`` patches of ``patch_size`` in batches of ``batch_size``;
@@ -18,100 +21,69 @@ one ~100, so without it the loss hardly sees the small ones (a third target chan
 ``lr_schedule`` cosine sets epoch e's learning rate to ``lr * (1 + cos(pi (e - 1) / epochs)) / 2``.
 
 Validation (both modes) scores the whole validation volumes as inference does (one pass, or
-sliding windows). Dice per scan at probability 0.5 over the voxels that are not ignored.
+sliding windows). Dice per scan at probability 0.5 over the voxels that are not ignored (with a
+heatmap target: against the heatmap's >= 0.5 region around each centre).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from lungseg.core.errors import InputError
 from lungseg.detection.inference import volume_logits
 from lungseg.detection.scans import read_scan_table
+from lungseg.detection.heatmap import PRIOR_BIAS, gaussian_focal_loss
 from lungseg.detection.settings import DetectorSettings
-from lungseg.detection.volumes import IGNORE, NODULE
+from lungseg.detection.stream import ScanIndex, TargetSpec, index_scans, new_digest
+from lungseg.detection.stream import nodule_balance as nodule_balance
 from lungseg.evaluation.metrics import dice
-from lungseg.io.hdf5 import read_attrs, read_volume
-from lungseg.training.data import augment, batches, normalise_hu
+from lungseg.io.hdf5 import read_attrs
+from lungseg.training.data import augment, batches
 from lungseg.training.losses import soft_dice_loss
 from lungseg.training.trainer import Trainer, choose_device, resumable
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class ScanSet:
-    """Normalised images and targets ``(N, C, D, H, W)``: channel 0 nodule, 1 not ignored,
-    2 (only with ``nodule_balance_voxels``) the nodule voxels' extra BCE weight (else 1)."""
-
-    images: torch.Tensor
-    masks: torch.Tensor
-    series_uids: list[str]
-    foreground: list[np.ndarray]  # per scan: (K, 3) nodule voxels
-
-    def __len__(self) -> int:
-        return len(self.series_uids)
-
-
-def nodule_balance(nodule: np.ndarray, balance_voxels: int) -> np.ndarray:
-    """Per voxel: ``max(1, balance_voxels / n)`` on a nodule of n voxels, 1 elsewhere."""
-    labels, n = ndimage.label(nodule, structure=np.ones((3, 3, 3), dtype=bool))
-    sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float32)
-    factor = np.maximum(1.0, balance_voxels / np.maximum(sizes, 1.0))
-    factor[0] = 1.0
-    return factor[labels]
-
-
 def load_scan_sets(
-    scans_csv: str | Path,
-    volumes: list[str],
-    hu_min: float,
-    hu_max: float,
-    balance_voxels: int,
-) -> tuple[dict[str, ScanSet], str, dict[str, Any]]:
-    """Train and val scan sets, a fingerprint of their data, and the volumes' shared attrs."""
+    scans_csv: str | Path, volumes: list[str], settings: DetectorSettings
+) -> tuple[dict[str, ScanIndex], str, dict[str, Any]]:
+    """Train and val scan indexes (:mod:`lungseg.detection.stream`), a fingerprint of their
+    data, and the volumes' shared attrs. Images stay on disk."""
     table = read_scan_table(scans_csv)
     given = {str(Path(p)) for p in volumes}
     unknown = sorted(set(table["path"].map(lambda p: str(Path(p)))) - given)
     if unknown:
         raise InputError(f"{scans_csv}: volume(s) not among the inputs: {unknown[:3]}")
-    digest = hashlib.sha256()
-    sets: dict[str, ScanSet] = {}
+    attrs = read_attrs(table["path"].iloc[0])
+    spacing = [float(s) for s in attrs["spacing"]]
+    spec = TargetSpec(
+        hu_min=settings.hu_min,
+        hu_max=settings.hu_max,
+        heatmap=settings.loss == "focal",
+        sigma_vox=tuple(settings.heatmap_sigma_mm / s for s in spacing),
+        balance_voxels=settings.nodule_balance_voxels,
+    )
+    digest = new_digest()
+    sets: dict[str, ScanIndex] = {}
     for subset in ("train", "val"):
         rows = table[table["subset"] == subset]
         if rows.empty:
             raise InputError(f"{scans_csv}: no scans of subset {subset!r}")
-        images, masks, foreground = [], [], []
-        for path in rows["path"]:
-            image, target, _ = read_volume(path)
-            digest.update(subset.encode() + image.tobytes() + target.tobytes())
-            images.append(normalise_hu(image, hu_min, hu_max))
-            channels = [target == NODULE, target != IGNORE]
-            if balance_voxels > 0:
-                channels.append(nodule_balance(target == NODULE, balance_voxels))
-            masks.append(np.stack(channels).astype(np.float32))
-            foreground.append(np.argwhere(target == NODULE))
-        sets[subset] = ScanSet(
-            images=torch.from_numpy(np.stack(images)).unsqueeze(1),
-            masks=torch.from_numpy(np.stack(masks)),
-            series_uids=list(rows["series_uid"]),
-            foreground=foreground,
-        )
-    attrs = read_attrs(table["path"].iloc[0])
+        digest.update(subset.encode())
+        sets[subset] = index_scans(list(rows["path"]), list(rows["series_uid"]), spec, digest)
     shared = {
-        "spacing": list(attrs["spacing"]),
-        "shape": list(sets["train"].images.shape[2:]),
+        "spacing": spacing,
+        "shape": list(sets["train"].shape),
         "body_threshold_hu": attrs["body_threshold_hu"],
         "pad_hu": attrs["pad_hu"],
     }
@@ -121,7 +93,9 @@ def load_scan_sets(
 def masked_loss(
     name: str, logits: torch.Tensor, masks: torch.Tensor, foreground_weight: float = 1.0
 ) -> torch.Tensor:
-    """``dice_bce``/``dice``/``bce`` of logits against channel 0, skipping ignored voxels.
+    """``dice_bce``/``dice``/``bce``/``focal`` of logits against channel 0, skipping ignored voxels.
+
+    ``focal``: :func:`lungseg.detection.heatmap.gaussian_focal_loss` (channel 0 a heatmap).
 
     BCE weighs nodule voxels ``foreground_weight`` (background 1) and is normalised by the
     weight sum, times channel 2 of ``masks`` where present (:func:`nodule_balance`); Dice is one
@@ -129,6 +103,8 @@ def masked_loss(
     """
     target, valid = masks[:, :1], masks[:, 1:2]
     logits = logits.float()
+    if name == "focal":
+        return gaussian_focal_loss(logits, target, valid)
     total = logits.new_zeros(())
     if name in ("dice", "dice_bce"):  # ignored voxels: probability 0 and target 0
         # one Dice over the whole batch (nnU-Net's batch Dice): a patch without a nodule adds
@@ -155,10 +131,17 @@ class DetectionTrainer(Trainer):
     """lungseg's Trainer on whole scans or patches, with the ignore label skipped."""
 
     def __init__(self, settings: dict[str, Any], data, out_dir, device, data_fingerprint=""):
-        super().__init__(settings, data, out_dir, device, data_fingerprint)
+        # the Trainer builds the crop models' loss module, which the detector does not use
+        # (forward below): a heatmap detector gets it built as bce, then its own settings back
+        built = {**settings, "loss": "bce"} if settings["loss"] == "focal" else settings
+        super().__init__(built, data, out_dir, device, data_fingerprint)
+        self.settings = dict(settings)
         self.detector = DetectorSettings.from_config(
             {k: v for k, v in settings.items() if k not in ("deep_supervision", "volumes")}
         )
+        if self.detector.loss == "focal":
+            with torch.no_grad():
+                self.model.heads[0].bias.fill_(PRIOR_BIAS)
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
@@ -170,25 +153,29 @@ class DetectionTrainer(Trainer):
         return loss, dice_per_scan(logits, masks)
 
     def on_epoch_end(self, row: dict[str, float]) -> None:
-        """The Trainer's, choosing best.pt by validation Dice and, at equal Dice, lower loss.
+        """The Trainer's, choosing best.pt by validation loss (focal: a heatmap's Dice at 0.5
+        says little) or by validation Dice, at equal Dice the lower loss.
 
-        Early epochs of a detector often all have Dice 0 on the validation scans (nothing above
-        0.5 yet): the loss then decides, so best.pt is never the untrained first epoch by default.
+        Early epochs of a mask detector often all have Dice 0 on the validation scans (nothing
+        above 0.5 yet): the loss then decides, so best.pt is never the untrained first epoch.
         """
-        if self.best_state is not None and row["val_dice"] == self.best_val_dice:
-            best_loss = self.history[self.best_state["epoch"] - 1]["val_loss"]
-            if row["val_loss"] < best_loss:
-                self.best_val_dice = row["val_dice"] - 1e-12  # the Trainer's test is strict
+        if self.best_state is not None:
+            best = self.history[self.best_state["epoch"] - 1]
+            lower = row["val_loss"] < best["val_loss"]
+            if self.detector.loss == "focal":
+                # the Trainer keeps the epoch whose val_dice beats best_val_dice (strictly)
+                self.best_val_dice = row["val_dice"] - (1e-12 if lower else -1e-12)
+            elif row["val_dice"] == self.best_val_dice and lower:
+                self.best_val_dice = row["val_dice"] - 1e-12
         super().on_epoch_end(row)
 
-    def patch_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of training patches (see the module docstring)."""
+    def patch_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of training patches, read from disk batch by batch (module docstring)."""
         scans = self.data["train"]
         size = np.asarray(self.detector.patch_size)
-        shape = np.asarray(scans.images.shape[2:])
+        shape = np.asarray(scans.shape)
         with_nodules = [i for i, f in enumerate(scans.foreground) if len(f)]
         total, per_batch = self.detector.patches_per_epoch, self.detector.batch_size
-        out = []
         for start in range(0, total, per_batch):
             n = min(per_batch, total - start)
             n_fg = math.ceil(self.detector.foreground_fraction * n) if with_nodules else 0
@@ -203,11 +190,17 @@ class DetectionTrainer(Trainer):
                 else:
                     scan = int(draw[0] * len(scans))
                     corner = np.floor(draw[1:] * (shape - size + 1)).astype(int)
-                box = tuple(slice(int(c), int(c + s)) for c, s in zip(corner, size, strict=True))
-                images.append(scans.images[scan][(slice(None), *box)])
-                masks.append(scans.masks[scan][(slice(None), *box)])
-            out.append((torch.stack(images), torch.stack(masks)))
-        return out
+                image, mask = scans.read(scan, corner, size)
+                images.append(image)
+                masks.append(mask)
+            yield torch.stack(images), torch.stack(masks)
+
+    def scan_batches(self, subset: str, training: bool):
+        """Whole scans, one a step, read as they are needed (shuffled when training)."""
+        scans = self.data[subset]
+        for rows in batches(len(scans), 1, self.generator if training else None):
+            image, mask = scans.read(int(rows[0]))
+            yield image[None], mask[None]
 
     def epoch_lr(self, epoch: int) -> float:
         """``lr`` (constant), or cosine-annealed from ``lr`` towards 0 over the epochs."""
@@ -222,12 +215,10 @@ class DetectionTrainer(Trainer):
             for group in self.optimizer.param_groups:
                 group["lr"] = self.epoch_lr(epoch)
         self.model.train(training)
-        scans = self.data[subset]
         if training and self.detector.mode == "patch":
             steps = self.patch_batches()
         else:
-            order = batches(len(scans), 1, self.generator if training else None)
-            steps = [(scans.images[rows], scans.masks[rows]) for rows in order]
+            steps = self.scan_batches(subset, training)
         loss_sum, count, dices = 0.0, 0, []
         for images, masks in steps:
             if training:
@@ -265,10 +256,8 @@ def train_detector(
     device = choose_device(settings.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
-    data, fingerprint, geometry = load_scan_sets(
-        scans, volumes, settings.hu_min, settings.hu_max, settings.nodule_balance_voxels
-    )
-    shape = data["train"].images.shape[2:]
+    data, fingerprint, geometry = load_scan_sets(scans, volumes, settings)
+    shape = data["train"].shape
     if settings.mode == "patch" and any(
         p > s for p, s in zip(settings.patch_size, shape, strict=True)
     ):

@@ -3,8 +3,8 @@
 The scan goes through the same transformation as the detection volumes the detector was trained
 on (:func:`lungseg.detection.volumes.make_detection_volume` with the bundle's
 ``detection.volumes`` settings: resampling, lung box, canvas), then one pass of the network (or
-MONAI's sliding windows, as trained). Candidates are the probability map's components
-(:func:`lungseg.detection.candidates.find_candidates`, the validation's settings); those at or
+MONAI's sliding windows, as trained). Candidates are the probability map's peaks or components, as the detector was trained
+(:func:`lungseg.detection.candidates.candidates_of`, the validation's settings); those at or
 above the operating-point threshold are kept, their centres mapped back to scan voxels.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lungseg.detection.candidates import find_candidates
+from lungseg.detection.candidates import candidates_of
 from lungseg.detection.inference import probability_map
 from lungseg.detection.settings import VolumeSettings
 from lungseg.detection.volumes import make_detection_volume, to_source_voxels
@@ -49,12 +49,7 @@ def detect_candidates(
         )
     settings = bundle["settings"]
     probability = probability_map(model, hu, settings)
-    found = find_candidates(
-        probability,
-        float(settings["candidate_threshold"]),
-        int(settings["max_candidates"]),
-        volumes.spacing,
-    )
+    found = candidates_of(probability, settings, volumes.spacing)
     threshold = operating_threshold(bundle)
     kept = found[found["probability"] >= threshold].reset_index(drop=True)
     logger.info(
