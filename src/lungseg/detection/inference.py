@@ -3,7 +3,9 @@
 Mode ``whole`` runs the network once on the whole canvas; mode ``patch`` runs
 ``monai.inferers.sliding_window_inference`` with windows of ``patch_size``, ``sw_overlap`` and
 Gaussian blending of overlapping windows (nnU-Net's choice). Both return full-resolution logits
-``(B, 1, D, H, W)`` of the model's first output.
+``(B, 1, D, H, W)`` of the model's first output. With ``test_flips`` the probability map is the
+mean of the network's on the volume and on its mirror images along y, x and both (test-time
+augmentation, as nnU-Net's mirroring; 4 passes).
 """
 
 from __future__ import annotations
@@ -41,5 +43,14 @@ def probability_map(
     device = next(model.parameters()).device
     model.eval()
     x = torch.from_numpy(normalise_hu(image_hu, settings["hu_min"], settings["hu_max"]))
-    logits = volume_logits(model, x[None, None].to(device), settings)
-    return torch.sigmoid(logits.float())[0, 0].cpu().numpy()
+    x = x[None, None].to(device)
+    flips = FLIPS if settings["test_flips"] else FLIPS[:1]
+    total = torch.zeros_like(x)
+    for axes in flips:
+        logits = volume_logits(model, x.flip(axes) if axes else x, settings).float()
+        total += torch.sigmoid(logits.flip(axes) if axes else logits)
+    return (total / len(flips))[0, 0].cpu().numpy()
+
+
+#: Mirrorings of test_flips: none, y, x, y and x (dims of (B, C, D, H, W)).
+FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (4,), (3, 4))

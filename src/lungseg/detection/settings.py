@@ -83,6 +83,7 @@ class DetectorSettings(StageSettings):
     max_candidates: int
     heatmap_sigma_mm: float
     candidate_method: str
+    test_flips: bool
     bootstrap_draws: int
     bootstrap_seed: int
     operating_fps: float
