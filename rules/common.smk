@@ -261,6 +261,11 @@ def detection_volume_files(wildcards=None):
     ]
 
 
+def bench_seeds():
+    """The seeds of target bench_detection (detection_bench.seeds)."""
+    return [int(seed) for seed in config["detection_bench"]["seeds"]]
+
+
 def detector_outputs(name):
     """results/detection/{detector}/<name> of every detector, in config order."""
     return [f"results/detection/{d}/{name}" for d in detector_names()]

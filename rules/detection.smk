@@ -223,3 +223,54 @@ rule detection_all:
     input:
         detection_outputs(),
         volumes=volume_files,
+
+
+# Robustness (target bench_detection, not part of all): each detector trained, run and scored
+# once per seed of detection_bench.seeds (docs/detection.md).
+rule bench_detector_seeds:
+    input:
+        scans="results/detection_volumes/scans.csv",
+        volumes=detection_volume_files,
+        nodules="results/nodules.csv",
+    output:
+        table="results/bench_detection/{detector}/seeds.csv",
+    log:
+        "logs/bench_detection/{detector}.log",
+    benchmark:
+        "benchmarks/bench_detection/{detector}.tsv"
+    wildcard_constraints:
+        detector=detector_wildcard_pattern(),
+    conda:
+        "../envs/lungseg.yaml"
+    threads: detection_resource("threads")
+    resources:
+        mem_mb=detection_resource("mem_mb"),
+        runtime=lambda wildcards: detection_resource("runtime") * len(bench_seeds()),
+        gpu=detection_resource("gpu"),
+    params:
+        code=source_hash("detection", "training", "nets"),
+        detector="{detector}",
+        seeds=bench_seeds(),
+        settings=detector_settings,
+    script:
+        "../workflow_scripts/bench_detector_seeds.py"
+
+
+rule bench_detection:
+    input:
+        tables=[f"results/bench_detection/{d}/seeds.csv" for d in detector_names()],
+    output:
+        table="results/bench_detection.csv",
+        spread="results/bench_detection_spread.csv",
+    log:
+        "logs/bench_detection.log",
+    conda:
+        "../envs/lungseg.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        code=source_hash("detection"),
+    script:
+        "../workflow_scripts/bench_detection.py"

@@ -94,7 +94,9 @@ def test_prior_bias_is_one_percent():
 
 def bump(shape, centre, sigma, peak):
     grid = np.indices(shape, dtype=float)
-    return peak * np.exp(-sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) / sigma**2 / 2)
+    return peak * np.exp(
+        -sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) / sigma**2 / 2
+    )
 
 
 def test_peaks_order_centre_and_size():
@@ -144,6 +146,8 @@ def test_candidates_of_dispatches_on_the_trained_method():
     peaks = candidates_of(prob, {**trained, "candidate_method": "peaks"}, (1, 1, 1))
     parts = candidates_of(prob, {**trained, "candidate_method": "components"}, (1, 1, 1))
     assert len(peaks) == 2 and len(parts) == 2
-    assert candidates_of(prob, {**trained, "candidate_method": "peaks"}, (1, 1, 1), 0.35).shape[0] == 1
+    assert (
+        candidates_of(prob, {**trained, "candidate_method": "peaks"}, (1, 1, 1), 0.35).shape[0] == 1
+    )
     with pytest.raises(ValueError, match="candidate_method"):
         candidates_of(prob, {**trained, "candidate_method": "boxes"}, (1, 1, 1))

@@ -33,7 +33,9 @@ def template(tmp_path_factory):
     table.to_csv(root / "own.csv", index=False)
     out = root / "template.h5"
     settings = VolumeSettings.from_config({"spacing": [2.5, 1.0, 1.0], "shape": SHAPE})
-    detection_volume(volume=str(path), nodules=str(root / "own.csv"), detection=str(out), settings=settings)
+    detection_volume(
+        volume=str(path), nodules=str(root / "own.csv"), detection=str(out), settings=settings
+    )
     return out
 
 
@@ -50,7 +52,9 @@ def copies(template, root, n_train):
         volumes.append(str(path))
         split.append({"patient_id": patient, "subset": "val" if k == n_train else "train"})
     pd.DataFrame(split).to_csv(root / "patients.csv", index=False)
-    write_scan_table(volumes=volumes, patients=str(root / "patients.csv"), table=str(root / "scans.csv"))
+    write_scan_table(
+        volumes=volumes, patients=str(root / "patients.csv"), table=str(root / "scans.csv")
+    )
     return volumes
 
 
@@ -97,7 +101,9 @@ def test_peak_memory_does_not_grow_with_the_training_scans(template, tmp_path, m
 
 def test_streamed_patch_equals_the_box_of_the_whole_scan(template, tmp_path):
     volumes = copies(template, tmp_path, 1)
-    spec = TargetSpec(hu_min=-1000, hu_max=400, heatmap=True, sigma_vox=(1.6, 4, 4), balance_voxels=0)
+    spec = TargetSpec(
+        hu_min=-1000, hu_max=400, heatmap=True, sigma_vox=(1.6, 4, 4), balance_voxels=0
+    )
     index = index_scans(volumes[:1], ["1.2.9.100"], spec, new_digest())
     assert index.shape == tuple(SHAPE) and len(index.centres[0]) == 1
     image, target = index.read(0)

@@ -231,3 +231,44 @@ def test_learning_rate_schedules(schedule, epoch, factor):
 def test_training_with_balance_and_cosine_runs(data, tmp_path):
     metrics, _ = train(data, tmp_path, nodule_balance_voxels=27, lr_schedule="cosine")
     assert len(metrics) >= 1 and np.isfinite(metrics["train_loss"]).all()
+
+
+def test_bench_detection_trains_each_seed_and_reports_the_spread(data, tmp_path):
+    from lungseg.detection.bench import (
+        SEED_COLUMNS,
+        SPREAD_COLUMNS,
+        bench_detection,
+        summarise_seeds,
+    )
+
+    root, volumes = data
+    settings = DetectorSettings.from_config({**TINY, "epochs": 1})
+    table = tmp_path / "iunet_whole" / "seeds.csv"
+    bench_detection(
+        scans=str(root / "scans.csv"),
+        volumes=volumes,
+        nodules=str(root / "nodules.csv"),
+        table=str(table),
+        detector="iunet_whole",
+        seeds=["0", "3"],  # as the shell passes them
+        settings=settings,
+    )
+    seeds = pd.read_csv(table)
+    assert list(seeds.columns) == SEED_COLUMNS and seeds["seed"].tolist() == [0, 3]
+    for seed in (0, 3):  # each seed trained with its own seed, its own folder
+        best = read_checkpoint(tmp_path / "iunet_whole" / f"seed{seed}" / "best.pt")
+        assert best["settings"]["seed"] == seed
+    other = tmp_path / "other.csv"
+    seeds.assign(detector="unet_patch", cpm=[0.2, 0.6]).to_csv(other, index=False)
+    summarise_seeds(
+        tables=[str(table), str(other)],
+        table=str(tmp_path / "all.csv"),
+        spread=str(tmp_path / "spread.csv"),
+    )
+    spread = pd.read_csv(tmp_path / "spread.csv")
+    assert list(spread.columns) == SPREAD_COLUMNS
+    assert spread["detector"].tolist() == ["iunet_whole", "unet_patch"]
+    row = spread.iloc[1]
+    assert (row["seeds"], row["cpm_mean"], row["cpm_min"], row["cpm_max"]) == (2, 0.4, 0.2, 0.6)
+    assert row["cpm_sd"] == pytest.approx(np.std([0.2, 0.6], ddof=1))
+    assert len(pd.read_csv(tmp_path / "all.csv")) == 4

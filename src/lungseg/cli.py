@@ -88,6 +88,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "lungseg.detection.evaluate:summarise_detectors",
         "results/detection.csv from every detector's summary",
     ),
+    "bench-detection": (
+        "lungseg.detection.bench:bench_detection",
+        "train, run and score one detector once per seed (--seeds 0 1 2): seeds.csv",
+    ),
+    "bench-detection-summary": (
+        "lungseg.detection.bench:summarise_seeds",
+        "results/bench_detection.csv and its spread from every detector's seeds.csv",
+    ),
     "plot-froc": ("lungseg.detection.figures:plot_froc", "FROC of every detector"),
     "plot-detections": (
         "lungseg.detection.figures:plot_detections",

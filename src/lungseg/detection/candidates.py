@@ -2,10 +2,11 @@
 
 :func:`candidates_of` picks the detector's ``candidate_method``: ``peaks``
 (:func:`lungseg.detection.heatmap.find_peaks`, for heatmap-trained detectors) or
-``components``. With components, each component (26-connected, probability >= ``threshold``) is one candidate: centre = the
-probability-weighted centroid of its voxels (sub-voxel), probability = the component's maximum,
-``diameter_mm`` = the diameter of a sphere of the component's volume. At most ``max_candidates``
-are kept, highest probability first (ties: lower centre z, y, x first).
+``components``. With components, each component (26-connected, probability >= ``threshold``)
+is one candidate: centre = the probability-weighted centroid of its voxels (sub-voxel),
+probability = the component's maximum, ``diameter_mm`` = the diameter of a sphere of the
+component's volume. At most ``max_candidates`` are kept, highest probability first (ties: lower
+centre z, y, x first).
 """
 
 from __future__ import annotations

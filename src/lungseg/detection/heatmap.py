@@ -107,7 +107,9 @@ def find_peaks(
     peaks = probability[tuple(voxels.T)]
     keep = np.lexsort((voxels[:, 2], voxels[:, 1], voxels[:, 0], -peaks))[:max_candidates]
     voxels, peaks = voxels[keep], peaks[keep]
-    rows = [_describe(probability, v, float(p), spacing_mm) for v, p in zip(voxels, peaks)]
+    rows = [
+        _describe(probability, v, float(p), spacing_mm) for v, p in zip(voxels, peaks, strict=True)
+    ]
     return pd.DataFrame(rows, columns=list(PEAK_COLUMNS))
 
 

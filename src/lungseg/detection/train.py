@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from lungseg.core.errors import InputError
+from lungseg.detection.heatmap import PRIOR_BIAS, gaussian_focal_loss
 from lungseg.detection.inference import volume_logits
 from lungseg.detection.scans import read_scan_table
-from lungseg.detection.heatmap import PRIOR_BIAS, gaussian_focal_loss
 from lungseg.detection.settings import DetectorSettings
 from lungseg.detection.stream import ScanIndex, TargetSpec, index_scans, new_digest
 from lungseg.detection.stream import nodule_balance as nodule_balance

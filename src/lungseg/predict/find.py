@@ -3,9 +3,10 @@
 The scan goes through the same transformation as the detection volumes the detector was trained
 on (:func:`lungseg.detection.volumes.make_detection_volume` with the bundle's
 ``detection.volumes`` settings: resampling, lung box, canvas), then one pass of the network (or
-MONAI's sliding windows, as trained). Candidates are the probability map's peaks or components, as the detector was trained
-(:func:`lungseg.detection.candidates.candidates_of`, the validation's settings); those at or
-above the operating-point threshold are kept, their centres mapped back to scan voxels.
+MONAI's sliding windows, as trained). Candidates are the probability map's peaks or components,
+as the detector was trained (:func:`lungseg.detection.candidates.candidates_of`, the
+validation's settings); those at or above the operating-point threshold are kept, their centres
+mapped back to scan voxels.
 """
 
 from __future__ import annotations
