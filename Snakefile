@@ -3,6 +3,7 @@
 from snakemake.utils import min_version, validate
 
 from lungseg.config_checks import check_config
+from lungseg.core.settings import SCHEMA_PATH
 
 min_version("9.0")
 
@@ -13,7 +14,7 @@ configfile: "config.yaml"
 # Our check first: it names the bad key in one line (then Snakemake's fills in the defaults),
 # and runs every check across keys before any job starts or any output is deleted.
 check_config(config)
-validate(config, "schemas/config.schema.yaml")
+validate(config, str(SCHEMA_PATH))
 
 
 report: "report/workflow.rst"

@@ -13,7 +13,7 @@ import yaml
 from workflow_helpers import copy_workflow, snakemake  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+SCHEMA = yaml.safe_load((REPO / "src" / "lungseg" / "data" / "config.schema.yaml").read_text())
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 
 

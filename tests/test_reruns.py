@@ -164,7 +164,7 @@ def test_editing_the_package_reruns_its_stage_and_what_depends_on_it(
     it schedules nothing (the hash is of the sources, not their mtimes); edited, its stage."""
     shutil.copytree(REPO / "src" / "lungseg", tmp_path / "src" / "lungseg")
     # the copy finds the schema beside the repository's package, not beside itself
-    schema = REPO / "schemas" / "config.schema.yaml"
+    schema = REPO / "src" / "lungseg" / "data" / "config.schema.yaml"
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "src"), "LUNGSEG_SCHEMA": str(schema)}
     assert planned_jobs(run, env=env) == []
     with open(tmp_path / "src" / "lungseg" / module, "a") as source:

@@ -355,8 +355,9 @@ def write_workflow(workdir: Path, crops: dict[str, Path]) -> dict:
     # Two of the default variants keep the test short; both are edited below.
     config["models"] = {name: config["models"][name] for name in ("iunet_ms", "iunet_msw")}
     snakefile = (
-        'from snakemake.utils import validate\n\nconfigfile: "config.yaml"\n\n'
-        'validate(config, "schemas/config.schema.yaml")\n\n'
+        'from snakemake.utils import validate\n'
+        'from lungseg.core.settings import SCHEMA_PATH\n\nconfigfile: "config.yaml"\n\n'
+        'validate(config, str(SCHEMA_PATH))\n\n'
         'include: "rules/common.smk"\ninclude: "rules/train.smk"\n'
     )
     copy_workflow(workdir, {}, snakefile=snakefile)
@@ -408,7 +409,7 @@ def test_lidc_override_file_is_valid_and_fits_the_model():
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     update_config(config, yaml.safe_load((REPO / "config" / "lidc.yaml").read_text()))
-    jsonschema.validate(config, yaml.safe_load((REPO / "schemas/config.schema.yaml").read_text()))
+    jsonschema.validate(config, yaml.safe_load((REPO / "src/lungseg/data/config.schema.yaml").read_text()))
     factor = 2 ** (config["training"]["levels"] - 1)
     assert all(size % factor == 0 for size in config["crops"]["size"])
     assert config["training"]["resources"]["gpu"] == 1

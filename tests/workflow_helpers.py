@@ -1,7 +1,7 @@
 """Run the lungseg workflow with real Snakemake in a copy of the repository (never in its results/).
 
 - ``copy_workflow(dest, config_updates)``: copies the workflow files (Snakefile, rules/,
-  workflow_scripts/, schemas/, envs/, profiles/, report/, config.yaml) into ``dest`` and writes
+  workflow_scripts/, envs/, profiles/, report/, config.yaml) into ``dest`` and writes
   there a config.yaml = the repository's, deep-updated with ``config_updates`` (a mapping replaces a
   mapping only at keys listed in ``REPLACED_KEYS``, e.g. ``models``: the test picks its variants).
 - ``tiny_config(lidc_root=None)``: settings for a run of about a minute on one core.
@@ -27,7 +27,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_PATHS = (
-    "Snakefile", "rules", "workflow_scripts", "schemas", "envs", "profiles", "report", "config"
+    "Snakefile", "rules", "workflow_scripts", "envs", "profiles", "report", "config"
 )  # fmt: skip
 REPLACED_KEYS = ("models", "patients")
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))

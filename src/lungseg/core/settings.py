@@ -1,6 +1,6 @@
 """Typed settings built from the validated config, one frozen dataclass per job kind.
 
-Defaults live in ``schemas/config.schema.yaml`` only: :meth:`StageSettings.from_config` fills
+Defaults live in ``src/lungseg/data/config.schema.yaml`` only: :meth:`StageSettings.from_config` fills
 them in and checks every value against the schema (unknown keys and wrong types are errors that
 name the key); the fields are config keys under the config's names. The
 ``lungseg`` command line derives its options from the same dataclasses
@@ -23,10 +23,11 @@ import yaml
 
 from lungseg.core.errors import SettingsError
 
-#: The workflow's schema; the package is installed from the repository (``pip install -e .``).
+#: The workflow's schema: package data, so an installed lungseg (wheel, not only ``pip install
+#: -e .``) finds it too.
 SCHEMA_PATH = Path(
     os.environ.get("LUNGSEG_SCHEMA")
-    or Path(__file__).resolve().parents[3] / "schemas" / "config.schema.yaml"
+    or Path(__file__).resolve().parents[1] / "data" / "config.schema.yaml"
 )
 
 
