@@ -38,7 +38,7 @@ from lungseg.core.rule import logged_resources
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[3]
-WORKFLOW_PATHS = ("Snakefile", "rules", "workflow_scripts", "schemas", "envs", "report")
+WORKFLOW_PATHS = ("Snakefile", "rules", "workflow_scripts", "envs", "report")
 #: the stages measured, in workflow order (rules with a benchmark file)
 STAGES = (
     "sample_data",
