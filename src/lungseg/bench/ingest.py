@@ -324,7 +324,7 @@ def benchmark_dag(n_series: int = 1018, repeats: int = 2) -> pd.DataFrame:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for name in ("Snakefile", "rules", "schemas", "workflow_scripts", "envs", "config.yaml"):
+        for name in ("Snakefile", "rules", "workflow_scripts", "envs", "config.yaml"):
             source = REPO / name
             if source.is_dir():
                 shutil.copytree(source, work / name)
