@@ -38,7 +38,9 @@ rule predict:
         files="results/index/files.csv",
         detector="results/predictor/detector.pt",
         segmenter="results/predictor/segmenter.pt",
-        params_file=config["predict"]["radiomics_params"],
+        params_file=PredictSettings.radiomics_params_file(
+            config["predict"]["radiomics_params"]
+        ),
     output:
         prediction=directory("results/predictions/{series_uid}"),
     log:
@@ -71,7 +73,9 @@ rule cascade:
         volumes=predicted_volumes,
         evaluations=evaluation_tables(),
         choice="results/predictor/choice.json",
-        params_file=config["predict"]["radiomics_params"],
+        params_file=PredictSettings.radiomics_params_file(
+            config["predict"]["radiomics_params"]
+        ),
     output:
         cascade=report(
             "results/cascade.csv",

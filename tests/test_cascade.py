@@ -22,7 +22,7 @@ from lungseg.predict.radiomics import extract_features
 from lungseg.predict.settings import PredictSettings
 
 DIRECTION = (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
-PARAMS = "config/radiomics/params.yaml"
+PARAMS = "src/lungseg/data/radiomics/params.yaml"
 # (centre voxel zyx, diameter mm, in_cohort): two cohort nodules, one irrelevant finding
 NODULES = [((12, 40, 26), 10.0, True), ((26, 50, 70), 14.0, True), ((20, 30, 66), 4.0, False)]
 

@@ -12,8 +12,9 @@ import yaml
 
 from lungseg.core.errors import InputError, SettingsError
 from lungseg.predict.radiomics import extract_features, feature_class, feature_names, load_params
+from lungseg.predict.settings import PredictSettings
 
-PARAMS = Path(__file__).resolve().parents[1] / "config" / "radiomics" / "params.yaml"
+PARAMS = Path(__file__).resolve().parents[1] / "src/lungseg/data/radiomics/params.yaml"
 CLASSES = ["shape", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm"]
 RADIUS = 8.0  # mm
 SPHERE_MM3 = 4 / 3 * math.pi * RADIUS**3
@@ -132,3 +133,22 @@ def test_bad_params_are_named(tmp_path):
     wavelet.write_text(yaml.safe_dump({"imageType": {"Original": {}, "Wavelet": {}}}))
     with pytest.raises(SettingsError, match="wavelet.yaml"):
         load_params(wavelet)
+
+
+def test_the_params_key_is_the_users_file_else_the_packaged_one(tmp_path, monkeypatch):
+    resolve = PredictSettings.radiomics_params_file
+    default = PredictSettings.from_config({}).radiomics_params
+    assert default == "src/lungseg/data/radiomics/params.yaml"
+    monkeypatch.chdir(tmp_path)  # outside the checkout: the packaged file of that name
+    for value in (default, "radiomics/params.yaml"):
+        assert resolve(value).read_bytes() == PARAMS.read_bytes()
+        assert resolve(value).is_absolute()
+    own = tmp_path / "radiomics" / "params.yaml"  # the user's own file wins
+    own.parent.mkdir()
+    own.write_text("imageType: {Original: {}}\n")
+    assert resolve("radiomics/params.yaml") == Path("radiomics/params.yaml")
+    assert resolve(own) == own
+    for missing in ("config/radiomics/params.yaml", tmp_path / "none.yaml", "../data/x.yaml"):
+        with pytest.raises(InputError, match=r"^predict\.radiomics_params: .*not found") as error:
+            resolve(missing)
+        assert str(missing) in str(error.value) and "\n" not in str(error.value)

@@ -95,8 +95,9 @@ def run_cascade(
         for p in predictions
     }
     volume_of = {Path(v).name[: -len(".h5")]: v for v in volumes}
+    params = PredictSettings.radiomics_params_file(settings.radiomics_params)
     predicted, reference = matched_features(
-        table, pd.read_csv(nodules), by_series, volume_of, settings.radiomics_params
+        table, pd.read_csv(nodules), by_series, volume_of, params
     )
     write_csv_atomic(reference_features, reference)
     features = feature_agreement(predicted, reference, key="nodule_id")

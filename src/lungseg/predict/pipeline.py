@@ -27,7 +27,6 @@ import torch
 
 from lungseg.core.atomic import write_csv_atomic, write_text_atomic
 from lungseg.core.errors import InputError, OutputError
-from lungseg.core.settings import SCHEMA_PATH
 from lungseg.ingest.convert import series_paths
 from lungseg.ingest.pixels import read_series
 from lungseg.predict.bundle import DETECTOR, SEGMENTER, bundle_model, read_bundle
@@ -74,15 +73,8 @@ def load_predictor(detector: str, segmenter: str, settings: PredictSettings) -> 
     """Read and check both bundles and the radiomics parameters before any series is touched."""
     det = read_bundle(detector, DETECTOR)
     seg = read_bundle(segmenter, SEGMENTER)
-    params = Path(settings.radiomics_params)
-    if not params.is_absolute() and not params.is_file():
-        # run outside the workflow folder: the repository's versioned file (beside the schema)
-        params = SCHEMA_PATH.parents[1] / params
-    if not params.is_file():
-        raise InputError(
-            f"{settings.radiomics_params}: radiomics parameter file not found "
-            "(predict.radiomics_params)"
-        )
+    # the user's own file, else lungseg's packaged one (a wheel's too), else an InputError
+    params = PredictSettings.radiomics_params_file(settings.radiomics_params)
     device = choose_device(settings.device)
     return Predictor(
         det, seg, bundle_model(det, device), bundle_model(seg, device), settings, params

@@ -1,9 +1,10 @@
 """Radiomics features of segmented nodules (pyradiomics), one row per nodule label.
 
-The settings live in a versioned pyradiomics parameter file (``config/radiomics/params.yaml``):
-features are only comparable between runs with the same settings. The HU image and the label
-map become SimpleITK images with the CT's patient geometry (:func:`lps_geometry`), so shape
-features are in mm and the resampling to isotropic voxels happens where the scan lies.
+The settings live in a versioned pyradiomics parameter file, package data of lungseg
+(``src/lungseg/data/radiomics/params.yaml``; config key ``predict.radiomics_params``): features
+are only comparable between runs with the same settings. The HU image and the label map become
+SimpleITK images with the CT's patient geometry (:func:`lps_geometry`), so shape features are in
+mm and the resampling to isotropic voxels happens where the scan lies.
 """
 
 from __future__ import annotations
