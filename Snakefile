@@ -21,6 +21,7 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/download.smk"
 include: "rules/sample_data.smk"
 include: "rules/ingest.smk"
 include: "rules/crops.smk"

@@ -5,6 +5,7 @@ from pathlib import Path
 from lungseg.bench.settings import BenchmarkSettings
 from lungseg.core.provenance import source_hash
 from lungseg.detection.settings import VolumeSettings, merged_detector_config
+from lungseg.download.settings import DownloadSettings
 from lungseg.figures.settings import ExamplesSettings
 from lungseg.predict.settings import PredictorSettings, PredictSettings
 from lungseg.sample.settings import SampleSettings
@@ -61,6 +62,14 @@ def sample_data_outputs():
 def index_root(wildcards):
     """The folder the index walks (a function: with sample data it is its inputs' parent)."""
     return raw_root()
+
+
+def manifest_patients():
+    """Whose series the index's manifest check expects: the sample's patients, else those of
+    `download.patients` (empty: every patient of LIDC-IDRI)."""
+    if using_sample_data():
+        return list(config["sample_data"]["patients"])
+    return list(config["download"]["patients"])
 
 
 @functools.lru_cache(maxsize=4)

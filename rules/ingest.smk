@@ -12,6 +12,7 @@ checkpoint index:
         files="results/index/files.csv",
         series="results/index/series.csv",
         unreadable="results/index/unreadable.csv",
+        manifest="results/index/manifest.csv",
     log:
         "logs/index.log",
     benchmark:
@@ -24,6 +25,7 @@ checkpoint index:
         runtime=60,
     params:
         root=index_root,
+        manifest_patients=manifest_patients(),
         settings=settings_of(IndexSettings),
         code=source_hash("ingest", "lidc"),
     script:

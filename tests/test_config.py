@@ -138,6 +138,7 @@ def test_cross_key_settings_fail_at_parse_time_and_delete_nothing(tmp_path, upda
 
 #: Named targets a user types (`snakemake TARGET`), and a rule each must schedule on a fresh run.
 STAGE_TARGETS = {
+    "download": "download",
     "sample_data_all": "sample_data",
     "volumes": "index",  # convert jobs appear once the index checkpoint has run
     "crops_all": "crops",

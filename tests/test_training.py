@@ -409,7 +409,8 @@ def test_lidc_override_file_is_valid_and_fits_the_model():
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     update_config(config, yaml.safe_load((REPO / "config" / "lidc.yaml").read_text()))
-    jsonschema.validate(config, yaml.safe_load((REPO / "src/lungseg/data/config.schema.yaml").read_text()))
+    schema = REPO / "src" / "lungseg" / "data" / "config.schema.yaml"
+    jsonschema.validate(config, yaml.safe_load(schema.read_text()))
     factor = 2 ** (config["training"]["levels"] - 1)
     assert all(size % factor == 0 for size in config["crops"]["size"])
     assert config["training"]["resources"]["gpu"] == 1

@@ -14,6 +14,10 @@ import sys
 
 #: subcommand -> (``module:function`` of its stage function, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "download": (
+        "lungseg.download.fetch:run_download",
+        "download LIDC-IDRI's CT series from the Imaging Data Commons into lidc_root (resumes)",
+    ),
     "sample-data": (
         "lungseg.sample.generate:run_sample_data",
         "write the LIDC-shaped sample DICOM series of one patient",

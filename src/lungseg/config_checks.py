@@ -14,6 +14,7 @@ from lungseg.core.errors import SettingsError
 from lungseg.core.settings import StageSettings, check_against_schema
 from lungseg.dataset.settings import CropSettings, CropsOverviewSettings, SplitSettings
 from lungseg.detection.settings import check_detection_config
+from lungseg.download.settings import DownloadSettings
 from lungseg.evaluation.settings import BucketSettings, EvaluationSettings
 from lungseg.figures.settings import ExamplesSettings
 from lungseg.ingest.settings import (
@@ -27,6 +28,7 @@ from lungseg.training.settings import VariantSettings, variant_config
 
 #: Every job's settings class that is built from plain config sections.
 JOB_SETTINGS: tuple[type[StageSettings], ...] = (
+    DownloadSettings,
     SampleSettings,
     IndexSettings,
     AnnotationSettings,

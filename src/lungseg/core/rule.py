@@ -19,6 +19,7 @@ import logging
 import re
 import resource
 import sys
+import types
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -115,6 +116,14 @@ def snakemake_kwargs(func: Callable, smk) -> dict[str, Any]:
     return kwargs
 
 
+def _without_none(hint: Any) -> Any:
+    """``X`` of ``X | None`` (an optional argument's type); other hints unchanged."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return hint
+
+
 def build_parser(func: Callable, prog: str | None = None) -> argparse.ArgumentParser:
     """Options from the function's signature: ``--name`` per path, settings, ``--threads``."""
     doc = inspect.getdoc(func) or ""
@@ -128,12 +137,14 @@ def build_parser(func: Callable, prog: str | None = None) -> argparse.ArgumentPa
     for name, param in inspect.signature(func).parameters.items():
         if name in settings:
             continue
-        hint = hints.get(name, str)
+        hint = _without_none(hints.get(name, str))
         required = param.default is inspect.Parameter.empty
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         origin = typing.get_origin(hint)
         if name in getattr(func, "positional", ()):  # e.g. `lungseg predict SERIES_DIR...`
             parser.add_argument(name, nargs="+", metavar=name.upper().removesuffix("S"))
+        elif hint is bool:  # a flag: --dry-run
+            parser.add_argument(*flags, dest=name, action="store_true")
         elif name == "threads" or hint is int:
             parser.add_argument(*flags, dest=name, type=int, default=param.default)
         elif origin is list:

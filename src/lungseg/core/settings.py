@@ -1,9 +1,9 @@
 """Typed settings built from the validated config, one frozen dataclass per job kind.
 
-Defaults live in ``src/lungseg/data/config.schema.yaml`` only: :meth:`StageSettings.from_config` fills
-them in and checks every value against the schema (unknown keys and wrong types are errors that
-name the key); the fields are config keys under the config's names. The
-``lungseg`` command line derives its options from the same dataclasses
+Defaults live in the schema (``src/lungseg/data/config.schema.yaml``) only:
+:meth:`StageSettings.from_config` fills them in and checks every value against the schema
+(unknown keys and wrong types are errors that name the key); the fields are config keys under
+the config's names. The ``lungseg`` command line derives its options from the same dataclasses
 (:func:`add_settings_arguments`), so a setting has one name from config.yaml to the function
 that uses it.
 """

@@ -1,5 +1,6 @@
-"""Checkpoint ``index``: a DICOM folder -> ``series.csv`` (one row per series), ``files.csv``
-and ``unreadable.csv`` (folders that could not be listed).
+"""Checkpoint ``index``: a DICOM folder -> ``series.csv`` (one row per series), ``files.csv``,
+``unreadable.csv`` (folders that could not be listed) and ``manifest.csv`` (what was found vs
+the IDC manifest of LIDC-IDRI, :mod:`lungseg.ingest.manifest`).
 
 Data problems become a status and a reason in ``series.csv`` (a slice file shorter than its
 pixel data skips its series, the file named); only series with status ``ok`` or ``excluded``
@@ -18,6 +19,7 @@ from lungseg.core.atomic import write_csv_atomic
 from lungseg.core.errors import InputError
 from lungseg.ingest.convert import annotation_problem
 from lungseg.ingest.dicom import scan_folder
+from lungseg.ingest.manifest import MANIFEST_COLUMNS, check_manifest
 from lungseg.ingest.series import SeriesPlan, group_by_series, plan_series
 from lungseg.ingest.settings import IndexSettings
 from lungseg.ingest.status import STATUS_EXCLUDED, STATUS_OK, STATUS_SKIPPED
@@ -104,11 +106,15 @@ def write_index(
     spacing_tolerance: float,
     exclude_irregular: bool,
     check_annotation_db: bool = True,
+    manifest_csv: str | os.PathLike[str] | None = None,
+    manifest_patients: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Index ``root``; write ``series_csv``, ``files_csv`` and ``unreadable_csv``.
 
     The settings are those of :class:`IndexSettings` (``workers`` is ``index_workers``); they
-    have no defaults here.
+    have no defaults here. ``manifest_patients`` not None: compare with the IDC manifest (the
+    series of those patients expected; empty: every patient of the collection) and write
+    ``manifest_csv``; None: no check (``manifest_csv``, if given, gets the header only).
 
     Logs every skipped file and every folder that could not be read.
     """
@@ -135,6 +141,11 @@ def write_index(
             f"{root}: no DICOM series found ({len(problems)} unusable files, "
             f"{len(unreadable)} unreadable folders)"
         )
+    manifest = pd.DataFrame(columns=MANIFEST_COLUMNS)
+    if manifest_patients is not None:
+        series, manifest = check_manifest(series, manifest_patients)
+    else:
+        log.info("IDC manifest check off (ingest.manifest_check: false)")
     counts = series["status"].value_counts().to_dict()
     log.info(
         "indexed %s: %d DICOM files in %d series (%s); %d non-DICOM/unreadable files skipped, "
@@ -153,16 +164,27 @@ def write_index(
             )
     if unreadable_csv is not None:
         write_csv_atomic(unreadable_csv, unreadable)
+    if manifest_csv is not None:
+        write_csv_atomic(manifest_csv, manifest)
     write_csv_atomic(files_csv, files)
     write_csv_atomic(series_csv, series)
     return series
 
 
 def run_index(
-    *, root: str, series: str, files: str, unreadable: str, settings: IndexSettings
+    *,
+    root: str,
+    series: str,
+    files: str,
+    unreadable: str,
+    manifest: str,
+    settings: IndexSettings,
+    manifest_patients: list[str] | None = None,
 ) -> None:
-    """Index the DICOM files under ``root``: write ``series`` (series.csv), ``files`` and
-    ``unreadable`` (folders that could not be read: ``path, error``)."""
+    """Index the DICOM files under ``root``: write ``series`` (series.csv), ``files``,
+    ``unreadable`` (folders that could not be read: ``path, error``) and ``manifest`` (found vs
+    the IDC manifest; ``manifest_patients``: whose series are expected, default every patient
+    of LIDC-IDRI)."""
     write_index(
         root,
         series,
@@ -171,4 +193,6 @@ def run_index(
         workers=settings.index_workers,
         spacing_tolerance=settings.spacing_tolerance,
         exclude_irregular=settings.exclude_irregular,
+        manifest_csv=manifest,
+        manifest_patients=(manifest_patients or []) if settings.manifest_check else None,
     )

@@ -19,6 +19,7 @@ class IndexSettings(StageSettings):
     index_workers: int
     spacing_tolerance: float
     exclude_irregular: bool
+    manifest_check: bool
 
 
 @dataclass(frozen=True)
