@@ -273,6 +273,14 @@ def test_snakemake_fans_out_over_the_index_and_survives_bad_series(tmp_path):
     nodules = pd.read_csv(work / "results/nodules.csv")
     assert "in_cohort" in nodules.columns and "series_status" in nodules.columns
     assert (work / "benchmarks/index.tsv").exists()
+    # not LIDC-IDRI: every series found is named, the whole collection (download.patients
+    # empty) is expected and absent, and the check excludes nothing
+    manifest = pd.read_csv(work / "results/index/manifest.csv")
+    counts = manifest["status"].value_counts().to_dict()
+    assert counts == {"absent": 1018, "not_in_manifest": len(series)}, counts
+    assert (
+        "IDC manifest: 0 of 1018 expected series complete" in (work / "logs/index.log").read_text()
+    )
 
 
 # --- LIDC-shaped sample data: real geometry and contours --------------------------------------
