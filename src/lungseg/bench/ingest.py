@@ -31,7 +31,7 @@ from lungseg.ingest.dicom import iter_files
 from lungseg.ingest.pixels import SPACING_TOLERANCE, read_series
 from lungseg.io.hdf5 import COMPRESSIONS, DEFAULT_VOLUME_COMPRESSION, write_volume
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]  # the checkout: benchmark_dag needs its workflow
 #: (name, codec, level) compared by ``codecs``
 CODECS = [
     ("none", "none", None),
