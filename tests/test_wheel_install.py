@@ -83,7 +83,7 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
     return wheel, site
 
 
-@pytest.mark.slow  # builds and installs a wheel (~10 s), then predicts in a new process (~15 s)
+@pytest.mark.slow  # builds and installs a wheel (~2 s), then predicts in a new process (~6 s)
 def test_the_wheel_holds_the_package_data(installed):
     wheel, site = installed
     names = set(zipfile.ZipFile(wheel).namelist())
