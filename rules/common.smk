@@ -3,7 +3,7 @@ import functools
 from pathlib import Path
 
 from lungseg.bench.settings import BenchmarkSettings
-from lungseg.core.provenance import source_hash
+from lungseg.core.provenance import script_code_hash
 from lungseg.detection.settings import VolumeSettings, merged_detector_config
 from lungseg.download.settings import DownloadSettings
 from lungseg.figures.settings import ExamplesSettings
@@ -21,6 +21,12 @@ from lungseg.ingest.settings import (
 )
 
 SAMPLE_ROOT = "results/sample_data"
+
+
+def script_code(script):
+    """A rule's `code` param: the hash of every lungseg module its workflow script runs (an
+    edit there reruns the rule; tests/test_reruns.py)."""
+    return script_code_hash(Path(workflow.basedir) / "workflow_scripts" / f"{script}.py")
 
 
 def settings_of(cls):

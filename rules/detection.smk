@@ -24,7 +24,7 @@ rule detection_volume:
         mem_mb=2500,
         runtime=20,
     params:
-        code=source_hash("detection", "io"),
+        code=script_code("detection_volume"),
         settings=settings_of(VolumeSettings),
     script:
         "../workflow_scripts/detection_volume.py"
@@ -45,7 +45,7 @@ rule detection_scans:
         mem_mb=500,
         runtime=10,
     params:
-        code=source_hash("detection"),
+        code=script_code("detection_scans"),
     script:
         "../workflow_scripts/detection_scans.py"
 
@@ -71,7 +71,7 @@ rule train_detector:
         runtime=detection_resource("runtime"),
         gpu=detection_resource("gpu"),
     params:
-        code=source_hash("detection", "training", "nets"),
+        code=script_code("train_detector"),
         settings=detector_settings,
     script:
         "../workflow_scripts/train_detector.py"
@@ -95,7 +95,7 @@ rule detect:
         mem_mb=detection_resource("mem_mb"),
         runtime=30,
     params:
-        code=source_hash("detection", "training", "nets"),
+        code=script_code("detect"),
         settings=detector_settings,
     script:
         "../workflow_scripts/detect.py"
@@ -129,7 +129,7 @@ rule evaluate_detector:
         mem_mb=1000,
         runtime=10,
     params:
-        code=source_hash("detection"),
+        code=script_code("evaluate_detector"),
         detector="{detector}",
         settings=detector_settings,
     script:
@@ -156,7 +156,7 @@ rule detection_summary:
         mem_mb=500,
         runtime=5,
     params:
-        code=source_hash("detection"),
+        code=script_code("detection_summary"),
     script:
         "../workflow_scripts/detection_summary.py"
 
@@ -183,7 +183,7 @@ rule plot_froc:
         mem_mb=1000,
         runtime=5,
     params:
-        code=source_hash("detection", "figures"),
+        code=script_code("plot_froc"),
     script:
         "../workflow_scripts/plot_froc.py"
 
@@ -214,7 +214,7 @@ rule plot_detections:
         mem_mb=1000,
         runtime=5,
     params:
-        code=source_hash("detection", "figures"),
+        code=script_code("plot_detections"),
     script:
         "../workflow_scripts/plot_detections.py"
 
@@ -248,7 +248,7 @@ rule bench_detector_seeds:
         runtime=lambda wildcards: detection_resource("runtime") * len(bench_seeds()),
         gpu=detection_resource("gpu"),
     params:
-        code=source_hash("detection", "training", "nets"),
+        code=script_code("bench_detector_seeds"),
         detector="{detector}",
         seeds=bench_seeds(),
         settings=detector_settings,
@@ -271,6 +271,6 @@ rule bench_detection:
         mem_mb=500,
         runtime=5,
     params:
-        code=source_hash("detection"),
+        code=script_code("bench_detection"),
     script:
         "../workflow_scripts/bench_detection.py"

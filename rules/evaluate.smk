@@ -32,7 +32,7 @@ rule evaluate:
         gpu=config["evaluation"]["resources"]["gpu"],
     params:
         settings=evaluation_settings(),
-        code=source_hash("evaluation", "training", "nets"),
+        code=script_code("evaluate"),
     script:
         "../workflow_scripts/evaluate.py"
 
@@ -59,6 +59,6 @@ rule evaluate_summary:
     params:
         models=evaluated_models(),
         settings=settings_of(BucketSettings),
-        code=source_hash("evaluation"),
+        code=script_code("evaluate_summary"),
     script:
         "../workflow_scripts/evaluate_summary.py"

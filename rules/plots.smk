@@ -32,7 +32,7 @@ rule plots:
         runtime=10,
     params:
         model=model_of,
-        code=source_hash("figures"),
+        code=script_code("plots"),
     script:
         "../workflow_scripts/plots.py"
 
@@ -63,7 +63,7 @@ rule plot_examples:
     params:
         model=model_of,
         settings=settings_of(ExamplesSettings),
-        code=source_hash("figures", "evaluation"),
+        code=script_code("plot_examples"),
     script:
         "../workflow_scripts/plot_examples.py"
 
@@ -89,7 +89,7 @@ rule plot_comparison:
         runtime=10,
     params:
         models=evaluated_models(),
-        code=source_hash("figures"),
+        code=script_code("plot_comparison"),
     script:
         "../workflow_scripts/plot_comparison.py"
 

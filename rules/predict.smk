@@ -25,7 +25,7 @@ rule predictor:
         mem_mb=1000,
         runtime=5,
     params:
-        code=source_hash("predict"),
+        code=script_code("predictor"),
         settings=settings_of(PredictorSettings),
         volumes=settings_of(VolumeSettings),
         crops=settings_of(CropSettings),
@@ -57,9 +57,7 @@ rule predict:
         runtime=predict_resource("runtime"),
         gpu=predict_resource("gpu"),
     params:
-        code=source_hash(
-            "predict", "detection", "dataset", "training", "nets", "ingest"
-        ),
+        code=script_code("predict"),
         series_uid="{series_uid}",
         settings=settings_of(PredictSettings),
     script:
@@ -113,7 +111,7 @@ rule cascade:
         mem_mb=3000,
         runtime=30,
     params:
-        code=source_hash("predict", "evaluation"),
+        code=script_code("cascade"),
         buckets=settings_of(BucketSettings),
         settings=settings_of(PredictSettings),
     script:

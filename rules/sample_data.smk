@@ -19,7 +19,7 @@ rule sample_data:
         runtime=10,
     params:
         settings=settings_of(SampleSettings),
-        code=source_hash("sample", "lidc"),
+        code=script_code("sample_data"),
     script:
         "../workflow_scripts/sample_data.py"
 

@@ -26,7 +26,7 @@ rule train:
         gpu=train_resource("gpu"),
     params:
         settings=model_settings,
-        code=source_hash("training", "nets"),
+        code=script_code("train"),
     script:
         "../workflow_scripts/train.py"
 

@@ -7,47 +7,27 @@ import ast
 import dataclasses
 import importlib
 import pkgutil
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 import lungseg
 from lungseg.config_checks import JOB_SETTINGS
+from lungseg.core.provenance import closure, import_graph, imported_names, lungseg_imports
 from lungseg.core.settings import StageSettings, load_schema, section_schema
 from lungseg.detection.settings import DetectorSettings, VolumeSettings
 from lungseg.training.settings import VariantSettings
 
 PACKAGE = Path(lungseg.__file__).parent
+REPO = PACKAGE.parents[1]
 MAX_LINES = 400
 
 
-def is_module(name: str) -> bool:
-    """Whether ``lungseg.a.b`` names a module or subpackage of the package (not an object)."""
-    path = PACKAGE.parent.joinpath(*name.split("."))
-    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
-
-
-def imported_names(path: Path) -> set[str]:
-    """Every module ``path`` imports, at any depth of its code (lazy imports included)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            for alias in node.names:  # `from lungseg.lidc import adapter` imports a module
-                candidate = f"{node.module}.{alias.name}"
-                names.add(candidate if is_module(candidate) else node.module)
-        elif isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-    return names
-
-
 def module_imports() -> dict[str, set[str]]:
-    """lungseg module -> the lungseg modules it imports."""
-    graph: dict[str, set[str]] = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        graph[name] = {t for t in imported_names(path) if t.startswith("lungseg.") and t != name}
-    return graph
+    """lungseg module -> the lungseg modules it imports (the walk behind the code hashes)."""
+    return {name: set(imports) for name, imports in import_graph().items()}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -341,3 +321,55 @@ def test_trainer_and_model_views_are_variant_keys_without_defaults():
         view = cls.from_dict({})
         for name in {f.name for f in dataclasses.fields(cls)} - own:
             assert getattr(view, name) == defaults[name], f"{cls.__name__}.{name}"
+
+
+RULE_BLOCK = re.compile(r"^(?:rule|checkpoint) (\w+):\n(.*?)(?=^\S|\Z)", re.MULTILINE | re.DOTALL)
+
+
+def test_every_rule_hashes_the_code_of_its_own_script():
+    """`code=script_code("X")` and `script: .../X.py` name the same script in every rule."""
+    checked = 0
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        for rule, body in RULE_BLOCK.findall(smk.read_text()):
+            script = re.search(r'workflow_scripts/(\w+)\.py"', body)
+            if script is None:
+                continue
+            checked += 1
+            assert f'code=script_code("{script.group(1)}")' in body, f"{smk.name}: rule {rule}"
+    assert checked > 25
+
+
+@pytest.mark.parametrize(
+    ("script", "runs", "does_not_run"),
+    [
+        ("train", {"lungseg.evaluation.metrics", "lungseg.core.atomic"}, {"lungseg.figures"}),
+        # a lazy import inside a function counts (pylidc's adapter, in write_index)
+        ("index", {"lungseg.lidc.adapter", "lungseg.ingest.manifest"}, {"lungseg.training"}),
+        ("plots", {"lungseg.figures.curves"}, {"lungseg.detection"}),
+    ],
+)
+def test_a_scripts_code_is_every_module_it_imports(script, runs, does_not_run):
+    modules = closure(lungseg_imports(REPO / "workflow_scripts" / f"{script}.py"))
+    assert runs <= modules and not (does_not_run & modules)
+
+
+def test_the_code_hash_follows_an_edit(tmp_path, monkeypatch):
+    """A copy of the package hashes as the original; an appended comment changes the hash."""
+    from lungseg.core import provenance
+
+    script = REPO / "workflow_scripts" / "train.py"
+    original = provenance.script_code_hash(script)
+    copy = tmp_path / "lungseg"
+    shutil.copytree(PACKAGE, copy)
+    monkeypatch.setattr(provenance, "PACKAGE", copy)
+    hashes = []
+    for edit in ("", "\n# one\n"):
+        with open(copy / "evaluation" / "metrics.py", "a") as f:
+            f.write(edit)
+        provenance.import_graph.cache_clear()
+        provenance.script_code_hash.cache_clear()
+        hashes.append(provenance.script_code_hash(script))
+    monkeypatch.undo()
+    provenance.import_graph.cache_clear()
+    provenance.script_code_hash.cache_clear()
+    assert hashes[0] == original != hashes[1]

@@ -155,6 +155,10 @@ TRAINING = CONVERSION | {"crops", "split", "train", "evaluate"}
         ),
         # the index checkpoint reruns: its convert jobs are planned once it has run
         ("ingest/convert.py", {"index", "nodules", "crops", "train"}, {"sample_data"}),
+        # training picks best.pt by this Dice; the detectors too
+        ("evaluation/metrics.py", {"train", "train_detector", "evaluate"}, CONVERSION),
+        # every job writes through it
+        ("core/atomic.py", {"sample_data", "index", "crops", "split", "train"}, set()),
     ],
 )
 def test_editing_the_package_reruns_its_stage_and_what_depends_on_it(
