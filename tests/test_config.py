@@ -120,6 +120,11 @@ CROSS_KEY_CASES = [
     ),
     ({"detection": {"volumes": {"spacing": [4.0, 0.0, 4.0]}}}, "detection.volumes.spacing"),
     ({"detection": {"volumes": {"shape": [90, 80, 96]}}}, "detection.volumes.shape [90, 80, 96]"),
+    # the prediction stage's and the benchmark's settings too, before any training
+    ({"predict": {"detector_name": "unet_pach"}}, "predict.detector_name: 'unet_pach' is not in"),
+    ({"predict": {"segmenter_name": "unte"}}, "predict.segmenter_name: 'unte' is not in models"),
+    ({"predict": {"radiomics_params": "missing.yaml"}}, "predict.radiomics_params: missing.yaml"),
+    ({"benchmark": {"sizes": [[30, 30, 30]]}}, "benchmark.sizes: [[30, 30, 30]] not divisible"),
 ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from lungseg.bench.settings import BenchmarkSettings
 from lungseg.core.errors import SettingsError
 from lungseg.core.settings import StageSettings, check_against_schema
 from lungseg.dataset.settings import CropSettings, CropsOverviewSettings, SplitSettings
@@ -23,6 +24,7 @@ from lungseg.ingest.settings import (
     ConvertSettings,
     IndexSettings,
 )
+from lungseg.predict.settings import PredictorSettings, PredictSettings
 from lungseg.sample.settings import SampleSettings
 from lungseg.training.settings import VariantSettings, variant_config
 
@@ -40,6 +42,9 @@ JOB_SETTINGS: tuple[type[StageSettings], ...] = (
     BucketSettings,
     EvaluationSettings,
     ExamplesSettings,
+    PredictorSettings,
+    PredictSettings,
+    BenchmarkSettings,
 )
 
 
@@ -63,3 +68,22 @@ def check_config(config: Mapping[str, Any]) -> None:
                 "change crops.size or the model's levels"
             )
     check_detection_config(config)
+    check_predictor_choice(config)
+
+
+def check_predictor_choice(config: Mapping[str, Any]) -> None:
+    """``predict.detector_name`` / ``segmenter_name``: ``best`` or a configured name, and the
+    radiomics parameter file found, before any training runs."""
+    chosen = PredictorSettings.from_config(PredictorSettings.config_subset(config))
+    for key, name, section in (
+        ("detector_name", chosen.detector_name, "detectors"),
+        ("segmenter_name", chosen.segmenter_name, "models"),
+    ):
+        names = sorted(config.get(section) or {})
+        if name != "best" and name not in names:
+            raise SettingsError(
+                f"predict.{key}: {name!r} is not in {section} ({', '.join(names) or 'none'}); "
+                "use one of them or best"
+            )
+    predict = PredictSettings.from_config(PredictSettings.config_subset(config))
+    PredictSettings.radiomics_params_file(predict.radiomics_params)
