@@ -61,8 +61,10 @@ test: lint pytest
 test-fast: venv
 	$(BIN)/pytest -m "not slow" -n $(CORES)
 
-# Rule graph for the README (after `make run`: convert, behind the index checkpoint, shows then).
+# Rule graph for the README (graphviz's dot). The rules behind the index and split checkpoints
+# (convert, detection_volume, predict) show only once those have run, so they run first.
 dag: venv
+	$(BIN)/snakemake --profile profiles/default --cores $(CORES) results/split/patients.csv
 	$(BIN)/snakemake --rulegraph --cores 1 | dot -Tpng > docs/rulegraph.png
 
 # Freeze the current venv into the lock file (after a deliberate upgrade). torch and its CUDA
