@@ -56,6 +56,8 @@ def write_crops(directory: Path) -> dict[str, np.ndarray]:
     images[(masks | other) > 0] = 30
     with h5py.File(directory / "crops.h5", "w") as file:
         file["image"], file["mask"], file["other"] = images, masks, other
+        file.attrs["size"] = [SIZE] * 3  # the crop grid, as the crops rule records it
+        file.attrs["target_spacing"] = str(list(SPACING))
     table = pd.DataFrame(
         {
             "nodule_id": [c[0] for c in CROPS],

@@ -78,6 +78,8 @@ def write_crops(folder: Path, n: int = 20, size: int = 16, seed: int = 0) -> dic
         file["image"] = np.stack(images)
         file["mask"] = np.stack(masks)
         file["other"] = np.zeros((n, size, size, size), np.uint8)
+        file.attrs["size"] = [size] * 3  # the crop grid, as the crops rule records it
+        file.attrs["target_spacing"] = str([1.0, 1.0, 1.0])
     patients = [nodule_id[:14] for nodule_id in ids]
     pd.DataFrame({"nodule_id": ids, "patient_id": patients}).to_csv(paths["crops.csv"], index=False)
     subsets = ["val" if (i // 2) % 5 == 0 else "train" for i in range(n)]
@@ -218,6 +220,9 @@ def test_metrics_and_checkpoints(reference):
     assert best["epoch"] == int(written["val_dice"].idxmax()) + 1
     assert best["best_val_dice"] == written["val_dice"].max()
     assert set(best["loss"]) == {"log_variances"}  # learned weights are checkpointed
+    # the model carries the grid of the crops it learnt from (crops.h5's attributes)
+    grid = {"crop_size": [16, 16, 16], "target_spacing": [1.0, 1.0, 1.0]}
+    assert best["crop_grid"] == last["crop_grid"] == grid
     assert not list(out_dir.glob(".*.tmp"))  # atomic writes leave nothing behind
 
 

@@ -85,6 +85,7 @@ def load_scan_sets(
         "spacing": spacing,
         "shape": list(sets["train"].shape),
         "body_threshold_hu": attrs["body_threshold_hu"],
+        "margin_mm": attrs["margin_mm"],
         "pad_hu": attrs["pad_hu"],
     }
     return sets, digest.hexdigest(), shared

@@ -210,6 +210,7 @@ def detection_volume(
         "source_origin": tuple(float(s) for s in attrs["origin"]),
         "source_direction": tuple(float(s) for s in attrs["direction"]),
         "body_threshold_hu": float(settings.body_threshold_hu),
+        "margin_mm": float(settings.margin_mm),
         "pad_hu": int(settings.pad_hu),
         "labels": {"background": 0, "nodule": NODULE, "ignore": IGNORE},
         **geometry,

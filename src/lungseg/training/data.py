@@ -7,9 +7,11 @@ their state can be checkpointed (see :mod:`lungseg.training.trainer`).
 
 from __future__ import annotations
 
+import ast
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hdf5plugin  # noqa: F401 (registers the Blosc filters the crops may be written with)
 import numpy as np
@@ -83,6 +85,22 @@ def read_crops(crops_h5: str | Path, n_rows: int) -> tuple[np.ndarray, np.ndarra
     if len(images) != n_rows:
         raise ValueError(f"{crops_h5}: {len(images)} crops but crops.csv has {n_rows} rows")
     return images, masks
+
+
+def crop_grid(crops_h5: str | Path) -> dict[str, Any]:
+    """The grid the crops were cut on, as crops.h5 records it (``crops`` rule): ``crop_size``
+    (voxels) and ``target_spacing`` (mm, z y x; None: each scan's own). A model's checkpoint
+    keeps it, so the predictor cuts crops as the model was trained on, whatever the config says
+    now."""
+    with open_hdf5(crops_h5, REBUILD_CROPS) as file:
+        if "size" not in file.attrs or "target_spacing" not in file.attrs:
+            raise ValueError(f"{crops_h5}: no crop grid attributes (size, target_spacing)")
+        size, spacing = file.attrs["size"], file.attrs["target_spacing"]
+    spacing = ast.literal_eval(spacing) if isinstance(spacing, str) else spacing
+    return {
+        "crop_size": [int(s) for s in size],
+        "target_spacing": None if spacing is None else [float(s) for s in spacing],
+    }
 
 
 def load_crop_sets(

@@ -33,7 +33,7 @@ from lungseg.core.settings import schema_defaults
 from lungseg.evaluation.metrics import dice
 from lungseg.nets.models import ModelSettings, build_model
 from lungseg.training.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
-from lungseg.training.data import CropSet, augment, batches, load_crop_sets
+from lungseg.training.data import CropSet, augment, batches, crop_grid, load_crop_sets
 from lungseg.training.losses import build_loss
 from lungseg.training.memory import peak_memory_bytes
 from lungseg.training.settings import VariantSettings
@@ -125,8 +125,11 @@ class Trainer:
         out_dir: str | Path,
         device: torch.device,
         data_fingerprint: str = "",
+        grid: dict[str, Any] | None = None,
     ):
         self.settings = dict(settings)
+        #: the crops' grid (training.data.crop_grid), kept in every checkpoint for the predictor
+        self.grid = dict(grid or {})
         self.options = TrainingSettings.from_dict(settings)
         self.data = data
         self.out_dir = Path(out_dir)
@@ -254,6 +257,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "settings": self.settings,
             "data_fingerprint": self.data_fingerprint,
+            "crop_grid": self.grid,
             "epoch": len(self.history),
             "history": self.history,
             "best_val_dice": self.best_val_dice,
@@ -345,7 +349,7 @@ def train(
         crop_shape,
         json.dumps(settings, sort_keys=True),
     )
-    trainer = Trainer(settings, data, out_dir, chosen_device, fingerprint)
+    trainer = Trainer(settings, data, out_dir, chosen_device, fingerprint, crop_grid(crops_h5))
     checkpoint = resumable(Path(out_dir) / "last.pt", settings, fingerprint)
     if checkpoint is not None:
         trainer.resume_from(checkpoint)
