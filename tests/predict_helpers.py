@@ -5,10 +5,16 @@ the pixel spacing differs between rows and columns and from the slice step, and 
 not square, so a swapped axis moves voxels. :func:`voxel_lps` computes a pixel's patient
 position from its file alone (ImagePositionPatient + PixelSpacing + ImageOrientationPatient),
 independently of lungseg's geometry.
+
+:func:`export_series` copies a sample series into a flat folder of renamed files (a user's
+export); :func:`start_predict` starts the real ``lungseg predict`` command line in a new process.
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,3 +147,31 @@ def lps_to_ras(point: np.ndarray) -> np.ndarray:
 
 #: (file index, row, column) probed in each series: corners, an inner voxel, other slices
 PROBES = [(0, 0, 0), (0, ROWS - 1, 0), (0, 0, COLUMNS - 1), (2, 5, 7), (N_SLICES - 1, 11, 9)]
+
+
+# --- `lungseg predict` as a user runs it (tests/test_predict.py, tests/test_predict_outdir.py) --
+
+#: the real command line, in a new process
+LUNGSEG = [sys.executable, "-m", "lungseg.cli"]
+
+
+def export_series(sample_lidc, dest: Path) -> tuple[Path, str]:
+    """The first sample series copied into a non-LIDC layout: one flat folder, files renamed."""
+    scan = sample_lidc.scans[0]
+    source = next(p for p in sample_lidc.lidc_root.rglob("*.dcm")).parent
+    dest.mkdir(parents=True)
+    for k, path in enumerate(sorted(source.glob("*.dcm"))):
+        shutil.copy(path, dest / f"IMG{k:05d}")
+    assert dcmread(next(dest.iterdir())).SeriesInstanceUID == scan.series_uid
+    return dest, scan.series_uid
+
+
+def start_predict(*args, cwd: Path) -> subprocess.Popen:
+    """``lungseg predict ARGS`` started in a new process (stdout and stderr to a pipe)."""
+    return subprocess.Popen(
+        [*LUNGSEG, "predict", *map(str, args)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )

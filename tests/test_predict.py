@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -19,12 +18,11 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from predict_helpers import LUNGSEG, export_series
 from scan_helpers import tiny_bundles, write_ct_series
 
 from lungseg.cli import main
 from lungseg.predict.pipeline import OUTPUTS
-
-LUNGSEG = [sys.executable, "-m", "lungseg.cli"]
 
 
 def lungseg_predict(*args, cwd: Path) -> subprocess.CompletedProcess:
@@ -44,14 +42,7 @@ def predict_here(capsys, *args) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def one_series(sample_lidc, tmp_path_factory) -> tuple[Path, str]:
     """A sample series copied into a non-LIDC layout: one flat folder, files renamed."""
-    scan = sample_lidc.scans[0]
-    source = next(p for p in sample_lidc.lidc_root.rglob("*.dcm")).parent
-    dest = tmp_path_factory.mktemp("export") / "CT chest, exported"
-    dest.mkdir()
-    for k, path in enumerate(sorted(source.glob("*.dcm"))):
-        shutil.copy(path, dest / f"IMG{k:05d}")
-    assert pydicom.dcmread(next(dest.iterdir())).SeriesInstanceUID == scan.series_uid
-    return dest, scan.series_uid
+    return export_series(sample_lidc, tmp_path_factory.mktemp("export") / "CT chest, exported")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,9 @@ detection, masks pasted into the scan grid, :mod:`lungseg.predict.segment`), **w
 (radiomics.csv). Everything of a series is written into a staging folder next to
 ``DIR/<series_uid>/`` and moved there at the end: a failed or killed run leaves no half result,
 and a rerun replaces the old one whole. A scan without nodules gets empty tables, an empty label
-map and no DICOM-SEG (a Segmentation needs at least one segment).
+map and no DICOM-SEG (a Segmentation needs at least one segment). Before any model is loaded or
+series read, the output folder is made, probed with a real write and rid of the staging folders
+of killed runs (:mod:`lungseg.predict.outdir`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ from lungseg.predict.dicomseg import write_dicom_seg
 from lungseg.predict.find import detect_candidates, operating_threshold
 from lungseg.predict.measure import measure_nodules
 from lungseg.predict.nifti import write_nifti
+from lungseg.predict.outdir import (
+    ensure_writable,
+    prepare_out,
+    remove_if_empty,
+    remove_stale_staging,
+    staging_name,
+)
 from lungseg.predict.overview import plot_overview
 from lungseg.predict.radiomics import extract_features
 from lungseg.predict.segment import label_map, segment_candidates
@@ -172,15 +181,18 @@ def _summary(scan: Scan, predictor: Predictor, nodules: pd.DataFrame, steps: Ste
 def write_series_result(scan: Scan, predictor: Predictor, target: Path, steps: StepTimes) -> int:
     """Predict one scan into ``target`` (a folder) as a whole: staged, then moved into place."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    staging = target.parent / staging_name(target.name)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    except OSError as error:
+        raise OutputError(f"{target}: cannot write the prediction ({error})") from error
     try:
         nodules = predict_scan(scan, predictor, staging, steps)
         summary = _summary(scan, predictor, nodules, steps)
         write_text_atomic(staging / "summary.json", json.dumps(summary, indent=2) + "\n")
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        old = target.parent / staging_name(target.name, "old")
         if target.exists():
             os.replace(target, old)
         os.replace(staging, target)
@@ -211,11 +223,15 @@ def run_predict(
     and both checkpoints are checked before anything is written.
     """
     torch.set_num_threads(max(1, int(threads)))
-    found = find_series(series_dirs, settings.spacing_tolerance)
-    predictor = load_predictor(detector, segmenter, settings)
     out_root = Path(out)
-    if out_root.exists() and not out_root.is_dir():
-        raise InputError(f"--out {out_root}: a file, not a folder")
+    created = prepare_out(out_root)  # writable, stale staging folders gone: before any work
+    try:
+        found = find_series(series_dirs, settings.spacing_tolerance)
+        predictor = load_predictor(detector, segmenter, settings)
+    except BaseException:
+        if created:
+            remove_if_empty(out_root)
+        raise
     logger.info("%d series to predict -> %s", len(found), out_root)
     for series in found:
         steps = StepTimes()
@@ -239,6 +255,10 @@ def run_predict_indexed(
 ) -> None:
     """Rule ``predict``: one indexed series (files.csv), read from its DICOM files."""
     torch.set_num_threads(max(1, int(threads)))
+    target = Path(prediction)
+    ensure_writable(target.parent, "prediction folder")
+    # this series' folders only: the other series' jobs may run on other machines
+    remove_stale_staging(target.parent, target.name)
     predictor = load_predictor(detector, segmenter, settings)
     steps = StepTimes()
     with steps("read"):
@@ -246,4 +266,4 @@ def run_predict_indexed(
     if image is None or series_problem(plan):
         raise InputError(f"series {series_uid}: {series_problem(plan)}")
     scan = Scan(SeriesInput(Path(plan.slices[0].path).parent, plan), image)
-    write_series_result(scan, predictor, Path(prediction), steps)
+    write_series_result(scan, predictor, target, steps)
