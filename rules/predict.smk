@@ -27,8 +27,6 @@ rule predictor:
     params:
         code=script_code("predictor"),
         settings=settings_of(PredictorSettings),
-        volumes=settings_of(VolumeSettings),
-        crops=settings_of(CropSettings),
     script:
         "../workflow_scripts/predictor.py"
 

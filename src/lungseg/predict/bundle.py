@@ -5,11 +5,15 @@ A bundle is a ``torch.save`` dict (plain values and tensors, readable with
 ``format`` (:data:`BUNDLE_FORMAT`), ``name``, the network ``settings`` (architecture and HU
 window), the ``model`` state and what turns a scan into the network's input:
 
-- detector: ``volumes`` (detection.volumes: spacing, canvas, lung box settings) and the
-  ``operating_point`` (probability threshold chosen on the validation FROC at
-  ``detection.operating_fps`` false positives a scan; null when none was reachable), with the
-  candidate settings it was chosen with;
-- segmenter: ``crop_size`` and ``target_spacing`` of the crops it was trained on.
+- detector: ``volumes`` (the detection volumes' spacing, canvas and lung box settings, as its
+  checkpoint recorded them at training) and the ``operating_point`` (probability threshold
+  chosen on the validation FROC at ``detection.operating_fps`` false positives a scan; null when
+  none was reachable), with the candidate settings it was chosen with;
+- segmenter: ``crop_size`` and ``target_spacing`` of the crops it was trained on (its
+  checkpoint's ``crop_grid``, from crops.h5).
+
+Both come from the checkpoints, never from the config (which may have changed since), as
+nnU-Net keeps its plans with the model.
 
 Rule ``predictor`` writes ``results/predictor/detector.pt`` and ``segmenter.pt`` (the
 workflow's best by default; ``choice.json`` says which and why).
@@ -29,8 +33,6 @@ import torch
 
 from lungseg.core.atomic import write_text_atomic, write_through_file
 from lungseg.core.errors import InputError, SettingsError
-from lungseg.dataset.settings import CropSettings
-from lungseg.detection.settings import VolumeSettings
 from lungseg.nets.models import build_model
 from lungseg.predict.settings import PredictorSettings
 from lungseg.training.checkpoint import read_checkpoint
@@ -65,29 +67,42 @@ def _bundle(kind: str, checkpoint: str | Path, name: str, **extra: Any) -> dict[
     }
 
 
-def detector_bundle(
-    checkpoint: str | Path, operating_point: dict, volumes: VolumeSettings, name: str
-) -> dict[str, Any]:
-    """The detector bundle of a trained detector's best.pt and its operating_point.json."""
+#: what a detector's checkpoint must record of its detection volumes
+VOLUME_KEYS = ("spacing", "shape", "body_threshold_hu", "margin_mm", "pad_hu")
+
+
+def _recorded(checkpoint: str | Path, state: dict, what: str, keys: Sequence[str]) -> dict:
+    """``what`` of a checkpoint, with every key of ``keys``; else an :class:`InputError`."""
+    found = state.get(what) or {}
+    missing = [key for key in keys if key not in found]
+    if missing:
+        raise InputError(
+            f"{checkpoint}: the checkpoint does not record its {what} ({', '.join(missing)} "
+            "missing: trained by an earlier lungseg); train it again"
+        )
+    return {key: _plain(found[key]) for key in keys}
+
+
+def detector_bundle(checkpoint: str | Path, operating_point: dict, name: str) -> dict[str, Any]:
+    """The detector bundle of a trained detector's best.pt and its operating_point.json; the
+    volume geometry is the one it was trained on (its checkpoint's settings)."""
+    volumes = _recorded(checkpoint, read_checkpoint(checkpoint)["settings"], "volumes", VOLUME_KEYS)
     keys = ("threshold", "fps_per_scan_target", "fps_per_scan", "sensitivity")
     return _bundle(
         DETECTOR,
         checkpoint,
         name,
-        volumes=_plain(volumes.to_config()),
+        volumes=volumes,
         operating_point={key: operating_point.get(key) for key in keys},
     )
 
 
-def segmenter_bundle(checkpoint: str | Path, crops: CropSettings, name: str) -> dict[str, Any]:
-    """The segmenter bundle of a crop model's best.pt and the crop grid it was trained on."""
-    return _bundle(
-        SEGMENTER,
-        checkpoint,
-        name,
-        crop_size=[int(s) for s in crops.size],
-        target_spacing=_plain(crops.spacing),
+def segmenter_bundle(checkpoint: str | Path, name: str) -> dict[str, Any]:
+    """The segmenter bundle of a crop model's best.pt with the crop grid it was trained on."""
+    grid = _recorded(
+        checkpoint, read_checkpoint(checkpoint), "crop_grid", ("crop_size", "target_spacing")
     )
+    return _bundle(SEGMENTER, checkpoint, name, **grid)
 
 
 def save_bundle(bundle: dict[str, Any], path: str | Path) -> None:
@@ -184,8 +199,6 @@ def write_predictor(
     segmenter: str,
     choice: str,
     settings: PredictorSettings,
-    volumes: VolumeSettings,
-    crops: CropSettings,
 ) -> None:
     """Bundle the chosen detector and crop model for ``lungseg predict``; record the choice."""
     detector_name, detector_why = choose_detector(
@@ -197,10 +210,8 @@ def write_predictor(
     point_file = _by_parent(operating_points)[detector_name]
     with open(point_file) as f:
         point = json.load(f)
-    det = detector_bundle(
-        _by_parent(detector_checkpoints)[detector_name], point, volumes, detector_name
-    )
-    seg = segmenter_bundle(_by_parent(segmenter_checkpoints)[segmenter_name], crops, segmenter_name)
+    det = detector_bundle(_by_parent(detector_checkpoints)[detector_name], point, detector_name)
+    seg = segmenter_bundle(_by_parent(segmenter_checkpoints)[segmenter_name], segmenter_name)
     save_bundle(det, detector)
     save_bundle(seg, segmenter)
     threshold = det["operating_point"]["threshold"]
