@@ -88,12 +88,17 @@ def segment_candidates(
     for row in candidates.itertuples():
         centre = (float(row.center_z), float(row.center_y), float(row.center_x))
         geometry = crop_geometry(centre, bundle["crop_size"], spacing, bundle["target_spacing"])
+        paste_lo, paste_hi = paste_region(geometry, image.shape)
+        if any(low >= high for low, high in zip(paste_lo, paste_hi, strict=True)):
+            # a detection on the canvas' padding, beyond the scan (e.g. a scan smaller than the
+            # detector's canvas): no scan voxel to segment
+            logger.info("candidate at %s (scan voxels) lies outside the scan: dropped", centre)
+            continue
         lo, hi = source_box(geometry)
         box = padded_box(image, lo, hi)
         # the image only: an empty mask, any interpolation (nearest is the cheaper)
         crop, _, _ = cut_crop(box, np.zeros(box.shape, np.uint8), geometry, lo, 1, "nearest")
         probability = predict(model, crop[None], bundle["settings"], batch_size=1)[0]
-        paste_lo, paste_hi = paste_region(geometry, image.shape)
         scan_probability = crop_probability_to_scan(probability, geometry, paste_lo, paste_hi)
         pieces.append(Piece(tuple(paste_lo), scan_probability, centre))
     return pieces
