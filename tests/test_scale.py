@@ -1,6 +1,10 @@
-"""Scale benchmark: per-stage costs from Snakemake benchmark files, growth exponents, figure."""
+"""Scale benchmark: per-stage costs from Snakemake benchmark files and job logs, growth exponents,
+figure, the detection and prediction stages (a real tiny run), the config/lidc.yaml projection.
+"""
 
 from __future__ import annotations
+
+import math
 
 import pandas as pd
 import pytest
@@ -121,3 +125,119 @@ def test_scale_patients_spread_over_the_database_and_nest_nothing_twice():
     patients = scale_patients(30)
     assert len(set(patients)) == 30 and patients == sorted(patients)
     assert patients[0] == "LIDC-IDRI-0001" and all(p.startswith("LIDC-IDRI-") for p in patients)
+
+
+def test_sliding_window_coverage_counts_monais_windows():
+    """The voxels MONAI's windows cover per canvas voxel, as its own window list gives them."""
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    from lungseg.bench.scale_lidc import window_coverage
+
+    for canvas, patch in (((88, 80, 96), (32, 48, 48)), ((320, 320, 384), (96, 96, 96))):
+        interval = _get_scan_interval(canvas, patch, 3, (0.25,) * 3)
+        windows = len(dense_patch_slices(canvas, patch, interval))
+        expected = windows * math.prod(patch) / math.prod(canvas)
+        assert window_coverage(canvas, patch, 0.25) == pytest.approx(expected)
+    assert window_coverage((88, 80, 96), (32, 48, 48), 0.25) == pytest.approx(2.618, abs=1e-3)
+
+
+def test_detector_seconds_a_scan_are_the_difference_between_the_two_largest_runs(tmp_path):
+    from lungseg.bench.scale_lidc import detector_scan_seconds
+    from lungseg.core.rule import RESOURCES_LINE
+
+    runs = {}
+    for scans, val, cpu in ((10, 2, (7.0, 20.0)), (30, 7, (9.5, 40.0))):
+        run = runs[scans] = tmp_path / f"N{scans}"
+        for i in range(val):
+            _benchmark_file(run / f"benchmarks/predict/1.2.{i}.tsv", 20.0, 1300, 30, 15.0)
+        for name, seconds in zip(("iunet_whole", "unet_patch"), cpu, strict=True):
+            log = run / f"logs/detect/{name}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text("x INFO lungseg: " + RESOURCES_LINE.format(cpu_s=seconds, max_rss_mb=1))
+    found = detector_scan_seconds(runs).set_index("detector")["cpu_s_per_scan"]
+    assert found["iunet_whole"] == pytest.approx(0.5) and found["unet_patch"] == pytest.approx(4)
+
+
+def test_lidc_projection_scales_detection_by_canvas_network_and_windows():
+    """Per-scan stages linear in the scans, the others from the projection; detection scaled
+    by the lidc.yaml canvas, network and sliding windows; GPU stages not measured."""
+    from lungseg.bench.scale_lidc import lidc_config, lidc_projection, window_coverage
+    from lungseg.bench.scale_stages import read_yaml
+
+    sample, lidc = read_yaml("config.yaml"), lidc_config("config/lidc.yaml")
+    stages = ("convert", "crops", "detection_volume", "detect", "predict")
+    jobs = {"convert": 30, "crops": 1, "detection_volume": 30, "detect": 2, "predict": 6}
+    frame = pd.DataFrame(
+        [
+            {"scans": 30, "stage": s, "jobs": jobs[s], "cpu_s": 36.0, "disk_mb": 300.0}
+            for s in stages
+        ]
+    )
+    fit = {"cpu_s_at_1018_by_slices": 3600.0, "cpu_s_at_1018": 1.0}
+    fit |= {"disk_mb_at_1018_by_slices": 1000.0, "disk_mb_at_1018": 1.0, "jobs_at_1018": 9.0}
+    fits = pd.DataFrame([{"stage": s} | fit for s in stages])
+    volumes = pd.DataFrame(
+        {"sample_cpu_s": [1.0, 1.0], "lidc_cpu_s": [4.0, 6.0], "sample_mb": [1.0, 1.0]}
+        | {"lidc_mb": [30.0, 50.0]}
+    )
+    detectors = pd.DataFrame(
+        {"detector": ["iunet_whole", "unet_patch"], "cpu_s_per_scan": [0.5, 4.0]}
+    )
+    networks = pd.DataFrame({"detector": ["iunet_whole", "unet_patch"], "ratio": [10.0, 20.0]})
+    out = lidc_projection(
+        frame, fits, sample, lidc, volumes=volumes, detectors=detectors, networks=networks
+    ).set_index("stage")
+    per_scan, val = 1018 / 30, 6 * 1018 / 30
+    canvas = (320 * 320 * 384) / (88 * 80 * 96)
+    windows = window_coverage((320, 320, 384), (96, 96, 96), 0.25)
+    windows /= window_coverage((88, 80, 96), (32, 48, 48), 0.25)
+    assert out.loc["convert", "jobs"] == 1018
+    assert out.loc["convert", "cpu_h"] == pytest.approx(36 * per_scan / 3600, abs=1e-3)
+    assert out.loc["convert", "disk_gb"] == pytest.approx(0.3 * per_scan, abs=1e-3)
+    assert out.loc["crops", "disk_gb"] == 8.0 and out.loc["crops", "cpu_h"] == 8.0  # 64^3 / 32^3
+    volume = out.loc["detection_volume"]
+    assert volume["cpu_h"] == pytest.approx((36 * per_scan + 1018 * 4) / 3600, abs=1e-3)
+    assert volume["disk_gb"] == pytest.approx(0.3 * per_scan * 40, rel=1e-3)
+    whole, patch = 0.5 * canvas * 10, 4.0 * canvas * 20 * windows
+    assert out.loc["detect", "cpu_h"] == pytest.approx(val * (whole + patch) / 3600, rel=1e-3)
+    predict = out.loc["predict[iunet_whole]"]
+    assert predict["jobs"] == round(val)
+    assert predict["cpu_h"] == pytest.approx((36 * per_scan + val * (whole - 0.5)) / 3600, rel=1e-3)
+    assert pd.isna(out.loc["train", "gpu_h"]) and "not measured here" in out.loc["train", "method"]
+    assert out.loc["train_detector", "jobs"] == 2 and out.loc["detect", "gpu_h"] == 0
+
+
+@pytest.mark.slow
+def test_a_run_with_detection_measures_detection_volumes_detect_and_predict(tmp_path):
+    """A real Snakemake run (2 small scans, tiny settings) up to predict_all: the per-scan
+    detection and prediction stages appear in the table with positive CPU seconds."""
+    from workflow_helpers import TINY_PATIENTS, tiny_config
+
+    from lungseg.bench.scale_lidc import detection_volume_costs
+    from lungseg.bench.scale_stages import (
+        DETECTION_STAGES,
+        deep_update,
+        measured_stages,
+        run_workflow,
+        scale_config,
+        targets,
+    )
+
+    overrides = {k: v for k, v in tiny_config().items() if k != "models"}
+    config = scale_config(TINY_PATIENTS, 0, detection_epochs=1, overrides=overrides)
+    assert all(d["epochs"] == 1 for d in config["detectors"].values())
+    run_workflow(tmp_path, config, targets(0, 1), cores=2, timeout_s=900)
+    costs = stage_costs(tmp_path, measured_stages(0, 1)).set_index("stage")
+    assert list(costs.index[-len(DETECTION_STAGES) :]) == list(DETECTION_STAGES)
+    assert "train" not in costs.index  # trained for the predictor, not measured
+    assert (costs.loc[list(DETECTION_STAGES), "cpu_s"] > 0).all()
+    assert costs.loc["detection_volume", "jobs"] == 2 and costs.loc["detect", "jobs"] == 2
+    assert costs.loc["predict", "jobs"] >= 1 and costs.loc["predict", "disk_mb"] > 0
+    assert pd.isna(costs.loc["detect", "wall_s"])  # rule detect has no benchmark: file
+    # both volume settings on the run's scans (here a 4 mm canvas stands in for lidc.yaml's)
+    other = deep_update(config, {"detection": {"volumes": {"spacing": [4.0] * 3}}})
+    other["detection"]["volumes"]["shape"] = [88, 80, 96]
+    volumes = detection_volume_costs(tmp_path, other, config, count=2)
+    assert len(volumes) == 2 and (volumes.drop(columns="volume") > 0).all().all()
+    assert (volumes["lidc_mb"] > volumes["sample_mb"]).all()

@@ -69,7 +69,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "bench-scale": (
         "lungseg.bench.scale:run_scale",
-        "cost of each workflow stage vs the number of sample scans (10, 30, 100)",
+        "cost of each workflow stage vs the number of sample scans (--detection-epochs 1: "
+        "also detection volumes, detect, predict; projection for config/lidc.yaml)",
     ),
     "detection-volume": (
         "lungseg.detection.volumes:detection_volume",

@@ -3,7 +3,9 @@
 For each number of scans ``N`` (:func:`scale_patients`: ``N`` patients spread evenly over the
 annotation database's 1010 patients, so that their scans are as long as the collection's) the
 workflow is copied into ``workdir/N<n>`` and run there on generated sample data, up to the
-split (and, with ``epochs > 0``, one U-Net trained for that many epochs). Each job's Snakemake
+split (and, with ``epochs > 0``, one U-Net trained for that many epochs; with
+``detection_epochs > 0`` on to the detection volumes, ``detect``, ``predict`` and the cascade:
+:mod:`lungseg.bench.scale_stages`). Each job's Snakemake
 benchmark file (``benchmarks/**.tsv``: wall seconds ``s``, ``max_rss``, ``io_out``) and the
 CPU seconds its own log ends with (``lungseg.core.rule.RESOURCES_LINE``; Snakemake's sampled
 ``cpu_time`` misses up to 0.5 s a job) give, per stage: jobs, CPU seconds, wall seconds, the
@@ -15,7 +17,8 @@ The runs' scans differ in length, so a per-scan stage can grow faster than N onl
 larger run has longer scans. ``slices`` (the run's CT slices) separates the two: ``k_slices`` is
 how the slices grew, ``k_<cost>_vs_slices`` the exponent of cost against slices (1 for a stage
 whose work per slice is constant), and ``<cost>_at_1018_by_slices`` projects to the collection's
-own number of slices.
+own number of slices. With the detection stages, :mod:`lungseg.bench.scale_lidc` turns the
+projection into CPU hours, disk and GPU hours per stage for config/lidc.yaml (``lidc_table``).
 """
 
 from __future__ import annotations
@@ -23,34 +26,29 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
+from lungseg.bench.scale_stages import (
+    DETECTION_STAGES,
+    STAGE_OUTPUTS,
+    STAGES,
+    disk_mb,
+    measured_stages,
+    read_yaml,
+    run_workflow,
+    scale_config,
+    stage_costs,
+    targets,
+)
 from lungseg.core.atomic import atomic_path, write_csv_atomic
-from lungseg.core.rule import logged_resources
+
+__all__ = ["STAGES", "growth", "run_scale", "scale_figure", "scale_patients", "stage_costs"]
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[3]
-WORKFLOW_PATHS = ("Snakefile", "rules", "workflow_scripts", "envs", "report")
-#: the stages measured, in workflow order (rules with a benchmark file)
-STAGES = (
-    "sample_data",
-    "index",
-    "annotations",
-    "convert",
-    "nodules",
-    "cohort",
-    "crops",
-    "split",
-    "train",
-)
 #: scans of the whole collection (the projection's target)
 LIDC_SCANS = 1018
 SCALE_COLUMNS = [
@@ -68,18 +66,6 @@ SCALE_COLUMNS = [
 #: costs that follow the data's size (per-slice exponents and projection by slices)
 PER_SLICE_METRICS = ("cpu_s", "disk_mb")
 METRICS = ("cpu_s", "wall_s", "max_rss_mb", "written_mb", "disk_mb")
-#: what each stage leaves on disk (its outputs' size: disk_mb)
-STAGE_OUTPUTS = {
-    "sample_data": ["results/sample_data"],
-    "index": ["results/index/series.csv", "results/index/files.csv"],
-    "annotations": ["results/index/annotations.h5"],
-    "convert": ["results/volumes"],
-    "nodules": ["results/nodules.csv"],
-    "cohort": ["results/cohort"],
-    "crops": ["results/crops"],
-    "split": ["results/split"],
-    "train": ["results/models"],
-}
 
 
 def scale_patients(n: int) -> list[str]:
@@ -112,102 +98,6 @@ def _exponent(a: float, b: float, x_a: float, x_b: float) -> float:
     if a > 0 and b > 0 and x_a > 0 and x_b > 0 and x_a != x_b:
         return math.log(b / a) / math.log(x_b / x_a)
     return math.nan
-
-
-def scale_config(patients: list[str], epochs: int) -> dict:
-    """config.yaml of one run: the repository's, with these patients and one model."""
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    config["sample_data"]["patients"] = list(patients)
-    config["training"]["epochs"] = max(epochs, 1)
-    config["models"] = {"unet": {"arch": "unet"}}
-    return config
-
-
-def targets(epochs: int) -> list[str]:
-    files = ["results/split/split.csv", "results/crops/crops.csv", "results/cohort/scans.csv"]
-    return files + (["results/models/unet/metrics.csv"] if epochs > 0 else [])
-
-
-def run_workflow(workdir: Path, patients: list[str], epochs: int, cores: int, timeout_s: int):
-    """Copy the workflow into ``workdir`` and run it there; returns its wall seconds."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    for name in WORKFLOW_PATHS:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, workdir / name, dirs_exist_ok=True)
-        elif source.exists():
-            shutil.copy2(source, workdir / name)
-    config = scale_config(patients, epochs)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    snakemake = str(Path(sys.executable).with_name("snakemake"))
-    command = [snakemake, *targets(epochs), "--directory", str(workdir), "--cores", str(cores)]
-    command += ["--workflow-profile", "none", "--quiet", "progress"]
-    start = time.perf_counter()
-    done = subprocess.run(
-        command, cwd=workdir, capture_output=True, text=True, timeout=timeout_s, check=False
-    )
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
-        raise RuntimeError(f"the workflow on {len(patients)} scans failed:\n{tail}")
-    return time.perf_counter() - start
-
-
-def disk_mb(workdir: Path, paths: list[str]) -> float:
-    """Size in MB of the files at ``paths`` (folders: everything under them)."""
-    total = 0
-    for name in paths:
-        path = workdir / name
-        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-        total += sum(f.stat().st_size for f in files)
-    return total / 1e6
-
-
-def stage_disk_mb(workdir: Path, stage: str) -> float:
-    """What ``stage`` left on disk: measured now, or recorded before ``results/`` was removed."""
-    recorded = workdir / "benchmarks" / f"{stage}.disk_mb"
-    if recorded.exists():
-        return float(recorded.read_text())
-    return disk_mb(workdir, STAGE_OUTPUTS[stage])
-
-
-def job_cpu_seconds(workdir: Path, benchmark: Path, sampled: float) -> float:
-    """A job's CPU seconds from the last line of its log (``logs/`` mirrors ``benchmarks/``).
-
-    Snakemake's ``cpu_time`` is the last of its 0.5 s samples (up to half a second short for a
-    job of a few seconds); ``sampled``, that figure, is the fallback for a log without the line."""
-    relative = benchmark.relative_to(workdir / "benchmarks").with_suffix(".log")
-    path = workdir / "logs" / relative
-    found = logged_resources(path.read_text()) if path.exists() else None
-    return found["cpu_s"] if found else sampled
-
-
-def stage_costs(workdir: Path) -> pd.DataFrame:
-    """Per stage of a finished run: jobs, CPU and wall seconds, largest job RSS, MB written."""
-    rows = []
-    for stage in STAGES:
-        files = sorted((workdir / "benchmarks").glob(f"{stage}.tsv")) + sorted(
-            (workdir / "benchmarks" / stage).rglob("*.tsv")
-        )
-        if not files:
-            continue
-        tables = [pd.read_csv(f, sep="\t") for f in files]
-        cpu = [
-            job_cpu_seconds(workdir, f, float(t["cpu_time"].iloc[0]))
-            for f, t in zip(files, tables, strict=True)
-        ]
-        jobs = pd.concat(tables, ignore_index=True)
-        rows.append(
-            {
-                "stage": stage,
-                "jobs": len(files),
-                "cpu_s": float(sum(cpu)),
-                "wall_s": float(jobs["s"].sum()),
-                "max_rss_mb": float(jobs["max_rss"].max()),
-                "written_mb": float(pd.to_numeric(jobs["io_out"], errors="coerce").sum()),
-                "disk_mb": stage_disk_mb(workdir, stage),
-            }
-        )
-    return pd.DataFrame(rows)
 
 
 def growth(frame: pd.DataFrame, total_slices: float | None = None) -> pd.DataFrame:
@@ -252,13 +142,18 @@ def scale_figure(frame: pd.DataFrame, fits: pd.DataFrame):
 
     figure = Figure(figsize=(13, 4.5), dpi=120, layout="constrained")
     ax_cpu, ax_rss, ax_disk = figure.subplots(1, 3)
+    from matplotlib import colormaps
+
     k = fits.set_index("stage")
-    for stage, group in frame.groupby("stage", sort=False):
+    colours = colormaps["tab20"].colors
+    for i, (stage, group) in enumerate(frame.groupby("stage", sort=False)):
         group = group.sort_values("scans")
+        style = {"color": colours[i % len(colours)], "marker": "o"}
+        style["linestyle"] = "--" if stage in DETECTION_STAGES else "-"
         # disk_mb (the outputs' size), not io_out: Snakemake's io_out is 0 for some small jobs
         for axis, metric in ((ax_cpu, "cpu_s"), (ax_rss, "max_rss_mb"), (ax_disk, "disk_mb")):
             exponent = k.loc[stage, f"k_{metric}"] if stage in k.index else math.nan
-            axis.plot(group["scans"], group[metric], "o-", label=f"{stage} (k={exponent:.2f})")
+            axis.plot(group["scans"], group[metric], label=f"{stage} (k={exponent:.2f})", **style)
     scans = sorted(frame["scans"].unique())
     titles = (
         (ax_cpu, "CPU seconds per stage (all its jobs)", "CPU seconds"),
@@ -282,14 +177,30 @@ def run_scale(
     workdir: str = "results/scale",
     scans: list[int] = (10, 30, 100),
     epochs: int = 0,
+    detection_epochs: int = 0,
+    overrides: str | None = None,
+    lidc_config: str = "config/lidc.yaml",
+    lidc_table: str = "results/benchmarks/scale_lidc.csv",
     threads: int = 2,
     timeout_s: int = 7200,
 ) -> pd.DataFrame:
-    """Run the workflow on each number of sample ``scans``; per-stage costs, growth, projection."""
-    frames = []
-    for n in sorted(int(s) for s in scans or (10, 30, 100)):
-        run_dir = Path(workdir) / f"N{n}"
+    """Run the workflow on each number of sample ``scans``; per-stage costs, growth, projection.
+
+    ``detection_epochs > 0`` adds detection volumes, detect, predict and cascade (detectors
+    trained that many short epochs) and the projection for ``lidc_config`` (``lidc_table``, and
+    its measurements as ``<lidc_table>_networks.csv`` and ``_volumes.csv``);
+    ``overrides``: a YAML merged over each run's config.yaml last."""
+    from lungseg.bench import scale_lidc
+
+    frames, run_dirs, config = [], {}, {}
+    extra = read_yaml(overrides) if overrides else {}
+    stages = measured_stages(epochs, detection_epochs)
+    sizes = sorted(int(s) for s in scans or (10, 30, 100))
+    volumes = None
+    for n in sizes:
+        run_dir = run_dirs[n] = Path(workdir) / f"N{n}"
         patients = scale_patients(n)
+        config = scale_config(patients, epochs, detection_epochs, extra)
         done = run_dir / "run_wall_s.txt"  # a finished run is reused (delete it to rerun)
         if done.exists():
             wall = float(done.read_text())
@@ -298,18 +209,28 @@ def run_scale(
             if run_dir.exists():
                 shutil.rmtree(run_dir)
             log.info("workflow on %d sample scans in %s", n, run_dir)
-            wall = run_workflow(run_dir, patients, epochs, threads, timeout_s)
-        costs = stage_costs(run_dir).assign(
+            wall = run_workflow(
+                run_dir, config, targets(epochs, detection_epochs), threads, timeout_s
+            )
+        costs = stage_costs(run_dir, stages).assign(
             scans=n, slices=scan_slices(patients), run_wall_s=round(wall, 1)
         )
         log.info("%d scans: %.0f s wall\n%s", n, wall, costs.to_string(index=False))
         frames.append(costs)
+        measured = run_dir / "benchmarks" / "lidc_detection_volume.csv"
+        if detection_epochs > 0 and n == sizes[-1] and not measured.exists():
+            lidc = scale_lidc.lidc_config(lidc_config)
+            log.info("%d scans: detection volumes with %s's settings", n, lidc_config)
+            write_csv_atomic(measured, scale_lidc.detection_volume_costs(run_dir, lidc, config))
+        if measured.exists():
+            volumes = pd.read_csv(measured)
         if not done.exists():
             for stage in costs["stage"]:  # what each stage left on disk, before it goes
                 (run_dir / "benchmarks" / f"{stage}.disk_mb").write_text(
                     str(disk_mb(run_dir, STAGE_OUTPUTS[stage]))
                 )
             shutil.rmtree(run_dir / "results", ignore_errors=True)  # keep benchmarks/, logs/
+            shutil.rmtree(run_dir / "lidc_detection_volume", ignore_errors=True)
             done.write_text(f"{wall:.1f}")
     frame = pd.concat(frames, ignore_index=True)[SCALE_COLUMNS].round(2)
     fits = growth(frame, collection_slices())
@@ -318,4 +239,26 @@ def run_scale(
     figure = scale_figure(frame, fits)
     with atomic_path(Path(plot)) as tmp:
         figure.savefig(tmp, format="png", dpi=figure.dpi)
+    if detection_epochs > 0:
+        lidc = scale_lidc.lidc_config(lidc_config)
+        networks = Path(workdir) / "lidc_networks.csv"  # measured once, then reused
+        if not networks.exists():
+            write_csv_atomic(networks, scale_lidc.network_costs(config, lidc))
+        detectors = scale_lidc.detector_scan_seconds(run_dirs)
+        projected = scale_lidc.lidc_projection(
+            frame,
+            fits,
+            config,
+            lidc,
+            volumes=volumes,
+            detectors=detectors,
+            networks=pd.read_csv(networks),
+        )
+        log.info("projection for %s:\n%s", lidc_config, projected.to_string(index=False))
+        write_csv_atomic(Path(lidc_table), projected)
+        measured = {"networks": pd.read_csv(networks), "volumes": volumes}
+        for name, found in measured.items():  # the measurements, next to the table
+            if found is not None:
+                stem = Path(lidc_table).stem
+                write_csv_atomic(Path(lidc_table).with_name(f"{stem}_{name}.csv"), found)
     return frame
