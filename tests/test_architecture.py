@@ -311,10 +311,8 @@ def test_trainer_and_model_views_are_variant_keys_without_defaults():
     from lungseg.training.trainer import TrainingSettings
 
     variant = {f.name: f.type for f in dataclasses.fields(VariantSettings)}
-    for cls, own in ((TrainingSettings, set()), (ModelSettings, {"lean_memory"})):
+    for cls, own in ((TrainingSettings, set()), (ModelSettings, set())):
         for field in dataclasses.fields(cls):
-            if field.name in own:  # no config key (the benchmark's stock-iunets variant)
-                continue
             assert variant.get(field.name) == field.type, f"{cls.__name__}.{field.name}"
             assert field.default is dataclasses.MISSING, f"{cls.__name__}.{field.name}"
         defaults = VariantSettings.from_config({}).to_config()

@@ -68,13 +68,20 @@ def test_bad_settings_are_named(settings, message):
 
 
 def test_missing_model_keys_take_the_schema_defaults():
-    """Defaults live in the schema only: ModelSettings has none of its own (but lean_memory)."""
+    """Defaults live in the schema only: ModelSettings has none of its own."""
     from lungseg.core.settings import schema_defaults
     from lungseg.nets.models import ModelSettings
 
     defaults = schema_defaults("training")
     chosen = ModelSettings.from_dict({})
-    for key in ("arch", "channels", "levels", "blocks_per_level", "deep_supervision"):
+    for key in (
+        "arch",
+        "channels",
+        "levels",
+        "blocks_per_level",
+        "deep_supervision",
+        "lean_memory",
+    ):
         assert getattr(chosen, key) == defaults[key]
 
 

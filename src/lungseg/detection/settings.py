@@ -60,6 +60,7 @@ class DetectorSettings(StageSettings):
     levels: int
     blocks_per_level: int
     memory_efficient: bool
+    lean_memory: str | bool
     loss: str
     foreground_weight: float
     nodule_balance_voxels: int

@@ -23,6 +23,7 @@ from torch import nn
 
 from lungseg.core.settings import schema_defaults
 from lungseg.nets.cpu_convolution import use_onednn_convolutions
+from lungseg.nets.versions import lean_memory_enabled
 
 ARCHS = ("unet", "iunet")
 
@@ -31,8 +32,9 @@ ARCHS = ("unet", "iunet")
 class ModelSettings:
     """The model keys of a variant's settings (other keys, e.g. training ones, are ignored).
 
-    A key left out takes the schema's default (``training`` section of the config schema);
-    ``lean_memory`` is no config key: off only for the benchmark's stock-iunets variant.
+    A key left out takes the schema's default (``training`` section of the config schema).
+    ``lean_memory`` (auto, true, false) is resolved by :func:`lean_memory_enabled` when the
+    model is built.
     """
 
     arch: str
@@ -41,7 +43,7 @@ class ModelSettings:
     blocks_per_level: int
     deep_supervision: bool
     memory_efficient: bool
-    lean_memory: bool = True
+    lean_memory: str | bool
 
     @classmethod
     def from_dict(cls, settings: dict[str, Any]) -> ModelSettings:
@@ -80,7 +82,7 @@ def build_model(settings: dict[str, Any]) -> nn.Module:
             blocks_per_level=chosen.blocks_per_level,
             deep_supervision=chosen.deep_supervision,
             memory_efficient=chosen.memory_efficient,
-            lean_memory=chosen.lean_memory,
+            lean_memory=chosen.memory_efficient and lean_memory_enabled(chosen.lean_memory),
         )
     use_onednn_convolutions(model)
     return model
@@ -212,7 +214,7 @@ class InvertibleUNet3D(nn.Module):
         blocks_per_level: int,
         deep_supervision: bool,
         memory_efficient: bool,
-        lean_memory: bool = True,
+        lean_memory: bool,
     ):
         super().__init__()
         # Imported here: iunets and memcnn are slow to import and only iUNets need them.

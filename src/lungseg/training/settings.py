@@ -25,6 +25,7 @@ class VariantSettings(StageSettings):
     blocks_per_level: int
     deep_supervision: bool
     memory_efficient: bool
+    lean_memory: str | bool
     loss: str
     scale_weights: str | tuple[float, ...]
     target_downsampling: str
