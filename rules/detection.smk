@@ -38,6 +38,8 @@ rule detection_scans:
         table="results/detection_volumes/scans.csv",
     log:
         "logs/detection_scans.log",
+    benchmark:
+        "benchmarks/detection_scans.tsv"
     conda:
         "../envs/lungseg.yaml"
     threads: 1
@@ -86,14 +88,19 @@ rule detect:
         candidates="results/detection/{detector}/candidates.csv",
     log:
         "logs/detect/{detector}.log",
+    benchmark:
+        "benchmarks/detect/{detector}.tsv"
     wildcard_constraints:
         detector=detector_wildcard_pattern(),
     conda:
         "../envs/lungseg.yaml"
-    threads: 1
+    # the train_detector job's resources: the same network over every validation scan (on the
+    # real collection ~12-57 CPU hours, docs/cluster.md: a GPU job there)
+    threads: detection_resource("threads")
     resources:
         mem_mb=detection_resource("mem_mb"),
-        runtime=30,
+        runtime=detection_resource("runtime"),
+        gpu=detection_resource("gpu"),
     params:
         code=script_code("detect"),
         settings=detector_settings,
