@@ -157,8 +157,8 @@ TRAINING = CONVERSION | {"crops", "split", "train", "evaluate"}
         ("ingest/convert.py", {"index", "nodules", "crops", "train"}, {"sample_data"}),
         # training picks best.pt by this Dice; the detectors too
         ("evaluation/metrics.py", {"train", "train_detector", "evaluate"}, CONVERSION),
-        # every job writes through it
-        ("core/atomic.py", {"sample_data", "index", "crops", "split", "train"}, set()),
+        # every job writes through it (this run reads a DICOM folder: no sample_data jobs)
+        ("core/atomic.py", {"index", "crops", "split", "train", "detect"}, set()),
     ],
 )
 def test_editing_the_package_reruns_its_stage_and_what_depends_on_it(
@@ -166,7 +166,10 @@ def test_editing_the_package_reruns_its_stage_and_what_depends_on_it(
 ):
     """A copy of the package first on PYTHONPATH (the run's own is the repository's): unedited
     it schedules nothing (the hash is of the sources, not their mtimes); edited, its stage."""
-    shutil.copytree(REPO / "src" / "lungseg", tmp_path / "src" / "lungseg")
+    package = tmp_path / "src" / "lungseg"
+    shutil.copytree(REPO / "src" / "lungseg", package, ignore=shutil.ignore_patterns("data"))
+    # the package data stays where the run found it (the radiomics parameters are an input)
+    (package / "data").symlink_to(REPO / "src" / "lungseg" / "data")
     # the copy finds the schema beside the repository's package, not beside itself
     schema = REPO / "src" / "lungseg" / "data" / "config.schema.yaml"
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "src"), "LUNGSEG_SCHEMA": str(schema)}

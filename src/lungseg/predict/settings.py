@@ -58,7 +58,7 @@ class PredictSettings(StageSettings):
             tail = parts[after[-1] :] if after else parts
             packaged = DATA.joinpath(*tail)
             if tail and ".." not in tail and packaged.is_file():
-                return packaged
+                return packaged.resolve()  # one path for one file (a rerun trigger)
         raise InputError(
             f"predict.radiomics_params: {value}: radiomics parameter file not found "
             "(neither as given nor packaged with lungseg)"
