@@ -112,11 +112,16 @@ def detector_scan_seconds(run_dirs: dict[int, Path]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def network_costs(sample: dict, lidc: dict, shape=(88, 80, 96), repeats: int = 2) -> pd.DataFrame:
+def network_costs(sample: dict, lidc: dict, repeats: int = 2) -> pd.DataFrame:
     """Per detector of ``lidc``: forward CPU seconds (one thread, ``time.process_time``, the
     least of ``repeats`` after a warm-up) of its network with the sample's and with lidc.yaml's
-    settings on one input of ``shape``; their ratio."""
+    settings on one input of the sample's canvas shape; their ratio."""
     import torch
+
+    from lungseg.detection.settings import VolumeSettings
+
+    volumes = (sample.get("detection") or {}).get("volumes") or {}
+    shape = VolumeSettings.from_config(volumes).shape
 
     from lungseg.detection.settings import detector_settings
     from lungseg.nets.models import build_model
