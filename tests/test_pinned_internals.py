@@ -2,11 +2,12 @@
 
 ``lungseg.nets.invertible`` (the lean memcnn backward: ~10 % of the U-Net's step memory
 instead of stock iunets' ~38 %, docs/benchmark.md) subclasses memcnn's
-``InvertibleCheckpointFunction`` and reads its ``ctx``; ``lungseg.nets.models`` swaps iunets' Cayley kernel function and wraps its resampling layers;
-``lungseg.nets.cpu_convolution`` overrides ``nn.Conv3d._conv_forward`` and calls
-``torch.ops.aten.mkldnn_convolution``. When an upgrade of the pinned memcnn, iunets or torch
-changes one of these, a test here fails with a message naming the pinned and installed versions
-(and what lungseg relies on), before the subtler gradient and memory tests do.
+``InvertibleCheckpointFunction`` and reads its ``ctx``; ``lungseg.nets.models`` swaps iunets'
+Cayley kernel function and wraps its resampling layers; ``lungseg.nets.cpu_convolution``
+overrides ``nn.Conv3d._conv_forward`` and calls ``torch.ops.aten.mkldnn_convolution``. When an
+upgrade of the pinned memcnn, iunets or torch changes one of these, a test here fails with a
+message naming the pinned and installed versions (and what lungseg relies on), before the
+subtler gradient and memory tests do.
 """
 
 from __future__ import annotations
