@@ -360,9 +360,9 @@ def write_workflow(workdir: Path, crops: dict[str, Path]) -> dict:
     # Two of the default variants keep the test short; both are edited below.
     config["models"] = {name: config["models"][name] for name in ("iunet_ms", "iunet_msw")}
     snakefile = (
-        'from snakemake.utils import validate\n'
+        "from snakemake.utils import validate\n"
         'from lungseg.core.settings import SCHEMA_PATH\n\nconfigfile: "config.yaml"\n\n'
-        'validate(config, str(SCHEMA_PATH))\n\n'
+        "validate(config, str(SCHEMA_PATH))\n\n"
         'include: "rules/common.smk"\ninclude: "rules/train.smk"\n'
     )
     copy_workflow(workdir, {}, snakefile=snakefile)
