@@ -26,7 +26,9 @@ SAMPLE_ROOT = "results/sample_data"
 def script_code(script):
     """A rule's `code` param: the hash of every lungseg module its workflow script runs (an
     edit there reruns the rule; tests/test_reruns.py)."""
-    return script_code_hash(Path(workflow.basedir) / "workflow_scripts" / f"{script}.py")
+    return script_code_hash(
+        Path(workflow.basedir) / "workflow_scripts" / f"{script}.py"
+    )
 
 
 def settings_of(cls):
