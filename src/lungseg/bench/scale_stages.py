@@ -3,9 +3,9 @@
 A run is the workflow copied into its own folder and run there by Snakemake on generated sample
 data (:func:`run_workflow`). Its jobs' Snakemake benchmark files (``benchmarks/**.tsv``) and the
 CPU seconds each job's log ends with (:data:`lungseg.core.rule.RESOURCES_LINE`) give the
-per-stage costs (:func:`stage_costs`). A stage whose rule declares no ``benchmark:`` (``detect``,
-``detection_scans``) is read from its logs alone: CPU seconds and peak RSS, no wall seconds or
-bytes written (left empty).
+per-stage costs (:func:`stage_costs`). A stage whose rule declares no ``benchmark:`` (none
+now; ``detect`` and ``detection_scans`` had none before) is read from its logs alone: CPU
+seconds and peak RSS, no wall seconds or bytes written (left empty).
 
 With ``detection_epochs > 0`` a run goes on to ``predict_all``: detection volumes, both
 configured detectors trained ``detection_epochs`` epochs (patch mode: two optimiser steps an
