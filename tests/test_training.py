@@ -41,6 +41,7 @@ SETTINGS = {
     "blocks_per_level": 1,
     "deep_supervision": True,
     "memory_efficient": True,
+    "lean_memory": "auto",
     "loss": "dice_bce",
     "scale_weights": "learned",
     "target_downsampling": "area",
