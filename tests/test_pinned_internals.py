@@ -118,3 +118,32 @@ def test_pinned_versions_are_the_lock_files(package):
         pinned = {f"{package}=={PINNED[package]}", f"{package}==={PINNED[package]}"}
         pinned |= {f"{package}=={PINNED[package]}+cpu"}
         assert pinned & set(lines), f"update PINNED with {package}'s pin in {name}"
+
+
+def test_iunets_layers_compute_their_kernel_through_the_swapped_function():
+    """lungseg swaps ``__calculate_kernel_matrix__`` on each layer for its exact-gradient Cayley
+    map; that only matters if the layers' forward (``kernel_matrix``) really calls it."""
+    from iunets.layers import OrthogonalChannelMixing, OrthogonalResamplingLayer
+
+    from lungseg.nets import models
+
+    model = models.build_model({"arch": "iunet", "channels": 4, "levels": 2})
+    layers = [
+        m
+        for m in model.core.modules()
+        if isinstance(m, OrthogonalResamplingLayer | OrthogonalChannelMixing)
+    ]
+    calls = []
+    for layer in layers:
+        assert layer.__calculate_kernel_matrix__ is models.cayley_kernel_matrix
+
+        def spy(*args, **kwargs):
+            calls.append(1)
+            return models.cayley_kernel_matrix(*args, **kwargs)
+
+        layer.__calculate_kernel_matrix__ = spy
+    with torch.no_grad():
+        model(torch.zeros(1, 1, 8, 8, 8))
+    assert len(calls) >= len(layers), because(
+        "iunets", "the layers' kernel_matrix calls self.__calculate_kernel_matrix__"
+    )
