@@ -63,8 +63,12 @@ def _found(folder: Path) -> tuple[int, float]:
 
 def plan(root: str | Path, patients: tuple[str, ...] | list[str]) -> pd.DataFrame:
     """Every CT series of ``patients`` (empty: all) with what ``root`` already holds of it."""
-    root = Path(root)
-    table = idc.ct_series(patients)
+    return count(Path(root), idc.ct_series(patients))
+
+
+def count(root: Path, table: pd.DataFrame) -> pd.DataFrame:
+    """``table``'s series (manifest columns) with the files and MB ``root`` holds of each."""
+    table = table.copy()
     found = [_found(series_folder(root, row)) for row in table.itertuples()]
     table["found_instances"] = [n for n, _ in found]
     table["found_mb"] = [round(mb, 6) for _, mb in found]
@@ -139,8 +143,7 @@ def fetch(root: Path, table: pd.DataFrame, source: str) -> None:
 
 def verify(root: Path, table: pd.DataFrame) -> pd.DataFrame:
     """The plan recounted after a transfer; a series short of instances is a :class:`DataError`."""
-    after = plan(root, tuple(table["patient_id"].unique()))
-    after = after[after["series_uid"].isin(table["series_uid"])].reset_index(drop=True)
+    after = count(root, table.drop(columns=["found_instances", "found_mb", "status"]))
     short = after[after["found_instances"] < after["instances"]]
     if not short.empty:
         free_mb = shutil.disk_usage(root).free / 1e6

@@ -53,9 +53,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _bundle(kind: str, checkpoint: str | Path, name: str, **extra: Any) -> dict[str, Any]:
+def _bundle(kind: str, state: dict[str, Any], name: str, **extra: Any) -> dict[str, Any]:
     """A bundle of ``kind``: the header, the checkpoint's settings, ``extra``, epoch and model."""
-    state = read_checkpoint(checkpoint)
     return {
         "kind": kind,
         "format": BUNDLE_FORMAT,
@@ -86,11 +85,12 @@ def _recorded(checkpoint: str | Path, state: dict, what: str, keys: Sequence[str
 def detector_bundle(checkpoint: str | Path, operating_point: dict, name: str) -> dict[str, Any]:
     """The detector bundle of a trained detector's best.pt and its operating_point.json; the
     volume geometry is the one it was trained on (its checkpoint's settings)."""
-    volumes = _recorded(checkpoint, read_checkpoint(checkpoint)["settings"], "volumes", VOLUME_KEYS)
+    state = read_checkpoint(checkpoint)
+    volumes = _recorded(checkpoint, state["settings"], "volumes", VOLUME_KEYS)
     keys = ("threshold", "fps_per_scan_target", "fps_per_scan", "sensitivity")
     return _bundle(
         DETECTOR,
-        checkpoint,
+        state,
         name,
         volumes=volumes,
         operating_point={key: operating_point.get(key) for key in keys},
@@ -99,10 +99,9 @@ def detector_bundle(checkpoint: str | Path, operating_point: dict, name: str) ->
 
 def segmenter_bundle(checkpoint: str | Path, name: str) -> dict[str, Any]:
     """The segmenter bundle of a crop model's best.pt with the crop grid it was trained on."""
-    grid = _recorded(
-        checkpoint, read_checkpoint(checkpoint), "crop_grid", ("crop_size", "target_spacing")
-    )
-    return _bundle(SEGMENTER, checkpoint, name, **grid)
+    state = read_checkpoint(checkpoint)
+    grid = _recorded(checkpoint, state, "crop_grid", ("crop_size", "target_spacing"))
+    return _bundle(SEGMENTER, state, name, **grid)
 
 
 def save_bundle(bundle: dict[str, Any], path: str | Path) -> None:
