@@ -4,12 +4,13 @@ Per series (steps timed in ``summary.json``): **read** (lungseg's DICOM reader),
 detector on the whole scan, :mod:`lungseg.predict.find`), **segment** (the crop model on each
 detection, masks pasted into the scan grid, :mod:`lungseg.predict.segment`), **write**
 (nodules.csv, image.nii.gz, nodules.nii.gz, nodules.seg.dcm, overview.png) and **radiomics**
-(radiomics.csv). Everything of a series is written into a staging folder next to
-``DIR/<series_uid>/`` and moved there at the end: a failed or killed run leaves no half result,
-and a rerun replaces the old one whole. A scan without nodules gets empty tables, an empty label
-map and no DICOM-SEG (a Segmentation needs at least one segment). Before any model is loaded or
-series read, the output folder is made, probed with a real write and rid of the staging folders
-of killed runs (:mod:`lungseg.predict.outdir`).
+(radiomics.csv): the output formats are the writers of :data:`lungseg.predict.writers.WRITERS`,
+run in order on one :class:`~lungseg.predict.writers.SeriesPrediction`. Everything of a series
+is written into a staging folder next to ``DIR/<series_uid>/`` and moved there at the end: a
+failed or killed run leaves no half result, and a rerun replaces the old one whole. A scan
+without nodules gets empty tables, an empty label map and no DICOM-SEG (a Segmentation needs at
+least one segment). Before any model is loaded or series read, the output folder is made, probed
+with a real write and rid of the staging folders of killed runs (:mod:`lungseg.predict.outdir`).
 """
 
 from __future__ import annotations
@@ -27,15 +28,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lungseg.core.atomic import write_csv_atomic, write_text_atomic
+from lungseg.core.atomic import write_text_atomic
 from lungseg.core.errors import InputError, OutputError
+from lungseg.inference.model import choose_device
 from lungseg.ingest.convert import series_paths
 from lungseg.ingest.pixels import read_series
 from lungseg.predict.bundle import DETECTOR, SEGMENTER, bundle_model, read_bundle
-from lungseg.predict.dicomseg import write_dicom_seg
 from lungseg.predict.find import detect_candidates, operating_threshold
 from lungseg.predict.measure import measure_nodules
-from lungseg.predict.nifti import write_nifti
 from lungseg.predict.outdir import (
     ensure_writable,
     prepare_out,
@@ -43,27 +43,18 @@ from lungseg.predict.outdir import (
     remove_stale_staging,
     staging_name,
 )
-from lungseg.predict.overview import plot_overview
-from lungseg.predict.radiomics import extract_features
 from lungseg.predict.segment import label_map, segment_candidates
 from lungseg.predict.series import Scan, SeriesInput, find_series, read_scan, series_problem
 from lungseg.predict.settings import PredictSettings
 from lungseg.predict.steps import StepTimes
-from lungseg.training.trainer import choose_device
+from lungseg.predict.writers import SeriesPrediction, output_files, write_outputs
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DETECTOR = "results/predictor/detector.pt"
 DEFAULT_SEGMENTER = "results/predictor/segmenter.pt"
-OUTPUTS = (
-    "nodules.csv",
-    "image.nii.gz",
-    "nodules.nii.gz",
-    "nodules.seg.dcm",
-    "radiomics.csv",
-    "overview.png",
-    "summary.json",
-)
+#: every file of OUT/<series_uid>/: the writers' (lungseg.predict.writers.WRITERS), summary.json
+OUTPUTS = (*output_files(), "summary.json")
 
 
 @dataclass
@@ -116,33 +107,8 @@ def predict_scan(scan: Scan, predictor: Predictor, folder: Path, steps: StepTime
             nodules = measure_nodules(
                 scan.image, labels, probabilities, scan.spacing, scan.origin, scan.direction
             )
-    with steps("write"):
-        write_csv_atomic(folder / "nodules.csv", nodules)
-        geometry = (scan.spacing, scan.origin, scan.direction)
-        write_nifti(folder / "image.nii.gz", scan.image, *geometry)
-        stored = labels.astype(np.uint8) if labels.max(initial=0) < 256 else labels
-        write_nifti(folder / "nodules.nii.gz", stored, *geometry)
-        segments = [(int(k), f"nodule {k}") for k in nodules["label"]]
-        write_dicom_seg(folder / "nodules.seg.dcm", labels, scan.series.paths, segments)
-        plot_overview(
-            folder / "overview.png",
-            scan.image,
-            labels,
-            nodules,
-            scan.spacing,
-            f"{scan.plan.patient_id}  {scan.plan.series_uid}",
-        )
-    with steps("radiomics"):
-        features = extract_features(
-            scan.image,
-            labels,
-            scan.spacing,
-            scan.origin,
-            scan.direction,
-            [int(k) for k in nodules["label"]],
-            predictor.radiomics_params,
-        )
-        write_csv_atomic(folder / "radiomics.csv", features)
+    result = SeriesPrediction(scan, labels, nodules, probabilities, predictor.radiomics_params)
+    write_outputs(result, folder, predictor.settings, steps)  # timed: steps write, radiomics
     return nodules
 
 
