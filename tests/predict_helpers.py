@@ -1,4 +1,5 @@
-"""Small real CT series written with pydicom, for the ``lungseg predict`` writers' tests.
+"""Small real CT series (written by tests/dicom_writer.py) for the ``lungseg predict`` writers'
+tests: :func:`probe_series`.
 
 Each voxel's HU is unique (a permutation), so a voxel read from the wrong place never matches;
 the pixel spacing differs between rows and columns and from the slice step, and the matrix is
@@ -19,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from dicom_writer import WrittenSeries, write_series
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 N_SLICES, ROWS, COLUMNS = 6, 12, 10
 PIXEL_SPACING = (0.7, 0.9)  # (between rows, between columns) mm, DICOM order
@@ -63,71 +64,25 @@ ORIENTATIONS = [
 ORIGIN = np.array([-120.5, 33.25, -80.0])  # LPS of the first slice along the normal
 
 
-@dataclass(frozen=True)
-class WrittenSeries:
-    paths: list[Path]  # in file (instance) order
-    hu: dict[Path, np.ndarray]  # each file's pixels in HU, (rows, columns)
-
-
-def write_ct_series(folder: Path, orientation: Orientation, seed: int = 0) -> WrittenSeries:
-    """Write ``N_SLICES`` files ``1-NNN.dcm``; instance 1 first (see ``descending``)."""
-    folder.mkdir(parents=True, exist_ok=True)
+def probe_series(folder: Path, orientation: Orientation, seed: int = 0) -> WrittenSeries:
+    """``N_SLICES`` files ``1-NNN.dcm`` of unique HU (tests/dicom_writer.py writes them);
+    instance 1 first (see ``descending``); a new series, study and frame of reference."""
     rng = np.random.default_rng(seed)
     hu_volume = (rng.permutation(N_SLICES * ROWS * COLUMNS) - 300).reshape(N_SLICES, ROWS, COLUMNS)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    order = range(N_SLICES - 1, -1, -1) if orientation.descending else range(N_SLICES)
-    written = WrittenSeries([], {})
-    for instance, k in enumerate(order, start=1):
-        position = ORIGIN + k * SLICE_STEP * orientation.normal
-        stored = (hu_volume[k] - RESCALE_INTERCEPT).astype(orientation.dtype)
-        ds = _slice(study, series, frame, instance, position, orientation, stored)
-        path = folder / f"1-{instance:03d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        written.paths.append(path)
-        written.hu[path] = hu_volume[k].astype(np.int16)
-    return written
-
-
-def _slice(study, series, frame, instance, position, orientation, stored) -> Dataset:
-    sop_uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop_uid
-    ds.StudyDate = ds.SeriesDate = "20000101"
-    ds.StudyTime = ds.SeriesTime = "120000"
-    ds.AccessionNumber = ""
-    ds.Modality = "CT"
-    ds.Manufacturer = "lungseg tests"
-    ds.ReferringPhysicianName = ""
-    ds.PatientName, ds.PatientID = "TEST^PREDICT", "LIDC-IDRI-9999"
-    ds.PatientBirthDate = ds.PatientSex = ""
-    ds.SliceThickness = f"{SLICE_STEP:g}"
-    ds.KVP = "120"
-    ds.PatientPosition = "HFS"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-    ds.StudyID = ""
-    ds.SeriesNumber, ds.InstanceNumber, ds.AcquisitionNumber = 3000, instance, 1
-    ds.ImagePositionPatient = [f"{v:.10g}" for v in position]
-    ds.ImageOrientationPatient = [f"{v:.10g}" for v in (*orientation.row, *orientation.column)]
-    ds.FrameOfReferenceUID = frame
-    ds.PositionReferenceIndicator = ""
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = stored.shape
-    ds.PixelSpacing = [f"{v:g}" for v in PIXEL_SPACING]
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 1 if stored.dtype == np.int16 else 0
-    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = f"{RESCALE_INTERCEPT}", "1", "HU"
-    ds.PixelData = stored.tobytes()
-    ds["PixelData"].VR = "OW"
-    return ds
+    return write_series(
+        folder,
+        hu_volume,
+        step=SLICE_STEP,
+        origin=ORIGIN,
+        orientation=(*orientation.row, *orientation.column),
+        pixel_spacing=PIXEL_SPACING,
+        dtype=orientation.dtype,
+        intercept=RESCALE_INTERCEPT,
+        descending=orientation.descending,
+        series_uid=generate_uid(),
+        study_uid=generate_uid(),
+        frame_uid=generate_uid(),
+    )
 
 
 def voxel_lps(path: Path, row: int, column: int) -> np.ndarray:

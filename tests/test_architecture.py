@@ -371,3 +371,78 @@ def test_the_code_hash_follows_an_edit(tmp_path, monkeypatch):
     provenance.import_graph.cache_clear()
     provenance.script_code_hash.cache_clear()
     assert hashes[0] == original != hashes[1]
+
+
+# --- tests/: one DICOM writer, no test module imports another (issue 30) ------------------------
+
+TESTS = Path(__file__).resolve().parent
+#: the one module of tests/ that writes DICOM files with pydicom
+DICOM_WRITER = "dicom_writer.py"
+#: other tests/ files allowed to write with pydicom, each with its reason. None today: a test
+#: that damages a file at the byte level (truncation, a mislabelled transfer syntax, a text file
+#: named .dcm) uses Path.write_bytes / write_text, not pydicom, and needs no entry; pydicom-level
+#: damage (short pixel data, a private element, a missing tag) goes through the writer module
+#: (``tags``, ``edit``, ``rewrite``).
+DICOM_WRITE_EXCEPTIONS: dict[str, str] = {}
+#: pydicom's ways of writing a file: Dataset.save_as, dcmwrite (old name write_file), FileDataset
+PYDICOM_WRITES = {"save_as", "dcmwrite", "write_file", "FileDataset"}
+
+
+def _test_tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def _pydicom_writes(tree: ast.Module) -> list[int]:
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in PYDICOM_WRITES:
+                lines.append(node.lineno)
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and (node.module or "").startswith("pydicom")
+            and any(alias.name in PYDICOM_WRITES for alias in node.names)
+        ):
+            lines.append(node.lineno)
+    return lines
+
+
+def _imported_test_modules(tree: ast.Module) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return {n for n in names if n.split(".")[-1].startswith("test_") or n.startswith("tests.test_")}
+
+
+def test_no_test_module_imports_another():
+    """Helpers shared by test modules live in *_helpers.py / dicom_writer.py, not in a test_*.py
+    (importing a test module runs its collection-time code and couples the two)."""
+    found = {
+        path.name: sorted(imported)
+        for path in sorted(TESTS.glob("test_*.py"))
+        if (imported := _imported_test_modules(_test_tree(path)))
+    }
+    assert found == {}
+    assert _imported_test_modules(ast.parse("from test_x import y\nimport tests.test_z")) == {
+        "test_x",
+        "tests.test_z",
+    }
+
+
+def test_only_the_dicom_writer_writes_dicom_files_with_pydicom():
+    writes = {
+        path.name: lines
+        for path in sorted(TESTS.glob("*.py"))
+        if (lines := _pydicom_writes(_test_tree(path)))
+    }
+    assert DICOM_WRITER in writes  # the scan sees the writer's own calls
+    allowed = {DICOM_WRITER, *DICOM_WRITE_EXCEPTIONS}
+    others = {name: lines for name, lines in writes.items() if name not in allowed}
+    assert others == {}, f"write DICOM files with tests/{DICOM_WRITER} instead: {others}"
+    stale = set(DICOM_WRITE_EXCEPTIONS) - set(writes)
+    assert not stale, f"exceptions that no longer write with pydicom: {stale}"

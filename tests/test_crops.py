@@ -6,8 +6,8 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from ingest_helpers import convert_keywords, index_keywords
 from scipy import ndimage
-from test_ingest import convert_keywords, index_keywords
 
 from lungseg.cli import main
 from lungseg.dataset.crops import AIR_HU, CONTRACT_COLUMNS, crop_geometry, write_crops

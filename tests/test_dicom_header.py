@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from dicom_writer import write_slice
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
     ExplicitVRBigEndian,
@@ -21,7 +22,6 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     RLELossless,
 )
-from test_dicom_io import write_slice
 
 from lungseg.ingest.dicom import (
     CONVERT_TAG_NUMBERS,
@@ -50,24 +50,23 @@ def _implicit(path: Path) -> Path:
 
 def _unsigned_12_bit(path: Path) -> Path:
     stored = (STORED + 2000).astype(np.uint16)
-    return write_slice(path, stored=stored, signed=False, bits_stored=12, intercept=-1000.0)
+    return write_slice(path, stored=stored, bits_stored=12, intercept=-1000.0)
 
 
 def _long_header(path: Path) -> Path:
     """A header of 100 KB (a large private element): deferred, not read."""
-    ds = pydicom.dcmread(_explicit(path))
-    block = ds.private_block(0x0009, "LUNGSEG TEST", create=True)
-    block.add_new(0x01, "OB", bytes(range(256)) * 400)  # 100 KB
-    ds.save_as(path, enforce_file_format=True)
+
+    def large_private_element(ds: pydicom.Dataset) -> None:
+        block = ds.private_block(0x0009, "LUNGSEG TEST", create=True)
+        block.add_new(0x01, "OB", bytes(range(256)) * 400)  # 100 KB
+
+    write_slice(path, stored=STORED, edit=large_private_element)
     assert path.stat().st_size > (1 << 16) + STORED.nbytes
     return path
 
 
 def _big_endian(path: Path) -> Path:
-    ds = pydicom.dcmread(_explicit(path))
-    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
-    pydicom.dcmwrite(path, ds, little_endian=False, implicit_vr=False, force_encoding=True)
-    return path
+    return write_slice(path, stored=STORED, transfer_syntax=ExplicitVRBigEndian)
 
 
 def _compressed(path: Path) -> Path:
@@ -75,10 +74,7 @@ def _compressed(path: Path) -> Path:
 
 
 def _no_preamble(path: Path) -> Path:
-    ds = pydicom.dcmread(_explicit(path))
-    del ds.file_meta
-    pydicom.dcmwrite(path, ds, implicit_vr=False, little_endian=True, force_encoding=True)
-    return path
+    return write_slice(path, stored=STORED, file_meta=False)
 
 
 def _meta_without_group_length(path: Path) -> Path:
@@ -99,10 +95,7 @@ def _says_implicit_is_explicit(path: Path) -> Path:
 
 
 def _no_pixel_data(path: Path) -> Path:
-    ds = pydicom.dcmread(_explicit(path))
-    del ds.PixelData
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_slice(path, stored=STORED, tags={"PixelData": None})
 
 
 def _truncated(path: Path) -> Path:

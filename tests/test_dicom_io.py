@@ -1,4 +1,4 @@
-"""DICOM reading and quirks, on real DICOM files written with pydicom for each test."""
+"""DICOM reading and quirks, on real DICOM files written for each test (tests/dicom_writer.py)."""
 
 from __future__ import annotations
 
@@ -7,87 +7,18 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import FileDataset, FileMetaDataset
+from dicom_writer import rewrite, short_pixel_data, write_series, write_slice
 from pydicom.uid import (
-    CTImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     RLELossless,
-    generate_uid,
 )
 
 from lungseg.ingest.dicom import DicomFileError, read_header, scan_folder
 from lungseg.ingest.pixels import SPACING_TOLERANCE, _native_pixels, read_hu, read_series
 from lungseg.ingest.series import group_by_series, plan_series
 from lungseg.ingest.status import STATUS_EXCLUDED, STATUS_OK, STATUS_SKIPPED
-
-
-def write_slice(
-    path: Path,
-    *,
-    series_uid: str = "1.2.826.0.1.3680043.8.498.1",
-    patient_id: str = "LIDC-IDRI-9001",
-    study_uid: str = "1.2.826.0.1.3680043.8.498.2",
-    z: float = 0.0,
-    instance: int = 1,
-    shape: tuple[int, int] = (8, 8),
-    modality: str = "CT",
-    image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL"),
-    orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0),
-    pixel_spacing: tuple[float, float] = (0.7, 0.7),
-    thickness: float = 2.5,
-    stored: np.ndarray | None = None,
-    signed: bool = True,
-    slope: float = 1.0,
-    intercept: float = -1024.0,
-    compress: str | None = None,
-    bits_stored: int = 16,
-    transfer_syntax: str = ExplicitVRLittleEndian,
-) -> Path:
-    """Write one DICOM image file the way a CT scanner would."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = transfer_syntax
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientID = patient_id
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.Modality = modality
-    ds.ImageType = list(image_type)
-    ds.InstanceNumber = instance
-    ds.ImagePositionPatient = [-100.0, -120.0, z]
-    ds.ImageOrientationPatient = list(orientation)
-    ds.PixelSpacing = list(pixel_spacing)
-    ds.SliceThickness = thickness
-    ds.RescaleSlope = slope
-    ds.RescaleIntercept = intercept
-    if stored is None:
-        base = 1000 + np.arange(shape[0] * shape[1]).reshape(shape) % 50
-        stored = (base + int(z)).astype(np.int16 if signed else np.uint16)
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 1 if signed else 0
-    ds.PixelData = stored.tobytes()
-    if compress:
-        ds.compress(compress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def write_series(folder: Path, zs, **kwargs) -> list[Path]:
-    return [
-        write_slice(folder / f"1-{i + 1:03d}.dcm", z=z, instance=i + 1, **kwargs)
-        for i, z in enumerate(zs)
-    ]
 
 
 def _plan(folder: Path, tolerance: float = SPACING_TOLERANCE):
@@ -116,19 +47,17 @@ def _plan(folder: Path, tolerance: float = SPACING_TOLERANCE):
 def test_hu_for_signed_and_unsigned_storage(tmp_path, signed, stored, slope, intercept, expected):
     dtype = np.int16 if signed else np.uint16
     pixels = np.array(stored * 4, dtype=dtype).reshape(4, 4)
-    path = write_slice(
-        tmp_path / "a.dcm", stored=pixels, signed=signed, slope=slope, intercept=intercept
-    )
+    path = write_slice(tmp_path / "a.dcm", stored=pixels, slope=slope, intercept=intercept)
     hu = read_hu(path)
     assert hu.dtype == np.int16
     expected = np.array(expected * 4, dtype=np.int16).reshape(4, 4)
     np.testing.assert_array_equal(hu, expected)
     # The series reader (headers read quickly, pixels straight from the files): the same HU.
     series = write_series(
-        tmp_path / "series", [0.0, 2.5, 5.0], stored=pixels, signed=signed, slope=slope,
+        tmp_path / "series", zs=[0.0, 2.5, 5.0], stored=pixels, slope=slope,
         intercept=intercept,
     )  # fmt: skip
-    _, volume = read_series(series)
+    _, volume = read_series(series.paths)
     np.testing.assert_array_equal(volume, np.stack([expected] * 3))
 
 
@@ -151,8 +80,8 @@ def test_slices_sorted_by_position_not_by_name_or_instance(tmp_path):
 
 
 def test_series_grouped_by_uid_not_by_folder(tmp_path):
-    write_series(tmp_path / "mixed", [0, 2.5, 5], series_uid="1.2.3.1")
-    write_series(tmp_path / "mixed2", [0, 1, 2], series_uid="1.2.3.2")
+    write_series(tmp_path / "mixed", zs=[0, 2.5, 5], series_uid="1.2.3.1")
+    write_series(tmp_path / "mixed2", zs=[0, 1, 2], series_uid="1.2.3.2")
     write_slice(tmp_path / "elsewhere" / "x.dcm", z=7.5, series_uid="1.2.3.1")
     headers, _, _ = scan_folder(tmp_path)
     groups = group_by_series(headers)
@@ -161,7 +90,7 @@ def test_series_grouped_by_uid_not_by_folder(tmp_path):
 
 
 def test_non_dicom_and_unreadable_files_are_skipped_and_named(tmp_path):
-    write_series(tmp_path, [0, 2.5, 5])
+    write_series(tmp_path, zs=[0, 2.5, 5])
     (tmp_path / "notes.txt").write_text("not a dicom file")
     (tmp_path / "069.xml").write_text("<LidcReadMessage/>")
     truncated = tmp_path / "truncated.dcm"
@@ -176,23 +105,18 @@ def test_non_dicom_and_unreadable_files_are_skipped_and_named(tmp_path):
 
 
 def test_corrupt_pixel_data_names_the_file(tmp_path):
-    path = write_slice(tmp_path / "a.dcm")
-    ds = pydicom.dcmread(path)
-    ds.PixelData = ds.PixelData[:10]
-    ds.save_as(path)
+    path = rewrite(write_slice(tmp_path / "a.dcm"), short_pixel_data(10))
     with pytest.raises(DicomFileError, match=r"a\.dcm: cannot decode pixel data"):
         read_hu(path)
-    series = write_series(tmp_path / "s", [0.0, 2.5, 5.0])
-    ds = pydicom.dcmread(series[1])
-    ds.PixelData = ds.PixelData[:10]
-    ds.save_as(series[1])
+    series = write_series(tmp_path / "s", zs=[0.0, 2.5, 5.0]).paths
+    rewrite(series[1], short_pixel_data(10))
     # The series reader takes pixels straight from the files; it names the file too.
     with pytest.raises(DicomFileError, match=r"1-002\.dcm: pixel data of 10 bytes, expected 128"):
         read_series(series)
 
 
 def test_truncated_file_names_the_file(tmp_path):
-    series = write_series(tmp_path, [0.0, 2.5, 5.0])
+    series = write_series(tmp_path, zs=[0.0, 2.5, 5.0]).paths
     series[2].write_bytes(series[2].read_bytes()[:-40])  # its length field still says 128
     with pytest.raises(DicomFileError, match=r"1-003\.dcm: pixel data truncated \(88 of 128"):
         read_series(series)
@@ -200,7 +124,7 @@ def test_truncated_file_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("modality", ["CR", "DX"])
 def test_non_ct_series_is_skipped(tmp_path, modality):
-    write_series(tmp_path, [0], modality=modality, shape=(8, 8))
+    write_series(tmp_path, zs=[0], modality=modality, shape=(8, 8))
     plan, _ = _plan(tmp_path)
     assert plan.status == STATUS_SKIPPED
     assert f"modality {modality}, not CT" in plan.reason
@@ -208,7 +132,7 @@ def test_non_ct_series_is_skipped(tmp_path, modality):
 
 
 def test_localizer_inside_ct_series_is_dropped(tmp_path):
-    write_series(tmp_path / "s", [0, 2.5, 5, 7.5])
+    write_series(tmp_path / "s", zs=[0, 2.5, 5, 7.5])
     write_slice(
         tmp_path / "s" / "scout.dcm",
         z=0.0,
@@ -225,7 +149,7 @@ def test_localizer_inside_ct_series_is_dropped(tmp_path):
 
 
 def test_duplicate_positions_keep_one(tmp_path):
-    write_series(tmp_path, [0, 2.5, 5, 7.5])
+    write_series(tmp_path, zs=[0, 2.5, 5, 7.5])
     write_slice(tmp_path / "dup.dcm", z=5.0, instance=99)
     plan, _ = _plan(tmp_path)
     assert plan.status == STATUS_OK
@@ -246,7 +170,7 @@ def test_duplicate_positions_keep_one(tmp_path):
     ],
 )
 def test_missing_and_irregular_slices_are_flagged(tmp_path, zs, status, reason):
-    write_series(tmp_path, zs)
+    write_series(tmp_path, zs=zs)
     plan, _ = _plan(tmp_path)
     assert plan.status == status
     assert reason in plan.reason
@@ -262,7 +186,7 @@ def test_missing_and_irregular_slices_are_flagged(tmp_path, zs, status, reason):
     ],
 )
 def test_mixed_geometry_is_rejected_with_reason(tmp_path, odd, reason):
-    write_series(tmp_path, [0, 2.5, 5])
+    write_series(tmp_path, zs=[0, 2.5, 5])
     write_slice(tmp_path / "odd.dcm", z=7.5, instance=4, **odd)
     plan, _ = _plan(tmp_path)
     assert plan.status == STATUS_SKIPPED
@@ -302,7 +226,6 @@ def test_native_pixels_equal_pydicom_including_unused_high_bits(
     path = write_slice(
         tmp_path / "a.dcm",
         stored=raw,
-        signed=signed,
         bits_stored=bits_stored,
         transfer_syntax=syntax,
         intercept=intercept,
@@ -324,7 +247,6 @@ def test_native_pixels_equal_pydicom_including_unused_high_bits(
             folder / f"{i}.dcm",
             z=z,
             stored=np.roll(raw, i, axis=0),
-            signed=signed,
             bits_stored=bits_stored,
             transfer_syntax=syntax,
             intercept=intercept,

@@ -8,7 +8,7 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pytest
-from predict_helpers import ORIENTATIONS, write_ct_series
+from predict_helpers import ORIENTATIONS, probe_series
 from pydicom import dcmread
 from pydicom.uid import SegmentationStorage
 
@@ -29,7 +29,7 @@ def nodule_labels(shape: tuple[int, int, int]) -> np.ndarray:
 
 @pytest.fixture(params=ORIENTATIONS[:3], ids=lambda o: f"{o.name}-{o.dtype.__name__}")
 def written(request, tmp_path):
-    series = write_ct_series(tmp_path / "ct", request.param)
+    series = probe_series(tmp_path / "ct", request.param)
     plan, volume = read_series(series.paths)
     labels = nodule_labels(volume.shape)
     sources = [header.path for header in plan.slices]
@@ -91,7 +91,7 @@ def test_seg_decodes_to_the_label_map(written):
 
 
 def test_no_segments_no_file(tmp_path):
-    series = write_ct_series(tmp_path / "ct", ORIENTATIONS[0])
+    series = probe_series(tmp_path / "ct", ORIENTATIONS[0])
     plan, volume = read_series(series.paths)
     empty = np.zeros(volume.shape, dtype=np.uint8)
     sources = [header.path for header in plan.slices]
@@ -100,7 +100,7 @@ def test_no_segments_no_file(tmp_path):
 
 
 def test_bad_inputs_are_named(tmp_path):
-    series = write_ct_series(tmp_path / "ct", ORIENTATIONS[0])
+    series = probe_series(tmp_path / "ct", ORIENTATIONS[0])
     plan, volume = read_series(series.paths)
     sources = [header.path for header in plan.slices]
     with pytest.raises(ValueError, match=r"labels \[3\]"):

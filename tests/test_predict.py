@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from dicom_writer import write_series
 from predict_helpers import LUNGSEG, export_series
-from scan_helpers import tiny_bundles, write_ct_series
+from scan_helpers import tiny_bundles
 
 from lungseg.cli import main
 from lungseg.predict.pipeline import OUTPUTS
@@ -126,18 +127,19 @@ def test_a_scan_without_nodules_gives_empty_tables_and_no_segmentation(
 
 
 def _mr(tmp_path: Path) -> tuple[list[Path], str]:
-    write_ct_series(tmp_path / "mr", np.zeros((4, 8, 8), np.int16), modality="MR")
+    write_series(tmp_path / "mr", np.zeros((4, 8, 8), np.int16), modality="MR")
     return [tmp_path / "mr"], "modality MR, not CT"
 
 
 def _mixed(tmp_path: Path) -> tuple[list[Path], str]:
-    write_ct_series(tmp_path / "two", np.zeros((4, 8, 8), np.int16), name="a{}.dcm")
-    write_ct_series(tmp_path / "two", np.zeros((4, 8, 8), np.int16), name="b{}.dcm")
+    image = np.zeros((4, 8, 8), np.int16)
+    write_series(tmp_path / "two", image, name="a{}.dcm", series_uid="1.2.3.4.1")
+    write_series(tmp_path / "two", image, name="b{}.dcm", series_uid="1.2.3.4.2")
     return [tmp_path / "two"], "mixed in one folder"
 
 
 def _one_slice(tmp_path: Path) -> tuple[list[Path], str]:
-    write_ct_series(tmp_path / "one", np.zeros((1, 8, 8), np.int16))
+    write_series(tmp_path / "one", np.zeros((1, 8, 8), np.int16))
     return [tmp_path / "one"], "only 1 CT image"
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from scan_helpers import tiny_bundles, write_ct_series
+from dicom_writer import write_series
+from scan_helpers import tiny_bundles
 
 from lungseg.core.errors import InputError, SettingsError
 from lungseg.core.settings import schema_defaults
@@ -35,24 +36,23 @@ def ct(shape=(6, 12, 10), value=-800) -> np.ndarray:
 
 
 def _mixed(tmp_path):
-    write_ct_series(tmp_path / "s", ct(), name="a{:03d}.dcm")
-    write_ct_series(tmp_path / "s", ct(), name="b{:03d}.dcm")
+    write_series(tmp_path / "s", ct(), name="a{:03d}.dcm", series_uid="1.2.3.4.1")
+    write_series(tmp_path / "s", ct(), name="b{:03d}.dcm", series_uid="1.2.3.4.2")
     return tmp_path / "s", "files of 2 series mixed in one folder"
 
 
 def _not_ct(tmp_path):
-    write_ct_series(tmp_path / "s", ct(), modality="MR")
+    write_series(tmp_path / "s", ct(), modality="MR")
     return tmp_path / "s", "modality MR, not CT"
 
 
 def _one_slice(tmp_path):
-    write_ct_series(tmp_path / "s", ct(shape=(1, 12, 10)))
+    write_series(tmp_path / "s", ct(shape=(1, 12, 10)))
     return tmp_path / "s", "only 1 CT image(s)"
 
 
 def _missing_slice(tmp_path):
-    write_ct_series(tmp_path / "s", ct(shape=(8, 12, 10)))
-    (tmp_path / "s" / "slice0004.dcm").unlink()
+    write_series(tmp_path / "s", ct(shape=(8, 12, 10))).paths[3].unlink()
     return tmp_path / "s", "missing"
 
 
@@ -79,8 +79,10 @@ def test_a_bad_series_is_named_with_its_folder(tmp_path, make):
 
 def test_any_layout_one_series_per_folder_and_stray_files_skipped(tmp_path):
     image = np.arange(6 * 12 * 10, dtype=np.int16).reshape(6, 12, 10) - 500
-    uid_a = write_ct_series(tmp_path / "tree" / "patient A" / "scan", image, name="{:d}")
-    uid_b = write_ct_series(tmp_path / "tree" / "b", ct(), name="IM{:05d}")
+    folder_a = tmp_path / "tree" / "patient A" / "scan"
+    uid_a = write_series(folder_a, image, name="{:d}", pixel_spacing=(0.8, 0.8)).series_uid
+    uid_b = "1.2.3.4.2"
+    write_series(tmp_path / "tree" / "b", ct(), name="IM{:05d}", series_uid=uid_b)
     (tmp_path / "tree" / "b" / "README").write_text("export notes")
     found = find_series([tmp_path / "tree"], TOLERANCE)
     assert sorted(s.series_uid for s in found) == sorted([uid_a, uid_b])
@@ -90,7 +92,7 @@ def test_any_layout_one_series_per_folder_and_stray_files_skipped(tmp_path):
 
 
 def test_the_same_series_in_two_folders_is_an_error(tmp_path):
-    uid = write_ct_series(tmp_path / "one", ct())
+    uid = write_series(tmp_path / "one", ct()).series_uid
     shutil.copytree(tmp_path / "one", tmp_path / "two")
     with pytest.raises(InputError, match=f"series {uid} found twice"):
         find_series([tmp_path / "one", tmp_path / "two"], TOLERANCE)

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scan_helpers import tiny_bundles, write_ct_series
+from dicom_writer import write_series
+from scan_helpers import tiny_bundles
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGED = ("lungseg/data/config.schema.yaml", "lungseg/data/radiomics/params.yaml")
@@ -103,7 +104,7 @@ def test_the_installed_wheel_predicts_outside_the_checkout(installed, tmp_path):
     z, y, x = np.ogrid[:32, :64, :64]
     image[(z - 16) ** 2 + (y - 32) ** 2 + (x - 30) ** 2 <= 4] = 40  # a 13 mm nodule
     series = tmp_path / "scan"
-    uid = write_ct_series(series, image, spacing=(6.5, 6.5, 6.5))
+    uid = write_series(series, image, step=6.5, pixel_spacing=(6.5, 6.5)).series_uid
     detector, segmenter = tiny_bundles(tmp_path / "bundles", threshold=0.0)  # keep candidates
     work = tmp_path / "work"  # outside the repository, no config/ or src/ of lungseg here
     work.mkdir()
