@@ -120,10 +120,10 @@ ALLOWED_SCHEMA_DEFAULTS = {
     "setting; resources.threads sizes the job and the function takes what the job got",
     ("lungseg.training.trainer.train", "device"): "training has no device key (the keys named "
     "device belong to other sections); auto is the train job's behaviour, not a repeat",
-    ("lungseg.detection.froc.limit_candidates", "max_candidates"): "detection/ is edited on "
+    ("lungseg.evaluation.froc.limit_candidates", "max_candidates"): "detection/ is edited on "
     "another branch; follow-up: pass DetectorSettings.max_candidates",
-    ("lungseg.detection.froc.froc_entries", "max_candidates"): "detection/, as above",
-    ("lungseg.detection.froc.bootstrap", "seed"): "detection/, as above (bootstrap_seed)",
+    ("lungseg.evaluation.froc.froc_entries", "max_candidates"): "detection/, as above",
+    ("lungseg.evaluation.froc.bootstrap", "seed"): "detection/, as above (bootstrap_seed)",
 }
 
 
@@ -340,7 +340,11 @@ def test_every_rule_hashes_the_code_of_its_own_script():
 @pytest.mark.parametrize(
     ("script", "runs", "does_not_run"),
     [
-        ("train", {"lungseg.evaluation.metrics", "lungseg.core.atomic"}, {"lungseg.figures"}),
+        (
+            "train",
+            {"lungseg.inference.metrics", "lungseg.core.atomic"},
+            {"lungseg.figures", "lungseg.evaluation"},
+        ),
         # a lazy import inside a function counts (pylidc's adapter, in write_index)
         ("index", {"lungseg.lidc.adapter", "lungseg.ingest.manifest"}, {"lungseg.training"}),
         ("plots", {"lungseg.figures.curves"}, {"lungseg.detection"}),
@@ -362,7 +366,7 @@ def test_the_code_hash_follows_an_edit(tmp_path, monkeypatch):
     monkeypatch.setattr(provenance, "PACKAGE", copy)
     hashes = []
     for edit in ("", "\n# one\n"):
-        with open(copy / "evaluation" / "metrics.py", "a") as f:
+        with open(copy / "inference" / "metrics.py", "a") as f:
             f.write(edit)
         provenance.import_graph.cache_clear()
         provenance.script_code_hash.cache_clear()

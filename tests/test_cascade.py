@@ -1,6 +1,6 @@
-"""The cascade's scoring (lungseg.predict.cascade / evaluate) on real HDF5 volumes and prediction
-folders written with the predict writers: hits by LUNA16's radius rule, Dice in scan space,
-false positives, and radiomics agreement of perfect masks."""
+"""The cascade's scoring (lungseg.evaluation.cascade / cascade_run) on real HDF5 volumes and
+prediction folders written with the predict writers: hits by LUNA16's radius rule, Dice in scan
+space, false positives, and radiomics agreement of perfect masks."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from detection_helpers import ORIGIN, SPACING, chest_volume
 
+from lungseg.evaluation.cascade import cascade_table
+from lungseg.evaluation.cascade_run import run_cascade
 from lungseg.evaluation.settings import BucketSettings
 from lungseg.io.hdf5 import read_volume
-from lungseg.predict.cascade import cascade_table
-from lungseg.predict.evaluate import run_cascade
 from lungseg.predict.measure import measure_nodules
 from lungseg.predict.nifti import write_nifti
 from lungseg.predict.radiomics import extract_features

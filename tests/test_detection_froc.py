@@ -1,4 +1,4 @@
-"""LUNA16 FROC and CPM on hand-computed cases (lungseg.detection.froc).
+"""LUNA16 FROC and CPM on hand-computed cases (lungseg.evaluation.froc).
 
 Every case lists candidates and reference findings of a few scans on one axis (x, mm; y = z = 0)
 and the FROC points worked out by hand from the rules of noduleCADEvaluationLUNA16.py.
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungseg.detection.froc import (
+from lungseg.evaluation.froc import (
     OPERATING_POINTS,
     bootstrap,
     ci_bounds,

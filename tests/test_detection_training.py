@@ -12,7 +12,6 @@ import pytest
 import torch
 from detection_helpers import chest_volume
 
-from lungseg.detection.evaluate import SUMMARY_COLUMNS, evaluate_detector
 from lungseg.detection.predict import COLUMNS, detect
 from lungseg.detection.scans import write_scan_table
 from lungseg.detection.settings import DetectorSettings, VolumeSettings
@@ -23,8 +22,9 @@ from lungseg.detection.train import (
     train_detector,
 )
 from lungseg.detection.volumes import detection_volume
-from lungseg.training.checkpoint import read_checkpoint
-from lungseg.training.inference import load_model
+from lungseg.evaluation.detection import SUMMARY_COLUMNS, evaluate_detector
+from lungseg.inference.checkpoint import read_checkpoint
+from lungseg.inference.model import load_model
 from lungseg.training.trainer import METRICS_COLUMNS
 
 torch.set_num_threads(1)
@@ -234,7 +234,7 @@ def test_training_with_balance_and_cosine_runs(data, tmp_path):
 
 
 def test_bench_detection_trains_each_seed_and_reports_the_spread(data, tmp_path):
-    from lungseg.detection.bench import (
+    from lungseg.bench.detection import (
         SEED_COLUMNS,
         SPREAD_COLUMNS,
         bench_detection,

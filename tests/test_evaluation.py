@@ -189,7 +189,7 @@ def test_summary_statistics_by_hand():
 
 
 def test_evaluate_runs_the_checkpoint_on_the_validation_crops(trained, tmp_path):
-    from lungseg.training.inference import load_model, predict
+    from lungseg.inference.model import load_model, predict
 
     directory, arrays = trained
     argv = ["evaluate", "--checkpoint", str(directory / "model" / "best.pt"),

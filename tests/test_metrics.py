@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lungseg.evaluation import metrics
+from lungseg.inference.metrics import dice
 
 
 def voxels(shape, *points):
@@ -46,7 +47,7 @@ OVERLAP_CASES = [
     ids=[case[0] for case in OVERLAP_CASES],
 )
 def test_dice_and_iou(predicted, truth, expected_dice, expected_iou):
-    assert metrics.dice(np.array(predicted), np.array(truth)) == pytest.approx(expected_dice)
+    assert dice(np.array(predicted), np.array(truth)) == pytest.approx(expected_dice)
     assert metrics.iou(np.array(predicted), np.array(truth)) == pytest.approx(expected_iou)
 
 
@@ -101,7 +102,7 @@ def test_distance_metrics(predicted, truth, spacing, expected_hd95, expected_sur
     combined = metrics.segmentation_metrics(predicted, truth, spacing)
     assert combined["hd95_mm"] == pytest.approx(expected_hd95, nan_ok=True)
     assert combined["surface_dice_1mm"] == pytest.approx(expected_surface_dice)
-    assert combined["dice"] == metrics.dice(predicted, truth)
+    assert combined["dice"] == dice(predicted, truth)
     assert combined["predicted_volume_mm3"] == predicted.sum() * 1.25
 
 
@@ -127,7 +128,7 @@ def test_concentric_spheres_are_their_radius_difference_apart(spacing):
     # tolerance beyond the gap: every surface voxel counts
     assert metrics.surface_dice(predicted, truth, spacing, 3.0 + 2 * max(spacing)) == 1.0
     # Dice of nested balls: 2 r^3 / (R^3 + r^3)
-    assert metrics.dice(predicted, truth) == pytest.approx(2 * 7**3 / (10**3 + 7**3), abs=0.02)
+    assert dice(predicted, truth) == pytest.approx(2 * 7**3 / (10**3 + 7**3), abs=0.02)
     assert metrics.volume_mm3(truth, spacing) == pytest.approx(4 / 3 * math.pi * 1000, rel=0.02)
 
 

@@ -14,10 +14,10 @@ import torch
 
 from lungseg.core.errors import InputError
 from lungseg.core.settings import schema_defaults
+from lungseg.inference.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from lungseg.nets.models import build_model
 from lungseg.predict.bundle import DETECTOR, SEGMENTER, read_bundle, write_predictor
 from lungseg.predict.settings import PredictorSettings
-from lungseg.training.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from lungseg.training.data import crop_grid
 
 TINY = {"arch": "unet", "channels": 2, "levels": 2}

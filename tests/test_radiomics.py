@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from lungseg.core.errors import InputError, SettingsError
-from lungseg.predict.radiomics import extract_features, feature_class, feature_names, load_params
+from lungseg.evaluation.agreement import feature_class
+from lungseg.predict.radiomics import extract_features, feature_names, load_params
 from lungseg.predict.settings import PredictSettings
 
 PARAMS = Path(__file__).resolve().parents[1] / "src/lungseg/data/radiomics/params.yaml"

@@ -156,7 +156,9 @@ TRAINING = CONVERSION | {"crops", "split", "train", "evaluate"}
         # the index checkpoint reruns: its convert jobs are planned once it has run
         ("ingest/convert.py", {"index", "nodules", "crops", "train"}, {"sample_data"}),
         # training picks best.pt by this Dice; the detectors too
-        ("evaluation/metrics.py", {"train", "train_detector", "evaluate"}, CONVERSION),
+        ("inference/metrics.py", {"train", "train_detector", "evaluate"}, CONVERSION),
+        # the evaluation's other metrics: evaluate reruns, no training does
+        ("evaluation/metrics.py", {"evaluate"}, CONVERSION | {"train", "train_detector"}),
         # every job writes through it (this run reads a DICOM folder: no sample_data jobs)
         ("core/atomic.py", {"index", "crops", "split", "train", "detect"}, set()),
     ],

@@ -24,10 +24,11 @@ import yaml
 from workflow_helpers import copy_workflow, write_config
 
 from lungseg.cli import main
-from lungseg.evaluation.metrics import dice
-from lungseg.training.checkpoint import read_checkpoint
-from lungseg.training.data import augment, load_crop_sets, normalise_hu, read_subset_indices
-from lungseg.training.inference import load_model, predict
+from lungseg.inference.checkpoint import read_checkpoint
+from lungseg.inference.intensity import normalise_hu
+from lungseg.inference.metrics import dice
+from lungseg.inference.model import load_model, predict
+from lungseg.training.data import augment, load_crop_sets, read_subset_indices
 from lungseg.training.trainer import METRICS_COLUMNS, resumable, train
 
 torch.set_num_threads(1)

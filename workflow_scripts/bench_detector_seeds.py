@@ -3,7 +3,7 @@
 Shell: python workflow_scripts/bench_detector_seeds.py -h.
 """
 
+from lungseg.bench.detection import bench_detection
 from lungseg.core.rule import run_rule
-from lungseg.detection.bench import bench_detection
 
 run_rule(bench_detection, globals())

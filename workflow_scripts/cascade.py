@@ -1,6 +1,6 @@
 """Snakemake rule `cascade`. Shell: python workflow_scripts/cascade.py -h."""
 
 from lungseg.core.rule import run_rule
-from lungseg.predict.evaluate import run_cascade
+from lungseg.evaluation.cascade_run import run_cascade
 
 run_rule(run_cascade, globals())

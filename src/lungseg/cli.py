@@ -86,24 +86,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "detect": ("lungseg.detection.predict:detect", "candidates of the validation scans"),
     "evaluate-detector": (
-        "lungseg.detection.evaluate:evaluate_detector",
+        "lungseg.evaluation.detection:evaluate_detector",
         "LUNA16 FROC, CPM with bootstrap interval and operating point of one detector",
     ),
     "detection-summary": (
-        "lungseg.detection.evaluate:summarise_detectors",
+        "lungseg.evaluation.detection:summarise_detectors",
         "results/detection.csv from every detector's summary",
     ),
     "bench-detection": (
-        "lungseg.detection.bench:bench_detection",
+        "lungseg.bench.detection:bench_detection",
         "train, run and score one detector once per seed (--seeds 0 1 2): seeds.csv",
     ),
     "bench-detection-summary": (
-        "lungseg.detection.bench:summarise_seeds",
+        "lungseg.bench.detection:summarise_seeds",
         "results/bench_detection.csv and its spread from every detector's seeds.csv",
     ),
-    "plot-froc": ("lungseg.detection.figures:plot_froc", "FROC of every detector"),
+    "plot-froc": ("lungseg.figures.detection:plot_froc", "FROC of every detector"),
     "plot-detections": (
-        "lungseg.detection.figures:plot_detections",
+        "lungseg.figures.detection:plot_detections",
         "validation slabs with one detector's candidates circled",
     ),
     "predictor": (
@@ -119,7 +119,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "wall time and peak memory of lungseg predict on one series, by step",
     ),
     "cascade": (
-        "lungseg.predict.evaluate:run_cascade",
+        "lungseg.evaluation.cascade_run:run_cascade",
         "score predicted validation scans against the reference nodules, radiomics ICC",
     ),
     "predict-indexed": (

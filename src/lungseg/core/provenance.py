@@ -4,7 +4,7 @@ Snakemake's code trigger sees only the workflow script; the logic lives in the p
 ``code`` param is :func:`script_code_hash` of its workflow script: the SHA-256 of every lungseg
 module the script imports, directly or through other modules (lazy imports inside functions
 included), found by walking the modules' syntax trees. The architecture test walks the same
-graph (:func:`import_graph`) for cycles and layering. An edit to ``evaluation/metrics.py`` thus
+graph (:func:`import_graph`) for cycles and layering. An edit to ``inference/metrics.py`` thus
 reruns training (which picks ``best.pt`` by its Dice), an edit to ``core/atomic.py`` every job
 that writes through it, and an edit to ``figures/`` no training.
 """

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lungseg.training.data import normalise_hu
+from lungseg.inference.intensity import normalise_hu
 
 
 def volume_logits(model: torch.nn.Module, images: torch.Tensor, settings: Mapping[str, Any]):

@@ -21,9 +21,8 @@ from lungseg.detection.inference import probability_map
 from lungseg.detection.scans import geometry, read_scan_table
 from lungseg.detection.settings import DetectorSettings
 from lungseg.detection.volumes import to_source_voxels, to_world
+from lungseg.inference.model import choose_device, load_model
 from lungseg.io.hdf5 import read_volume
-from lungseg.training.inference import load_model
-from lungseg.training.trainer import choose_device
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from scipy import ndimage
 
 from lungseg.detection.heatmap import centres_of, gaussian_heatmap
 from lungseg.detection.volumes import IGNORE, NODULE
+from lungseg.inference.intensity import normalise_hu
 from lungseg.io.hdf5 import read_volume
-from lungseg.training.data import normalise_hu
 
 
 def nodule_balance(nodule: np.ndarray, balance_voxels: int) -> np.ndarray:

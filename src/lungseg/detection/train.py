@@ -45,11 +45,12 @@ from lungseg.detection.scans import read_scan_table
 from lungseg.detection.settings import DetectorSettings
 from lungseg.detection.stream import ScanIndex, TargetSpec, index_scans, new_digest
 from lungseg.detection.stream import nodule_balance as nodule_balance
-from lungseg.evaluation.metrics import dice
+from lungseg.inference.metrics import dice
+from lungseg.inference.model import choose_device
 from lungseg.io.hdf5 import read_attrs
 from lungseg.training.data import augment, batches
 from lungseg.training.losses import soft_dice_loss
-from lungseg.training.trainer import Trainer, choose_device, resumable
+from lungseg.training.trainer import Trainer, resumable
 
 logger = logging.getLogger(__name__)
 

@@ -182,8 +182,7 @@ def evaluate_model(
     ``size_buckets_mm``, None the schema's); they have no defaults here."""
     import torch
 
-    from lungseg.training.inference import load_model, predict
-    from lungseg.training.trainer import choose_device
+    from lungseg.inference.model import choose_device, load_model, predict
 
     torch.set_num_threads(max(1, int(threads)))
     crops, arrays = read_validation_crops(crops_h5, crops_csv, split_csv)

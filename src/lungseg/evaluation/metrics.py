@@ -21,6 +21,8 @@ one of them empty   0.0     0.0     nan        0.0
 Both empty is a perfect answer ("no nodule here", and nothing predicted). With one mask empty a
 distance to the other's surface does not exist, so the Hausdorff distance is ``nan`` (as in
 MONAI); summaries report such cases by count (:func:`segmentation_metrics` returns the volumes).
+
+Dice itself lives in :mod:`lungseg.inference.metrics`: training picks ``best.pt`` by it.
 """
 
 from __future__ import annotations
@@ -30,39 +32,15 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from lungseg.inference.metrics import check_pair, dice
+
 #: Tolerance of the surface Dice reported by the workflow (mm).
 SURFACE_TOLERANCE_MM = 1.0
 
 
-def _check_pair(
-    predicted: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    predicted = np.asarray(predicted)
-    truth = np.asarray(truth)
-    if predicted.shape != truth.shape:
-        raise ValueError(f"mask shapes differ: predicted {predicted.shape}, truth {truth.shape}")
-    if spacing is not None:
-        if len(spacing) != truth.ndim:
-            raise ValueError(
-                f"spacing {tuple(spacing)} has not one value per axis of {truth.shape}"
-            )
-        if not all(np.isfinite(s) and s > 0 for s in spacing):
-            raise ValueError(f"spacing must be positive and finite, got {tuple(spacing)}")
-    return predicted.astype(bool), truth.astype(bool)
-
-
-def dice(predicted: np.ndarray, truth: np.ndarray) -> float:
-    """Dice coefficient ``2|P & T| / (|P| + |T|)``; 1.0 when both masks are empty."""
-    predicted, truth = _check_pair(predicted, truth)
-    total = int(predicted.sum()) + int(truth.sum())
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(predicted, truth).sum()) / total
-
-
 def iou(predicted: np.ndarray, truth: np.ndarray) -> float:
     """Intersection over union (Jaccard index); 1.0 when both masks are empty."""
-    predicted, truth = _check_pair(predicted, truth)
+    predicted, truth = check_pair(predicted, truth)
     union = int(np.logical_or(predicted, truth).sum())
     if union == 0:
         return 1.0
@@ -89,7 +67,7 @@ def surface_distances(
 
     Both masks must be non-empty.
     """
-    predicted, truth = _check_pair(predicted, truth, spacing)
+    predicted, truth = check_pair(predicted, truth, spacing)
     if not predicted.any() or not truth.any():
         raise ValueError("surface distances need two non-empty masks")
     predicted_surface, true_surface = surface(predicted), surface(truth)
@@ -117,7 +95,7 @@ def hausdorff95(predicted: np.ndarray, truth: np.ndarray, spacing: Sequence[floa
 
     0.0 when both masks are empty, ``nan`` when exactly one is.
     """
-    predicted, truth = _check_pair(predicted, truth, spacing)
+    predicted, truth = check_pair(predicted, truth, spacing)
     if not predicted.any() and not truth.any():
         return 0.0
     if not predicted.any() or not truth.any():
@@ -137,7 +115,7 @@ def surface_dice(
     in-plane grid of a crop the two agree closely). 1.0 when both masks are empty, 0.0 when
     exactly one is.
     """
-    predicted, truth = _check_pair(predicted, truth, spacing)
+    predicted, truth = check_pair(predicted, truth, spacing)
     if tolerance_mm < 0:
         raise ValueError(f"tolerance must be >= 0 mm, got {tolerance_mm}")
     if not predicted.any() and not truth.any():
@@ -158,7 +136,7 @@ def segmentation_metrics(
     Keys: ``dice, iou, hd95_mm, surface_dice_1mm`` (named for the default tolerance whatever
     ``tolerance_mm`` is), ``predicted_volume_mm3, true_volume_mm3``.
     """
-    predicted, truth = _check_pair(predicted, truth, spacing)
+    predicted, truth = check_pair(predicted, truth, spacing)
     result = {
         "dice": dice(predicted, truth),
         "iou": iou(predicted, truth),

@@ -33,9 +33,9 @@ import torch
 
 from lungseg.core.atomic import write_text_atomic, write_through_file
 from lungseg.core.errors import InputError, SettingsError
+from lungseg.inference.checkpoint import read_checkpoint
 from lungseg.nets.models import build_model
 from lungseg.predict.settings import PredictorSettings
-from lungseg.training.checkpoint import read_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ import yaml
 from radiomics.featureextractor import RadiomicsFeatureExtractor
 
 from lungseg.core.errors import InputError, SettingsError
-from lungseg.evaluation.agreement import feature_class  # noqa: F401 (part of this API)
 from lungseg.predict.geometry import lps_geometry
 
 log = logging.getLogger(__name__)

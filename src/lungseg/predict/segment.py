@@ -22,7 +22,7 @@ import torch
 from scipy import ndimage
 
 from lungseg.dataset.crops import AIR_HU, crop_geometry, cut_crop, source_box
-from lungseg.training.inference import predict
+from lungseg.inference.model import predict
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Train one model variant on the tumour-centred crops; load and apply a trained model.
+"""Train one model variant on the tumour-centred crops.
 
 The :class:`Trainer` follows nnU-Net's trainer skeleton in few lines: ``train_step``,
 ``validation_step``, ``on_epoch_end`` (metrics row, checkpoints, summary line). After every
@@ -8,7 +8,8 @@ state, RNG states, metrics history), so a killed run started again with the same
 data resumes there and ends with exactly the metrics of an uninterrupted run (on CPU; on GPU up to
 the usual non-determinism of some CUDA kernels).
 
-For the evaluation stage: :func:`load_model` and :func:`predict` (same intensity normalisation).
+Loading and applying a trained model, and the Dice that picks ``best.pt``:
+:mod:`lungseg.inference`.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from tqdm import tqdm
 from lungseg.core.atomic import write_csv_atomic
 from lungseg.core.errors import InputError, SettingsError
 from lungseg.core.settings import schema_defaults
-from lungseg.evaluation.metrics import dice
+from lungseg.inference.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
+from lungseg.inference.metrics import dice
+from lungseg.inference.model import choose_device
 from lungseg.nets.models import ModelSettings, build_model
-from lungseg.training.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
 from lungseg.training.data import CropSet, augment, batches, crop_grid, load_crop_sets
 from lungseg.training.losses import build_loss
 from lungseg.training.memory import peak_memory_bytes
@@ -78,15 +80,6 @@ def dice_per_crop(logits: torch.Tensor, target: torch.Tensor) -> list[float]:
     predicted = (logits.detach().float() > 0).cpu().numpy()
     truth = (target > 0.5).cpu().numpy()
     return [dice(p, t) for p, t in zip(predicted, truth, strict=True)]
-
-
-def choose_device(requested: str = "auto") -> torch.device:
-    """``cuda`` when present (or requested), else ``cpu``."""
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
-    return torch.device(requested)
 
 
 def seed_everything(seed: int) -> None:

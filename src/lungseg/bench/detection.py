@@ -20,10 +20,10 @@ from pathlib import Path
 import pandas as pd
 
 from lungseg.core.atomic import write_csv_atomic
-from lungseg.detection.evaluate import SUMMARY_COLUMNS, evaluate_detector
 from lungseg.detection.predict import detect
 from lungseg.detection.settings import DetectorSettings
 from lungseg.detection.train import train_detector
+from lungseg.evaluation.detection import SUMMARY_COLUMNS, evaluate_detector
 
 logger = logging.getLogger(__name__)
 

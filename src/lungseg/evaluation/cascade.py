@@ -12,7 +12,7 @@ nodule and no other annotated finding is a false positive.
 
 Outputs: ``results/cascade.csv`` (one row per reference nodule, :data:`COLUMNS`),
 ``results/cascade_summary.csv`` (per size bucket and ``all``), and the radiomics agreement
-(:mod:`lungseg.predict.agreement_stage`).
+(:mod:`lungseg.evaluation.cascade_run`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from lungseg.evaluation.evaluate import size_bucket, size_bucket_labels
-from lungseg.evaluation.metrics import dice, hausdorff95
+from lungseg.evaluation.metrics import hausdorff95
+from lungseg.inference.metrics import dice
 from lungseg.io.hdf5 import read_volume
 from lungseg.predict.measure import voxel_to_patient
 

@@ -24,9 +24,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Circle  # noqa: E402
 
 from lungseg.core.atomic import atomic_path  # noqa: E402
-from lungseg.detection.evaluate import reference_findings  # noqa: E402
-from lungseg.detection.froc import OPERATING_POINTS  # noqa: E402
 from lungseg.detection.scans import geometry, read_scan_table  # noqa: E402
+from lungseg.evaluation.detection import reference_findings  # noqa: E402
+from lungseg.evaluation.froc import OPERATING_POINTS  # noqa: E402
 from lungseg.io.hdf5 import read_volume  # noqa: E402
 
 DPI = 150

@@ -23,10 +23,10 @@ import pandas as pd
 
 from lungseg.core.atomic import write_csv_atomic, write_text_atomic
 from lungseg.core.errors import InputError
-from lungseg.detection.froc import OPERATING_POINTS, bootstrap, froc_entries, froc_of
 from lungseg.detection.scans import geometry, read_scan_table
 from lungseg.detection.settings import DetectorSettings
 from lungseg.detection.volumes import to_world
+from lungseg.evaluation.froc import OPERATING_POINTS, bootstrap, froc_entries, froc_of
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import pandas as pd
 
 from lungseg.core.atomic import write_csv_atomic
 from lungseg.evaluation.agreement import class_agreement, feature_agreement
+from lungseg.evaluation.cascade import cascade_table
 from lungseg.evaluation.settings import BucketSettings
+from lungseg.figures.cascade import plot_cascade, plot_radiomics_agreement
 from lungseg.io.hdf5 import read_volume
-from lungseg.predict.cascade import cascade_table
-from lungseg.predict.figures import plot_cascade, plot_radiomics_agreement
 from lungseg.predict.radiomics import extract_features
 from lungseg.predict.settings import PredictSettings
 
