@@ -26,6 +26,6 @@ rule benchmark:
         gpu=benchmark_gpus(),
     params:
         settings=settings_of(BenchmarkSettings),
-        code=script_code("benchmark"),
+        code=stage_code("benchmark"),
     script:
         "../workflow_scripts/benchmark.py"

@@ -3,12 +3,12 @@ import functools
 from pathlib import Path
 
 from lungseg.bench.settings import BenchmarkSettings
-from lungseg.core.provenance import script_code_hash
 from lungseg.detection.settings import VolumeSettings, merged_detector_config
 from lungseg.download.settings import DownloadSettings
 from lungseg.figures.settings import ExamplesSettings
 from lungseg.predict.settings import PredictorSettings, PredictSettings
 from lungseg.sample.settings import SampleSettings
+from lungseg.stages import code_hash
 from lungseg.training.settings import variant_config
 from lungseg.evaluation.settings import BucketSettings, EvaluationSettings
 from lungseg.dataset.settings import CropSettings, CropsOverviewSettings, SplitSettings
@@ -23,12 +23,11 @@ from lungseg.ingest.settings import (
 SAMPLE_ROOT = "results/sample_data"
 
 
-def script_code(script):
-    """A rule's `code` param: the hash of every lungseg module its workflow script runs (an
-    edit there reruns the rule; tests/test_reruns.py)."""
-    return script_code_hash(
-        Path(workflow.basedir) / "workflow_scripts" / f"{script}.py"
-    )
+def stage_code(rule):
+    """A rule's `code` param: the hash of every lungseg module its stage function (registered
+    under the rule's name in lungseg.stages) runs; an edit there reruns the rule
+    (tests/test_reruns.py)."""
+    return code_hash(rule)
 
 
 def settings_of(cls):

@@ -22,7 +22,7 @@ rule crops:
         runtime=60,
     params:
         settings=settings_of(CropSettings),
-        code=script_code("crops"),
+        code=stage_code("crops"),
     script:
         "../workflow_scripts/crops.py"
 
@@ -46,7 +46,7 @@ checkpoint split:
         runtime=5,
     params:
         settings=settings_of(SplitSettings),
-        code=script_code("split"),
+        code=stage_code("split"),
     script:
         "../workflow_scripts/split.py"
 
@@ -73,7 +73,7 @@ rule crops_overview:
         runtime=10,
     params:
         settings=settings_of(CropsOverviewSettings),
-        code=script_code("crops_overview"),
+        code=stage_code("crops_overview"),
     script:
         "../workflow_scripts/crops_overview.py"
 

@@ -24,7 +24,7 @@ rule detection_volume:
         mem_mb=2500,
         runtime=20,
     params:
-        code=script_code("detection_volume"),
+        code=stage_code("detection_volume"),
         settings=settings_of(VolumeSettings),
     script:
         "../workflow_scripts/detection_volume.py"
@@ -47,7 +47,7 @@ rule detection_scans:
         mem_mb=500,
         runtime=10,
     params:
-        code=script_code("detection_scans"),
+        code=stage_code("detection_scans"),
     script:
         "../workflow_scripts/detection_scans.py"
 
@@ -73,7 +73,7 @@ rule train_detector:
         runtime=detection_resource("runtime"),
         gpu=detection_resource("gpu"),
     params:
-        code=script_code("train_detector"),
+        code=stage_code("train_detector"),
         settings=detector_settings,
     script:
         "../workflow_scripts/train_detector.py"
@@ -102,7 +102,7 @@ rule detect:
         runtime=detection_resource("runtime"),
         gpu=detection_resource("gpu"),
     params:
-        code=script_code("detect"),
+        code=stage_code("detect"),
         settings=detector_settings,
     script:
         "../workflow_scripts/detect.py"
@@ -136,7 +136,7 @@ rule evaluate_detector:
         mem_mb=1000,
         runtime=10,
     params:
-        code=script_code("evaluate_detector"),
+        code=stage_code("evaluate_detector"),
         detector="{detector}",
         settings=detector_settings,
     script:
@@ -163,7 +163,7 @@ rule detection_summary:
         mem_mb=500,
         runtime=5,
     params:
-        code=script_code("detection_summary"),
+        code=stage_code("detection_summary"),
     script:
         "../workflow_scripts/detection_summary.py"
 
@@ -190,7 +190,7 @@ rule plot_froc:
         mem_mb=1000,
         runtime=5,
     params:
-        code=script_code("plot_froc"),
+        code=stage_code("plot_froc"),
     script:
         "../workflow_scripts/plot_froc.py"
 
@@ -221,7 +221,7 @@ rule plot_detections:
         mem_mb=1000,
         runtime=5,
     params:
-        code=script_code("plot_detections"),
+        code=stage_code("plot_detections"),
     script:
         "../workflow_scripts/plot_detections.py"
 
@@ -255,7 +255,7 @@ rule bench_detector_seeds:
         runtime=lambda wildcards: detection_resource("runtime") * len(bench_seeds()),
         gpu=detection_resource("gpu"),
     params:
-        code=script_code("bench_detector_seeds"),
+        code=stage_code("bench_detector_seeds"),
         detector="{detector}",
         seeds=bench_seeds(),
         settings=detector_settings,
@@ -278,6 +278,6 @@ rule bench_detection:
         mem_mb=500,
         runtime=5,
     params:
-        code=script_code("bench_detection"),
+        code=stage_code("bench_detection"),
     script:
         "../workflow_scripts/bench_detection.py"

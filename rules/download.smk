@@ -18,6 +18,6 @@ rule download:
     params:
         lidc_root=config["lidc_root"],
         settings=settings_of(DownloadSettings),
-        code=script_code("download"),
+        code=stage_code("download"),
     script:
         "../workflow_scripts/download.py"

@@ -32,7 +32,7 @@ rule evaluate:
         gpu=config["evaluation"]["resources"]["gpu"],
     params:
         settings=evaluation_settings(),
-        code=script_code("evaluate"),
+        code=stage_code("evaluate"),
     script:
         "../workflow_scripts/evaluate.py"
 
@@ -59,6 +59,6 @@ rule evaluate_summary:
     params:
         models=evaluated_models(),
         settings=settings_of(BucketSettings),
-        code=script_code("evaluate_summary"),
+        code=stage_code("evaluate_summary"),
     script:
         "../workflow_scripts/evaluate_summary.py"

@@ -27,7 +27,7 @@ checkpoint index:
         root=index_root,
         manifest_patients=manifest_patients(),
         settings=settings_of(IndexSettings),
-        code=script_code("index"),
+        code=stage_code("index"),
     script:
         "../workflow_scripts/index.py"
 
@@ -52,7 +52,7 @@ rule annotations:
         runtime=60,
     params:
         settings=settings_of(AnnotationSettings),
-        code=script_code("annotations"),
+        code=stage_code("annotations"),
     script:
         "../workflow_scripts/annotations.py"
 
@@ -88,7 +88,7 @@ rule convert:
         # this series' rows of files.csv, looked up once for all jobs (not read per job)
         paths=series_files_of,
         settings=settings_of(ConvertSettings),
-        code=script_code("convert"),
+        code=stage_code("convert"),
     script:
         "../workflow_scripts/convert.py"
 
@@ -113,7 +113,7 @@ rule nodules:
         runtime=10,
     params:
         criteria=settings_of(CohortCriteria),
-        code=script_code("nodules"),
+        code=stage_code("nodules"),
     script:
         "../workflow_scripts/nodules.py"
 
@@ -138,7 +138,7 @@ rule cohort:
         runtime=30,
     params:
         settings=settings_of(CohortSettings),
-        code=script_code("cohort"),
+        code=stage_code("cohort"),
     script:
         "../workflow_scripts/cohort.py"
 

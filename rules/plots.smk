@@ -32,7 +32,7 @@ rule plots:
         runtime=10,
     params:
         model=model_of,
-        code=script_code("plots"),
+        code=stage_code("plots"),
     script:
         "../workflow_scripts/plots.py"
 
@@ -63,7 +63,7 @@ rule plot_examples:
     params:
         model=model_of,
         settings=settings_of(ExamplesSettings),
-        code=script_code("plot_examples"),
+        code=stage_code("plot_examples"),
     script:
         "../workflow_scripts/plot_examples.py"
 
@@ -89,7 +89,7 @@ rule plot_comparison:
         runtime=10,
     params:
         models=evaluated_models(),
-        code=script_code("plot_comparison"),
+        code=stage_code("plot_comparison"),
     script:
         "../workflow_scripts/plot_comparison.py"
 

@@ -25,7 +25,7 @@ rule predictor:
         mem_mb=1000,
         runtime=5,
     params:
-        code=script_code("predictor"),
+        code=stage_code("predictor"),
         settings=settings_of(PredictorSettings),
     script:
         "../workflow_scripts/predictor.py"
@@ -55,7 +55,7 @@ rule predict:
         runtime=predict_resource("runtime"),
         gpu=predict_resource("gpu"),
     params:
-        code=script_code("predict"),
+        code=stage_code("predict"),
         series_uid="{series_uid}",
         settings=settings_of(PredictSettings),
     script:
@@ -109,7 +109,7 @@ rule cascade:
         mem_mb=3000,
         runtime=30,
     params:
-        code=script_code("cascade"),
+        code=stage_code("cascade"),
         buckets=settings_of(BucketSettings),
         settings=settings_of(PredictSettings),
     script:

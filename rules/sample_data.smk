@@ -19,7 +19,7 @@ rule sample_data:
         runtime=10,
     params:
         settings=settings_of(SampleSettings),
-        code=script_code("sample_data"),
+        code=stage_code("sample_data"),
     script:
         "../workflow_scripts/sample_data.py"
 

@@ -26,7 +26,7 @@ rule train:
         gpu=train_resource("gpu"),
     params:
         settings=model_settings,
-        code=script_code("train"),
+        code=stage_code("train"),
     script:
         "../workflow_scripts/train.py"
 

@@ -7,17 +7,14 @@ import ast
 import dataclasses
 import importlib
 import pkgutil
-import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 import lungseg
-from lungseg.config_checks import JOB_SETTINGS
-from lungseg.core.provenance import closure, import_graph, imported_names, lungseg_imports
+from lungseg.core.provenance import import_graph, imported_names
 from lungseg.core.settings import StageSettings, load_schema, section_schema
-from lungseg.detection.settings import DetectorSettings, VolumeSettings
+from lungseg.stages import settings_classes
 from lungseg.training.settings import VariantSettings
 
 PACKAGE = Path(lungseg.__file__).parent
@@ -73,7 +70,7 @@ def test_package_never_imports_snakemake():
 
 def test_every_stage_is_a_subpackage_and_files_are_small():
     flat = sorted(p.name for p in PACKAGE.glob("*.py"))
-    assert flat == ["__init__.py", "cli.py", "config_checks.py"]
+    assert flat == ["__init__.py", "cli.py", "config_checks.py", "stages.py"]
     long = {
         str(p.relative_to(PACKAGE)): n
         for p in PACKAGE.rglob("*.py")
@@ -87,7 +84,7 @@ def test_every_module_imports():
         importlib.import_module(info.name)
 
 
-SETTINGS_CLASSES = [*JOB_SETTINGS, VariantSettings, VolumeSettings, DetectorSettings]
+SETTINGS_CLASSES = settings_classes()
 
 
 @pytest.mark.parametrize("cls", SETTINGS_CLASSES, ids=lambda c: c.__name__)
@@ -319,62 +316,6 @@ def test_trainer_and_model_views_are_variant_keys_without_defaults():
         view = cls.from_dict({})
         for name in {f.name for f in dataclasses.fields(cls)} - own:
             assert getattr(view, name) == defaults[name], f"{cls.__name__}.{name}"
-
-
-RULE_BLOCK = re.compile(r"^(?:rule|checkpoint) (\w+):\n(.*?)(?=^\S|\Z)", re.MULTILINE | re.DOTALL)
-
-
-def test_every_rule_hashes_the_code_of_its_own_script():
-    """`code=script_code("X")` and `script: .../X.py` name the same script in every rule."""
-    checked = 0
-    for smk in sorted((REPO / "rules").glob("*.smk")):
-        for rule, body in RULE_BLOCK.findall(smk.read_text()):
-            script = re.search(r'workflow_scripts/(\w+)\.py"', body)
-            if script is None:
-                continue
-            checked += 1
-            assert f'code=script_code("{script.group(1)}")' in body, f"{smk.name}: rule {rule}"
-    assert checked > 25
-
-
-@pytest.mark.parametrize(
-    ("script", "runs", "does_not_run"),
-    [
-        (
-            "train",
-            {"lungseg.inference.metrics", "lungseg.core.atomic"},
-            {"lungseg.figures", "lungseg.evaluation"},
-        ),
-        # a lazy import inside a function counts (pylidc's adapter, in write_index)
-        ("index", {"lungseg.lidc.adapter", "lungseg.ingest.manifest"}, {"lungseg.training"}),
-        ("plots", {"lungseg.figures.curves"}, {"lungseg.detection"}),
-    ],
-)
-def test_a_scripts_code_is_every_module_it_imports(script, runs, does_not_run):
-    modules = closure(lungseg_imports(REPO / "workflow_scripts" / f"{script}.py"))
-    assert runs <= modules and not (does_not_run & modules)
-
-
-def test_the_code_hash_follows_an_edit(tmp_path, monkeypatch):
-    """A copy of the package hashes as the original; an appended comment changes the hash."""
-    from lungseg.core import provenance
-
-    script = REPO / "workflow_scripts" / "train.py"
-    original = provenance.script_code_hash(script)
-    copy = tmp_path / "lungseg"
-    shutil.copytree(PACKAGE, copy)
-    monkeypatch.setattr(provenance, "PACKAGE", copy)
-    hashes = []
-    for edit in ("", "\n# one\n"):
-        with open(copy / "inference" / "metrics.py", "a") as f:
-            f.write(edit)
-        provenance.import_graph.cache_clear()
-        provenance.script_code_hash.cache_clear()
-        hashes.append(provenance.script_code_hash(script))
-    monkeypatch.undo()
-    provenance.import_graph.cache_clear()
-    provenance.script_code_hash.cache_clear()
-    assert hashes[0] == original != hashes[1]
 
 
 # --- tests/: one DICOM writer, no test module imports another (issue 30) ------------------------

@@ -16,6 +16,7 @@ import pytest
 
 from lungseg import cli
 from lungseg.core.rule import build_parser
+from lungseg.stages import by_command, by_rule, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -25,7 +26,6 @@ SPAN = re.compile(r"`([^`\n]+)`")
 LUNGSEG = re.compile(r"(?:^|[\s/(])lungseg\s+([a-z][a-z0-9-]*)((?:\s+[^\s|;&#]+)*)")
 SCRIPT = re.compile(r"python\s+workflow_scripts/(\w+)\.py((?:\s+[^\s|;&#]+)*)")
 OPTION = re.compile(r"(?<![\w-])(--[a-zA-Z][\w-]*)")
-IMPORT = re.compile(r"from\s+([\w.]+)\s+import\s+(\w+)")
 
 
 #: a code span that is a command line (not an error message quoting "lungseg ...")
@@ -57,15 +57,13 @@ def commands() -> list[tuple[str, str, str, str]]:
 def known_options(kind: str, name: str) -> frozenset[str] | None:
     """The option strings of a subcommand's or workflow script's parser; None: no such one."""
     if kind == "lungseg":
-        if name not in cli.COMMANDS:
+        if name not in by_command():
             return None
         func = cli.stage_function(name)
     else:
-        script = REPO / "workflow_scripts" / f"{name}.py"
-        if not script.exists():
+        if not (REPO / "workflow_scripts" / f"{name}.py").exists() or name not in by_rule():
             return None
-        module, function = IMPORT.findall(script.read_text())[-1]
-        func = getattr(__import__(module, fromlist=[function]), function)
+        func = resolve(by_rule()[name].function)
     return frozenset(build_parser(func)._option_string_actions)
 
 

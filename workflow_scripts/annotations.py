@@ -1,6 +1,5 @@
-"""Snakemake rule `annotations`. From the shell: python workflow_scripts/annotations.py --help."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.ingest.convert import run_annotations
+from lungseg.stages import run_script
 
-run_rule(run_annotations, globals())
+run_script(globals())

@@ -1,6 +1,5 @@
-"""Snakemake rule `bench_detection`. Shell: python workflow_scripts/bench_detection.py -h."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.bench.detection import summarise_seeds
-from lungseg.core.rule import run_rule
+from lungseg.stages import run_script
 
-run_rule(summarise_seeds, globals())
+run_script(globals())

@@ -1,9 +1,5 @@
-"""Snakemake rule `bench_detector_seeds`.
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-Shell: python workflow_scripts/bench_detector_seeds.py -h.
-"""
+from lungseg.stages import run_script
 
-from lungseg.bench.detection import bench_detection
-from lungseg.core.rule import run_rule
-
-run_rule(bench_detection, globals())
+run_script(globals())

@@ -1,6 +1,5 @@
-"""Snakemake rule `benchmark`. From the shell: python workflow_scripts/benchmark.py --help."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.bench.memory import run_benchmark
-from lungseg.core.rule import run_rule
+from lungseg.stages import run_script
 
-run_rule(run_benchmark, globals())
+run_script(globals())

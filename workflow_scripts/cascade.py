@@ -1,6 +1,5 @@
-"""Snakemake rule `cascade`. Shell: python workflow_scripts/cascade.py -h."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.evaluation.cascade_run import run_cascade
+from lungseg.stages import run_script
 
-run_rule(run_cascade, globals())
+run_script(globals())

@@ -1,6 +1,5 @@
-"""Snakemake rule `cohort`. From the shell: python workflow_scripts/cohort.py --help."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.ingest.cohort import run_cohort
+from lungseg.stages import run_script
 
-run_rule(run_cohort, globals())
+run_script(globals())

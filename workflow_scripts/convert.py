@@ -1,6 +1,5 @@
-"""Snakemake rule `convert` (one job per series). Shell: python workflow_scripts/convert.py -h."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.ingest.convert import run_convert
+from lungseg.stages import run_script
 
-run_rule(run_convert, globals())
+run_script(globals())

@@ -1,6 +1,5 @@
-"""Snakemake rule `crops`. From the shell: python workflow_scripts/crops.py --help."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.dataset.crops import run_crops
+from lungseg.stages import run_script
 
-run_rule(run_crops, globals())
+run_script(globals())

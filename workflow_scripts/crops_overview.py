@@ -1,6 +1,5 @@
-"""Snakemake rule `crops_overview`. Shell: python workflow_scripts/crops_overview.py --help."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.figures.crops import run_crops_overview
+from lungseg.stages import run_script
 
-run_rule(run_crops_overview, globals())
+run_script(globals())

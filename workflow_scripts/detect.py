@@ -1,6 +1,5 @@
-"""Snakemake rule `detect`. Shell: python workflow_scripts/detect.py -h."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.detection.predict import detect
+from lungseg.stages import run_script
 
-run_rule(detect, globals())
+run_script(globals())

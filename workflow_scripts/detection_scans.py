@@ -1,6 +1,5 @@
-"""Snakemake rule `detection_scans`. Shell: python workflow_scripts/detection_scans.py -h."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.detection.scans import write_scan_table
+from lungseg.stages import run_script
 
-run_rule(write_scan_table, globals())
+run_script(globals())

@@ -1,6 +1,5 @@
-"""Snakemake rule `detection_summary`. Shell: python workflow_scripts/detection_summary.py -h."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.evaluation.detection import summarise_detectors
+from lungseg.stages import run_script
 
-run_rule(summarise_detectors, globals())
+run_script(globals())

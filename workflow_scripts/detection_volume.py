@@ -1,6 +1,5 @@
-"""Snakemake rule `detection_volume`. Shell: python workflow_scripts/detection_volume.py -h."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.detection.volumes import detection_volume
+from lungseg.stages import run_script
 
-run_rule(detection_volume, globals())
+run_script(globals())

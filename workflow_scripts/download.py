@@ -1,6 +1,5 @@
-"""Snakemake rule `download`. From the shell: python workflow_scripts/download.py --help."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.download.fetch import run_download
+from lungseg.stages import run_script
 
-run_rule(run_download, globals())
+run_script(globals())

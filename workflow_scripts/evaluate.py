@@ -1,6 +1,5 @@
-"""Snakemake rule `evaluate` (one job per model). Shell: python workflow_scripts/evaluate.py -h."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.evaluation.evaluate import run_evaluate
+from lungseg.stages import run_script
 
-run_rule(run_evaluate, globals())
+run_script(globals())

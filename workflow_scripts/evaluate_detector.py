@@ -1,6 +1,5 @@
-"""Snakemake rule `evaluate_detector`. Shell: python workflow_scripts/evaluate_detector.py -h."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.evaluation.detection import evaluate_detector
+from lungseg.stages import run_script
 
-run_rule(evaluate_detector, globals())
+run_script(globals())

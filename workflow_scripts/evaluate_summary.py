@@ -1,6 +1,5 @@
-"""Snakemake rule `evaluate_summary`. Shell: python workflow_scripts/evaluate_summary.py -h."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.evaluation.evaluate import run_evaluate_summary
+from lungseg.stages import run_script
 
-run_rule(run_evaluate_summary, globals())
+run_script(globals())

@@ -1,6 +1,5 @@
-"""Snakemake checkpoint `index`. From the shell: python workflow_scripts/index.py --help."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.ingest.index import run_index
+from lungseg.stages import run_script
 
-run_rule(run_index, globals())
+run_script(globals())

@@ -1,6 +1,5 @@
-"""Snakemake rule `nodules`. From the shell: python workflow_scripts/nodules.py --help."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.ingest.nodules import run_nodules
+from lungseg.stages import run_script
 
-run_rule(run_nodules, globals())
+run_script(globals())

@@ -1,6 +1,5 @@
-"""Snakemake rule `plot_detections`. Shell: python workflow_scripts/plot_detections.py -h."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.figures.detection import plot_detections
+from lungseg.stages import run_script
 
-run_rule(plot_detections, globals())
+run_script(globals())

@@ -1,6 +1,5 @@
-"""Snakemake rule `plot_examples`. Shell: python workflow_scripts/plot_examples.py -h."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.figures.curves import run_plot_examples
+from lungseg.stages import run_script
 
-run_rule(run_plot_examples, globals())
+run_script(globals())

@@ -1,6 +1,5 @@
-"""Snakemake rule `plots` (Dice and loss curves). Shell: python workflow_scripts/plots.py -h."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.figures.curves import run_plots
+from lungseg.stages import run_script
 
-run_rule(run_plots, globals())
+run_script(globals())

@@ -1,6 +1,5 @@
-"""Snakemake rule `predict`. Shell: python workflow_scripts/predict.py -h."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.predict.pipeline import run_predict_indexed
+from lungseg.stages import run_script
 
-run_rule(run_predict_indexed, globals())
+run_script(globals())

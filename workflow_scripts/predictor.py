@@ -1,6 +1,5 @@
-"""Snakemake rule `predictor`. Shell: python workflow_scripts/predictor.py -h."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.predict.bundle import write_predictor
+from lungseg.stages import run_script
 
-run_rule(write_predictor, globals())
+run_script(globals())

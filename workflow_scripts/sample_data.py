@@ -1,6 +1,5 @@
-"""Snakemake rule `sample_data`. From the shell: python workflow_scripts/sample_data.py --help."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.sample.generate import run_sample_data
+from lungseg.stages import run_script
 
-run_rule(run_sample_data, globals())
+run_script(globals())

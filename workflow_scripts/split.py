@@ -1,6 +1,5 @@
-"""Snakemake rule `split`. From the shell: python workflow_scripts/split.py --help."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.dataset.split import run_split
+from lungseg.stages import run_script
 
-run_rule(run_split, globals())
+run_script(globals())

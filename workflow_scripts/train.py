@@ -1,6 +1,5 @@
-"""Snakemake rule `train` (one job per variant). Shell: python workflow_scripts/train.py -h."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.training.trainer import run_train
+from lungseg.stages import run_script
 
-run_rule(run_train, globals())
+run_script(globals())

@@ -1,6 +1,5 @@
-"""Snakemake rule `train_detector`. Shell: python workflow_scripts/train_detector.py -h."""
+"""Runs the stage function that lungseg.stages registers for this rule (shell: --help)."""
 
-from lungseg.core.rule import run_rule
-from lungseg.detection.train import train_detector
+from lungseg.stages import run_script
 
-run_rule(train_detector, globals())
+run_script(globals())

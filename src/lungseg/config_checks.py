@@ -1,7 +1,9 @@
 """Checks of a whole workflow config, run by the Snakefile before any job starts.
 
-Every job's settings object is built once from the config (running its own checks across
-keys), then the checks that span stages: each model must take the crops. A bad config thus stops
+Every settings class a stage of the registry takes (:func:`lungseg.stages.settings_classes`) is
+built from the config (each runs its own checks across keys; one per model and per detector
+where jobs are), then the checks that span stages: each model must take the crops, each detector
+its volumes, the predictor's choice must name a configured model. A bad config thus stops
 ``snakemake`` at parse time with the key named, before any output is deleted.
 """
 
@@ -10,57 +12,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lungseg.bench.settings import BenchmarkSettings
 from lungseg.core.errors import SettingsError
-from lungseg.core.settings import StageSettings, check_against_schema
-from lungseg.dataset.settings import CropSettings, CropsOverviewSettings, SplitSettings
+from lungseg.core.settings import check_against_schema
+from lungseg.dataset.settings import CropSettings
 from lungseg.detection.settings import check_detection_config
-from lungseg.download.settings import DownloadSettings
-from lungseg.evaluation.settings import BucketSettings, EvaluationSettings
-from lungseg.figures.settings import ExamplesSettings
-from lungseg.ingest.settings import (
-    AnnotationSettings,
-    CohortSettings,
-    ConvertSettings,
-    IndexSettings,
-)
 from lungseg.predict.settings import PredictorSettings, PredictSettings
-from lungseg.sample.settings import SampleSettings
+from lungseg.stages import settings_classes
 from lungseg.training.settings import VariantSettings, variant_config
-
-#: Every job's settings class that is built from plain config sections.
-JOB_SETTINGS: tuple[type[StageSettings], ...] = (
-    DownloadSettings,
-    SampleSettings,
-    IndexSettings,
-    AnnotationSettings,
-    ConvertSettings,
-    CohortSettings,
-    CropSettings,
-    CropsOverviewSettings,
-    SplitSettings,
-    BucketSettings,
-    EvaluationSettings,
-    ExamplesSettings,
-    PredictorSettings,
-    PredictSettings,
-    BenchmarkSettings,
-)
 
 
 def check_config(config: Mapping[str, Any]) -> None:
     """Raise :class:`SettingsError` naming the key(s) of the first problem of ``config``."""
     check_against_schema(config)
-    for cls in JOB_SETTINGS:
-        cls.from_config(cls.config_subset(config))
+    for cls in settings_classes():
+        cls.check_config(config)
     crops = CropSettings.from_config(CropSettings.config_subset(config))
-    if not config.get("models"):
-        raise SettingsError("models: no model variant configured")
     for name in config["models"]:
-        try:
-            variant = VariantSettings.from_config(variant_config(config, name))
-        except SettingsError as error:
-            raise SettingsError(f"models.{name}: {error}") from None
+        variant = VariantSettings.from_config(variant_config(config, name))
         if not variant.divides(crops.size):
             raise SettingsError(
                 f"crops.size {list(crops.size)} is not divisible by 2**(levels - 1) = "

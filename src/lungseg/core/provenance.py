@@ -1,12 +1,12 @@
 """Code hashes from real imports: a rule param, so editing code a job runs reruns that job.
 
 Snakemake's code trigger sees only the workflow script; the logic lives in the package. A rule's
-``code`` param is :func:`script_code_hash` of its workflow script: the SHA-256 of every lungseg
-module the script imports, directly or through other modules (lazy imports inside functions
-included), found by walking the modules' syntax trees. The architecture test walks the same
-graph (:func:`import_graph`) for cycles and layering. An edit to ``inference/metrics.py`` thus
-reruns training (which picks ``best.pt`` by its Dice), an edit to ``core/atomic.py`` every job
-that writes through it, and an edit to ``figures/`` no training.
+``code`` param (:func:`lungseg.stages.code_hash`) is :func:`modules_code_hash` of its stage
+function's module: the SHA-256 of every lungseg module it imports, directly or through other
+modules (lazy imports inside functions included), found by walking the modules' syntax trees.
+The architecture test walks the same graph (:func:`import_graph`) for cycles and layering. An
+edit to the Dice that picks ``best.pt`` thus reruns training, an edit to ``core/atomic.py``
+every job that writes through it, and an edit to a figure no training.
 """
 
 from __future__ import annotations
@@ -78,16 +78,17 @@ def closure(modules: set[str]) -> set[str]:
 
 
 @functools.cache
-def script_code_hash(script: str | Path) -> str:
-    """SHA-256 (16 hex digits) of every lungseg module a workflow script runs."""
-    script = Path(script)
-    if not script.is_file():
-        raise ValueError(f"no workflow script {script}")
-    modules = closure(lungseg_imports(script))
-    if not modules:
-        raise ValueError(f"{script} imports nothing from lungseg")
+def modules_code_hash(modules: tuple[str, ...]) -> str:
+    """SHA-256 (16 hex digits) of ``modules`` and every lungseg module they import, directly or
+    not (with the packages above each)."""
+    found = set()
+    for name in modules:
+        if not is_module(name):
+            raise ValueError(f"{name} is no lungseg module")
+        parts = name.split(".")
+        found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
     digest = hashlib.sha256()
-    for name in sorted(modules):
+    for name in sorted(closure(found)):
         path = module_file(name)
         digest.update(path.relative_to(PACKAGE).as_posix().encode())
         digest.update(b"\0")

@@ -179,6 +179,12 @@ class StageSettings:
     def check(self) -> None:
         """Checks across keys; raise :class:`SettingsError` naming the keys."""
 
+    @classmethod
+    def check_config(cls, config: Mapping[str, Any]) -> None:
+        """Build every job's settings of this class from a whole config (the parse-time check);
+        a class with one job per config entry (a model, a detector) builds each."""
+        cls.from_config(cls.config_subset(config))
+
     def to_config(self) -> dict:
         """The settings as plain values (lists, not tuples)."""
         return {f.name: _thawed(getattr(self, f.name)) for f in dataclasses.fields(self)}

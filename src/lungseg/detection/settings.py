@@ -117,6 +117,11 @@ class DetectorSettings(StageSettings):
         """The dict lungseg's model, loss and trainer builders take."""
         return {**self.to_config(), "deep_supervision": False}
 
+    @classmethod
+    def check_config(cls, config: Mapping[str, Any]) -> None:
+        for name in config.get("detectors") or {}:
+            detector_settings(config, name)
+
 
 def merged_detector_config(config: Mapping[str, Any], name: str) -> dict[str, Any]:
     """``config["detection"]`` less volumes and resources, then detector ``name``'s non-null keys.

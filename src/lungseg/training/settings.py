@@ -56,6 +56,16 @@ class VariantSettings(StageSettings):
                 "(training.levels)"
             )
 
+    @classmethod
+    def check_config(cls, config: Mapping[str, Any]) -> None:
+        if not config.get("models"):
+            raise SettingsError("models: no model variant configured")
+        for name in config["models"]:
+            try:
+                cls.from_config(variant_config(config, name))
+            except SettingsError as error:
+                raise SettingsError(f"models.{name}: {error}") from None
+
     def divides(self, size: tuple[int, ...]) -> bool:
         """Whether a volume of ``size`` voxels passes the network's ``levels - 1`` halvings."""
         return all(n % 2 ** (self.levels - 1) == 0 for n in size)

