@@ -84,20 +84,6 @@ rule cascade:
         reference_features="results/radiomics_reference.csv",
         agreement="results/radiomics_agreement.csv",
         agreement_classes="results/radiomics_agreement_classes.csv",
-        cascade_figure=report(
-            "results/plots/cascade.png",
-            caption="../report/cascade.rst",
-            category="Prediction",
-            subcategory="Cascade",
-            labels={"figure": "cascade by size"},
-        ),
-        agreement_figure=report(
-            "results/plots/radiomics_agreement.png",
-            caption="../report/radiomics_agreement.rst",
-            category="Prediction",
-            subcategory="Radiomics agreement",
-            labels={"figure": "radiomics ICC"},
-        ),
     log:
         "logs/cascade.log",
     benchmark:
@@ -114,6 +100,42 @@ rule cascade:
         settings=settings_of(PredictSettings),
     script:
         "../workflow_scripts/cascade.py"
+
+
+rule plot_cascade:
+    input:
+        cascade="results/cascade.csv",
+        summary="results/cascade_summary.csv",
+        reference_features="results/radiomics_reference.csv",
+        agreement="results/radiomics_agreement.csv",
+        agreement_classes="results/radiomics_agreement_classes.csv",
+    output:
+        cascade_figure=report(
+            "results/plots/cascade.png",
+            caption="../report/cascade.rst",
+            category="Prediction",
+            subcategory="Cascade",
+            labels={"figure": "cascade by size"},
+        ),
+        agreement_figure=report(
+            "results/plots/radiomics_agreement.png",
+            caption="../report/radiomics_agreement.rst",
+            category="Prediction",
+            subcategory="Radiomics agreement",
+            labels={"figure": "radiomics ICC"},
+        ),
+    log:
+        "logs/plot_cascade.log",
+    conda:
+        "../envs/lungseg.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        code=stage_code("plot_cascade"),
+    script:
+        "../workflow_scripts/plot_cascade.py"
 
 
 rule predict_all:

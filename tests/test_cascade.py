@@ -15,6 +15,7 @@ from detection_helpers import ORIGIN, SPACING, chest_volume
 from lungseg.evaluation.cascade import cascade_table
 from lungseg.evaluation.cascade_run import run_cascade
 from lungseg.evaluation.settings import BucketSettings
+from lungseg.figures.cascade import run_plot_cascade
 from lungseg.io.hdf5 import read_volume
 from lungseg.predict.measure import measure_nodules
 from lungseg.predict.nifti import write_nifti
@@ -111,8 +112,7 @@ def test_perfect_masks_give_the_reference_radiomics(scan, tmp_path):
         volumes=[str(volume)], evaluations=[str(root / "models" / "unet" / "evaluation.csv")],
         choice=str(root / "choice.json"), cascade=out["cascade.csv"], summary=out["summary.csv"],
         reference_features=out["reference.csv"], agreement=out["agreement.csv"],
-        agreement_classes=out["classes.csv"], cascade_figure=out["cascade.png"],
-        agreement_figure=out["agreement.png"], buckets=BucketSettings.from_config({}),
+        agreement_classes=out["classes.csv"], buckets=BucketSettings.from_config({}),
         settings=PredictSettings.from_config({"radiomics_params": PARAMS}),
     )  # fmt: skip
     agreement = pd.read_csv(out["agreement.csv"])
@@ -121,4 +121,10 @@ def test_perfect_masks_give_the_reference_radiomics(scan, tmp_path):
     assert (agreement["n"] == 2).all()
     classes = pd.read_csv(out["classes.csv"]).set_index("feature_class")
     assert classes.loc["all", "features"] == len(agreement)
+    run_plot_cascade(
+        cascade=out["cascade.csv"], summary=out["summary.csv"],
+        reference_features=out["reference.csv"], agreement=out["agreement.csv"],
+        agreement_classes=out["classes.csv"], cascade_figure=out["cascade.png"],
+        agreement_figure=out["agreement.png"],
+    )  # fmt: skip
     assert all(Path(p).stat().st_size > 0 for p in out.values())

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from lungseg.cli import main
+from lungseg.core.style import DPI
 from lungseg.evaluation.evaluate import write_predictions
 from lungseg.figures import curves as plots
-from lungseg.figures.style import DPI
 
 
 @pytest.fixture

@@ -296,9 +296,13 @@ STAGES: tuple[Stage, ...] = (
             "reference_features": "table",
             "agreement": "table",
             "agreement_classes": "table",
-            "cascade_figure": "figure",
-            "agreement_figure": "figure",
         },
+    ),
+    Stage(
+        "lungseg.figures.cascade:run_plot_cascade",
+        "figures of the cascade tables: by size bucket, and radiomics ICC by feature class",
+        rule="plot_cascade",
+        outputs={"cascade_figure": "figure", "agreement_figure": "figure"},
     ),
     Stage(
         "lungseg.predict.pipeline:run_predict_indexed",

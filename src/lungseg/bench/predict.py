@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lungseg.core.atomic import atomic_path, write_csv_atomic
-from lungseg.figures.style import DPI
+from lungseg.core.style import DPI
 from lungseg.predict.pipeline import run_predict
 from lungseg.predict.settings import PredictSettings
 

@@ -1,4 +1,5 @@
-"""Rule ``cascade``: the cascade table, its summary, and radiomics agreement with the references.
+"""Rule ``cascade``: the cascade table, its summary, and radiomics agreement with the references
+(rule ``plot_cascade`` draws them: :mod:`lungseg.figures.cascade`).
 
 Radiomics agreement: for every detected reference nodule, each pyradiomics feature of the
 predicted mask (its prediction's radiomics.csv) against the same feature of the radiologists'
@@ -19,7 +20,6 @@ from lungseg.core.atomic import write_csv_atomic
 from lungseg.evaluation.agreement import class_agreement, feature_agreement
 from lungseg.evaluation.cascade import cascade_table
 from lungseg.evaluation.settings import BucketSettings
-from lungseg.figures.cascade import plot_cascade, plot_radiomics_agreement
 from lungseg.io.hdf5 import read_volume
 from lungseg.predict.radiomics import extract_features
 from lungseg.predict.settings import PredictSettings
@@ -77,8 +77,6 @@ def run_cascade(
     reference_features: str,
     agreement: str,
     agreement_classes: str,
-    cascade_figure: str,
-    agreement_figure: str,
     buckets: BucketSettings,
     settings: PredictSettings,
 ) -> None:
@@ -116,8 +114,6 @@ def run_cascade(
         overall["scans"],
         len(predicted),
     )
-    plot_cascade(table, by_bucket, cascade_figure)
-    plot_radiomics_agreement(features, classes, len(predicted), ICC_GOOD, agreement_figure)
     if len(predicted) < 3:
         logger.warning(
             "only %d matched nodule(s): ICCs are undefined or meaningless", len(predicted)

@@ -1,4 +1,5 @@
-"""Figures of the cascade evaluation: results/plots/cascade.png and radiomics_agreement.png."""
+"""Figures of the cascade evaluation: results/plots/cascade.png and radiomics_agreement.png
+(rule ``plot_cascade``, from the tables of rule ``cascade``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lungseg.core.atomic import atomic_path
-from lungseg.figures.style import DPI
+from lungseg.core.style import DPI
+from lungseg.evaluation.cascade_run import ICC_GOOD
 
 
 def _save(figure: Figure, path: str | Path) -> None:
@@ -96,3 +98,26 @@ def plot_radiomics_agreement(
     axes.legend(fontsize=8, loc="lower left")
     axes.grid(axis="y", alpha=0.3)
     _save(figure, path)
+
+
+def run_plot_cascade(
+    *,
+    cascade: str,
+    summary: str,
+    reference_features: str,
+    agreement: str,
+    agreement_classes: str,
+    cascade_figure: str,
+    agreement_figure: str,
+) -> None:
+    """Both figures from the tables of rule ``cascade`` (its matched nodules: the rows of
+    ``reference_features``)."""
+    plot_cascade(pd.read_csv(cascade), pd.read_csv(summary), cascade_figure)
+    matched = len(pd.read_csv(reference_features))
+    plot_radiomics_agreement(
+        pd.read_csv(agreement),
+        pd.read_csv(agreement_classes),
+        matched,
+        ICC_GOOD,
+        agreement_figure,
+    )

@@ -23,8 +23,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from lungseg.core.atomic import atomic_path  # noqa: E402
+from lungseg.core.style import HU_WINDOW  # noqa: E402
 from lungseg.dataset.settings import CropsOverviewSettings  # noqa: E402
-from lungseg.figures.style import HU_WINDOW  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from lungseg.core.atomic import atomic_path  # noqa: E402
+from lungseg.core.style import ANNOTATION_COLOUR, DPI, HU_WINDOW, PREDICTION_COLOUR  # noqa: E402
 from lungseg.figures.settings import ExamplesSettings  # noqa: E402
-from lungseg.figures.style import ANNOTATION_COLOUR, DPI, HU_WINDOW, PREDICTION_COLOUR  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from lungseg.core.atomic import write_through_file
-from lungseg.figures.style import ANNOTATION_COLOUR, HU_WINDOW
+from lungseg.core.style import ANNOTATION_COLOUR, HU_WINDOW
 
 MAX_PANELS = 12
 
