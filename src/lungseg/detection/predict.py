@@ -18,7 +18,7 @@ import torch
 from lungseg.core.atomic import write_csv_atomic
 from lungseg.detection.candidates import candidates_of
 from lungseg.detection.inference import probability_map
-from lungseg.detection.scans import geometry, read_scan_table
+from lungseg.detection.scans import read_scan_table
 from lungseg.detection.settings import DetectorSettings
 from lungseg.detection.volumes import to_source_voxels, to_world
 from lungseg.inference.model import choose_device, load_model
@@ -41,23 +41,30 @@ COLUMNS = [
 
 
 def scan_candidates(
-    probability: np.ndarray, row, settings: DetectorSettings, spacing, trained: dict
+    probability: np.ndarray, attrs: dict, settings: DetectorSettings, trained: dict
 ) -> pd.DataFrame:
-    """One scan's candidates in the candidates.csv columns (method: the trained detector's)."""
+    """One scan's candidates in the candidates.csv columns (method: the trained detector's).
+
+    ``attrs``: the detection volume's attrs (``series_uid, patient_id``, canvas ``spacing``, and
+    the geometry ``step, offset, source_spacing, source_origin, source_direction``): the one
+    source of geometry; the scan table's geometry columns are never read."""
     found = candidates_of(
-        probability, trained, spacing, settings.candidate_threshold, settings.max_candidates
+        probability,
+        trained,
+        attrs["spacing"],
+        settings.candidate_threshold,
+        settings.max_candidates,
     )
-    attrs = geometry(row)
     source = to_source_voxels(found[["center_z", "center_y", "center_x"]].to_numpy(), attrs)
     world = to_world(source, attrs)
     return pd.DataFrame(
         {
-            "seriesuid": row["series_uid"],
+            "seriesuid": attrs["series_uid"],
             "coordX": world[:, 0],
             "coordY": world[:, 1],
             "coordZ": world[:, 2],
             "probability": found["probability"].to_numpy(),
-            "patient_id": row["patient_id"],
+            "patient_id": attrs["patient_id"],
             "center_z": source[:, 0],
             "center_y": source[:, 1],
             "center_x": source[:, 2],
@@ -85,10 +92,10 @@ def detect(
     for _, row in table[table["subset"] == "val"].iterrows():
         image, _, attrs = read_volume(row["path"])
         probability = probability_map(model, image, trained)
-        found = scan_candidates(probability, row, settings, attrs["spacing"], trained)
+        found = scan_candidates(probability, attrs, settings, trained)
         logger.info(
             "%s: %d candidate(s), max probability %.3f",
-            row["series_uid"],
+            attrs["series_uid"],
             len(found),
             float(probability.max()),
         )

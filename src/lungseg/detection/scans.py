@@ -1,4 +1,5 @@
-"""The detection scan table: every detection volume, its subset of the patient split, geometry.
+"""The detection scan table (every detection volume and its subset of the patient split), and
+the one reader of a detection volume's geometry.
 
 ``results/detection_volumes/scans.csv`` (rule ``detection_scans``): one row per detection volume,
 ``patient_id, series_uid, subset`` (``train``/``val`` from results/split/patients.csv, which
@@ -6,8 +7,14 @@ places every scanned patient, with cohort nodules or without; ``none`` for a pat
 list), ``path``,
 ``n_nodules, n_ignored`` (cohort nodules and irrelevant findings in the target), the canvas
 geometry ``step_z/y/x, offset_z/y/x`` (source voxel = offset + canvas voxel * step) and the source
-geometry ``source_spacing_z/y/x, source_origin_z/y/x, source_direction`` (9 numbers, row-major, as
-in the volume's attrs) that turns source voxels into patient millimetres.
+geometry ``source_spacing_z/y/x, source_origin_z/y/x, source_direction`` (9 numbers, row-major,
+printed with 9 significant digits) that turns source voxels into patient millimetres.
+
+The geometry columns are a record for people reading the table; the code never parses them back.
+Geometry has one source: the detection volume's HDF5 attrs (``step, offset, source_spacing,
+source_origin, source_direction``), which :func:`volume_geometry` reads (and ``detect`` takes from
+the attrs it reads with the image). :func:`read_scan_table` requires only the columns its readers
+use (:data:`TABLE_COLUMNS`).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from lungseg.io.hdf5 import read_attrs
 
 AXES = ("z", "y", "x")
 SUBSETS = ("train", "val", "none")
+GEOMETRY = ("step", "offset", "source_spacing", "source_origin", "source_direction")
+TABLE_COLUMNS = ("patient_id", "series_uid", "subset", "path")  # what the code reads
 
 
 def scan_row(path: str | Path, subset_of: dict[str, str]) -> dict:
@@ -56,19 +65,17 @@ def write_scan_table(*, volumes: list[str], patients: str, table: str) -> None:
 
 
 def read_scan_table(path: str | Path) -> pd.DataFrame:
-    table = pd.read_csv(path, dtype={"source_direction": str})
-    missing = {"series_uid", "subset", "path", "offset_z", "source_direction"} - set(table.columns)
+    """The scan table; only :data:`TABLE_COLUMNS` are required (geometry: the volumes')."""
+    table = pd.read_csv(path, dtype={c: str for c in (*TABLE_COLUMNS, "source_direction")})
+    missing = set(TABLE_COLUMNS) - set(table.columns)
     if missing:
         raise InputError(f"{path}: not a detection scan table (missing {sorted(missing)})")
     return table
 
 
-def geometry(row) -> dict:
-    """The geometry of a scan table row in the form of the detection volume's attrs."""
-    return {
-        "step": np.array([row[f"step_{a}"] for a in AXES], dtype=float),
-        "offset": np.array([row[f"offset_{a}"] for a in AXES], dtype=float),
-        "source_spacing": np.array([row[f"source_spacing_{a}"] for a in AXES], dtype=float),
-        "source_origin": np.array([row[f"source_origin_{a}"] for a in AXES], dtype=float),
-        "source_direction": np.array(str(row["source_direction"]).split(), dtype=float),
-    }
+def volume_geometry(path: str | Path) -> dict[str, np.ndarray]:
+    """The geometry of the detection volume at ``path``, from its attrs (float arrays):
+    ``step, offset`` (source voxel = offset + canvas voxel * step), ``source_spacing,
+    source_origin`` (z y x) and ``source_direction`` (9 numbers, row-major)."""
+    attrs = read_attrs(path)
+    return {name: np.asarray(attrs[name], dtype=float) for name in GEOMETRY}

@@ -23,7 +23,7 @@ import pandas as pd
 
 from lungseg.core.atomic import write_csv_atomic, write_text_atomic
 from lungseg.core.errors import InputError
-from lungseg.detection.scans import geometry, read_scan_table
+from lungseg.detection.scans import read_scan_table, volume_geometry
 from lungseg.detection.settings import DetectorSettings
 from lungseg.detection.volumes import to_world
 from lungseg.evaluation.froc import OPERATING_POINTS, bootstrap, froc_entries, froc_of
@@ -49,7 +49,10 @@ SUMMARY_COLUMNS = [
 
 
 def reference_findings(nodules_csv: str, scan_table: pd.DataFrame) -> pd.DataFrame:
-    """LUNA16 reference rows (``seriesuid, coordX/Y/Z, diameter_mm, relevant``) of the scans."""
+    """LUNA16 reference rows (``seriesuid, coordX/Y/Z, diameter_mm, relevant``) of the scans.
+
+    World coordinates from the geometry of each scan's detection volume (``path``), not from
+    the table's geometry columns."""
     nodules = pd.read_csv(nodules_csv)
     missing = {"series_uid", "centroid_z", "diameter_mm", "in_cohort"} - set(nodules.columns)
     if missing:
@@ -59,7 +62,8 @@ def reference_findings(nodules_csv: str, scan_table: pd.DataFrame) -> pd.DataFra
         own = nodules[nodules["series_uid"] == scan["series_uid"]]
         if own.empty:
             continue
-        world = to_world(own[["centroid_z", "centroid_y", "centroid_x"]].to_numpy(), geometry(scan))
+        centroids = own[["centroid_z", "centroid_y", "centroid_x"]].to_numpy()
+        world = to_world(centroids, volume_geometry(scan["path"]))
         rows.append(
             pd.DataFrame(
                 {

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Circle  # noqa: E402
 
 from lungseg.core.atomic import atomic_path  # noqa: E402
-from lungseg.detection.scans import geometry, read_scan_table  # noqa: E402
+from lungseg.detection.scans import read_scan_table  # noqa: E402
 from lungseg.evaluation.detection import reference_findings  # noqa: E402
 from lungseg.evaluation.froc import OPERATING_POINTS  # noqa: E402
 from lungseg.io.hdf5 import read_volume  # noqa: E402
@@ -83,7 +83,8 @@ def plot_froc(
 
 
 def _canvas_points(source_zyx: np.ndarray, attrs: dict) -> np.ndarray:
-    return (np.asarray(source_zyx, dtype=float) - attrs["offset"]) / attrs["step"]
+    offset, step = np.asarray(attrs["offset"], dtype=float), np.asarray(attrs["step"], dtype=float)
+    return (np.asarray(source_zyx, dtype=float) - offset) / step
 
 
 def detections_figure(
@@ -102,15 +103,15 @@ def detections_figure(
     cols = min(4, max(1, len(panels)))
     rows = max(1, int(np.ceil(len(panels) / cols)))
     figure = Figure(figsize=(2.2 * cols, 2.4 * rows))
-    volumes: dict[str, tuple[np.ndarray, float]] = {}
+    volumes: dict[str, tuple[np.ndarray, dict]] = {}  # path -> canvas, its attrs (the geometry)
     for k, (_, ref) in enumerate(panels.iterrows()):
         ax = figure.add_subplot(rows, cols, k + 1)
         scan = val[val["series_uid"] == ref["seriesuid"]].iloc[0]
-        attrs = geometry(scan)
         if scan["path"] not in volumes:
             image, _, vattrs = read_volume(scan["path"])
-            volumes[scan["path"]] = (image, float(vattrs["spacing"][1]))
-        image, pixel_mm = volumes[scan["path"]]
+            volumes[scan["path"]] = (image, vattrs)
+        image, attrs = volumes[scan["path"]]
+        pixel_mm = float(attrs["spacing"][1])
         nodule = nodules.loc[ref["nodule_id"]]
         centre = _canvas_points(
             [[nodule["centroid_z"], nodule["centroid_y"], nodule["centroid_x"]]], attrs
