@@ -121,6 +121,10 @@ ALLOWED_SCHEMA_DEFAULTS = {
     "another branch; follow-up: pass DetectorSettings.max_candidates",
     ("lungseg.evaluation.froc.froc_entries", "max_candidates"): "detection/, as above",
     ("lungseg.evaluation.froc.bootstrap", "seed"): "detection/, as above (bootstrap_seed)",
+    ("lungseg.evaluation.froc.ci_bounds", "confidence"): "LUNA16's CPM interval is 95% by "
+    "definition; detection has no confidence key (cv.confidence is the cross-validation's)",
+    ("lungseg.evaluation.froc.Bootstrap.cpm_interval", "confidence"): "as ci_bounds",
+    ("lungseg.evaluation.froc.bootstrap", "confidence"): "as ci_bounds",
 }
 
 

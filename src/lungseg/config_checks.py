@@ -3,8 +3,9 @@
 Every settings class a stage of the registry takes (:func:`lungseg.stages.settings_classes`) is
 built from the config (each runs its own checks across keys; one per model and per detector
 where jobs are), then the checks that span stages: each model must take the crops, each detector
-its volumes, the predictor's choice must name a configured model. A bad config thus stops
-``snakemake`` at parse time with the key named, before any output is deleted.
+its volumes, the predictor's choice and (with cross-validation) ``cv.baseline`` must name a
+configured model. A bad config thus stops ``snakemake`` at parse time with the key named, before
+any output is deleted.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from lungseg.core.errors import SettingsError
 from lungseg.core.settings import check_against_schema
 from lungseg.dataset.settings import CropSettings
 from lungseg.detection.settings import check_detection_config
+from lungseg.evaluation.settings import CrossValidationSettings
 from lungseg.predict.settings import PredictorSettings, PredictSettings
 from lungseg.stages import settings_classes
 from lungseg.training.settings import VariantSettings, variant_config
@@ -37,6 +39,22 @@ def check_config(config: Mapping[str, Any]) -> None:
             )
     check_detection_config(config)
     check_predictor_choice(config)
+    check_cv_baseline(config)
+
+
+def check_cv_baseline(config: Mapping[str, Any]) -> None:
+    """With cross-validation (``split.folds >= 2``), ``cv.baseline`` must name a model."""
+    if int((config.get("split") or {}).get("folds") or 0) < 2:
+        return
+    baseline = CrossValidationSettings.from_config(
+        CrossValidationSettings.config_subset(config)
+    ).baseline
+    names = sorted(config.get("models") or {})
+    if baseline not in names:
+        raise SettingsError(
+            f"cv.baseline: {baseline!r} is not in models ({', '.join(names) or 'none'}); "
+            "the cross-validation compares every model with it"
+        )
 
 
 def check_predictor_choice(config: Mapping[str, Any]) -> None:

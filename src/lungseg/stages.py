@@ -312,6 +312,19 @@ STAGES: tuple[Stage, ...] = (
         settings=_s(f"{PR}:PredictSettings"),
         outputs={"prediction": "folder"},
     ),
+    Stage(
+        "lungseg.evaluation.cross_validation:run_cv_summary",
+        "cross-validation tables: pooled nodules, curves, overfitting, bootstrap vs baseline",
+        rule="cv_summary",
+        settings={"settings": f"{EV}:CrossValidationSettings", "buckets": f"{EV}:BucketSettings"},
+        outputs=dict.fromkeys(("nodules", "curves", "overfitting", "comparison"), "table"),
+    ),
+    Stage(
+        "lungseg.figures.cross_validation:run_plot_cv",
+        "figures of the cross-validation tables: Dice curves over folds, forest plot vs baseline",
+        rule="plot_cv",
+        outputs={"curves_figure": "figure", "comparison_figure": "figure"},
+    ),
 )
 
 

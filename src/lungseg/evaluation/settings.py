@@ -28,3 +28,15 @@ class EvaluationSettings(BucketSettings):
     threshold: float
     batch_size: int
     device: str
+
+
+@dataclass(frozen=True)
+class CrossValidationSettings(StageSettings):
+    """Rule ``cv_summary``: the comparison of the model variants over the cross-validation folds
+    (paired cluster bootstrap of the Dice differences against a baseline variant)."""
+
+    SECTIONS = ("cv",)
+    baseline: str
+    bootstrap_draws: int
+    bootstrap_seed: int
+    confidence: float
