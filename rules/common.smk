@@ -10,7 +10,11 @@ from lungseg.predict.settings import PredictorSettings, PredictSettings
 from lungseg.sample.settings import SampleSettings
 from lungseg.stages import code_hash
 from lungseg.training.settings import variant_config
-from lungseg.evaluation.settings import BucketSettings, EvaluationSettings
+from lungseg.evaluation.settings import (
+    BucketSettings,
+    CrossValidationSettings,
+    EvaluationSettings,
+)
 from lungseg.dataset.settings import CropSettings, CropsOverviewSettings, SplitSettings
 from lungseg.ingest.settings import (
     AnnotationSettings,
@@ -54,6 +58,7 @@ def final_targets():
     targets += crops_outputs()
     targets += detection_outputs()
     targets += prediction_outputs()
+    targets += cv_outputs()
     return targets
 
 
@@ -184,6 +189,49 @@ def train_outputs():
         ["results/models/{model}/metrics.csv", "results/models/{model}/best.pt"],
         model=model_names(),
     )
+
+
+# --- cross-validation (split.folds >= 2) ---
+def cv_fold_list():
+    """The folds of the cross-validation; none with split.folds < 2 (a single split)."""
+    folds = config["split"]["folds"]
+    return list(range(folds)) if folds >= 2 else []
+
+
+def fold_of(wildcards):
+    """The {fold} wildcard as a number (the fold_split job's argument)."""
+    return int(wildcards.fold)
+
+
+def cv_files(name):
+    """results/models/{model}/fold_{k}/<name> of every model and fold, models first."""
+    return [
+        f"results/models/{m}/fold_{k}/{name}"
+        for m in model_names()
+        for k in cv_fold_list()
+    ]
+
+
+def cv_models():
+    """The model of each entry of cv_files (cv_summary's parallel list)."""
+    return [m for m in model_names() for _ in cv_fold_list()]
+
+
+def cv_fold_numbers():
+    """The fold of each entry of cv_files (cv_summary's parallel list)."""
+    return [k for _ in model_names() for k in cv_fold_list()]
+
+
+def cv_outputs():
+    """What `rule all` builds of the cross-validation (nothing with a single split)."""
+    if not cv_fold_list():
+        return []
+    return [
+        "results/cv/nodules.csv",
+        "results/cv/comparison.csv",
+        "results/plots/cv_curves.png",
+        "results/plots/cv_comparison.png",
+    ]
 
 
 # --- benchmark ---

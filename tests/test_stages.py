@@ -86,7 +86,11 @@ def test_subcommands_are_the_registry_and_parse():
     )
     listed = re.findall(r"^    ([a-z][a-z-]+)\s", result.stdout, re.MULTILINE)
     assert listed == list(stages.by_command())
-    assert len(stages.by_command()) == len(stages.STAGES)  # no two stages share a subcommand
+    shell = [stage for stage in stages.STAGES if stage.shell]
+    assert len(stages.by_command()) == len(shell)  # no two stages share a subcommand
+    # a rule without a subcommand of its own runs a function that has one
+    functions = {stage.function for stage in shell}
+    assert all(s.function in functions for s in stages.STAGES if not s.shell)
 
 
 def test_the_shell_and_snakemake_reach_the_same_function():

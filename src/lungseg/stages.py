@@ -48,6 +48,7 @@ class Stage:
     command: str | None = None  # None: the rule's name with dashes
     settings: Mapping[str, str] = field(default_factory=dict)  # parameter -> "module:Class"
     outputs: Mapping[str, str] = field(default_factory=dict)  # named output -> role
+    shell: bool = True  # False: a second rule of a function that already has its subcommand
 
     @property
     def subcommand(self) -> str:
@@ -149,11 +150,33 @@ STAGES: tuple[Stage, ...] = (
         outputs={"metrics": "table", "best": "model"},
     ),
     Stage(
+        "lungseg.dataset.split:run_fold_split",
+        "cross-validation: the split of one fold (validation = that fold, training = the others)",
+        rule="fold_split",
+        outputs={"fold_split_csv": "table"},
+    ),
+    Stage(
+        "lungseg.training.trainer:run_train",
+        "cross-validation: train one model variant on one fold's split",
+        rule="train_fold",
+        settings=_s(f"{TR}:VariantSettings"),
+        outputs={"metrics": "table", "best": "model"},
+        shell=False,
+    ),
+    Stage(
         "lungseg.evaluation.evaluate:run_evaluate",
         "evaluate a trained model on the validation crops",
         rule="evaluate",
         settings=_s(f"{EV}:EvaluationSettings"),
         outputs={"evaluation": "table", "predictions": "volume"},
+    ),
+    Stage(
+        "lungseg.evaluation.evaluate:run_evaluate",
+        "cross-validation: evaluate one fold's model on that fold's validation crops",
+        rule="evaluate_fold",
+        settings=_s(f"{EV}:EvaluationSettings"),
+        outputs={"evaluation": "table", "predictions": "volume"},
+        shell=False,
     ),
     Stage(
         "lungseg.evaluation.evaluate:run_evaluate_summary",
@@ -335,7 +358,7 @@ def by_rule() -> dict[str, Stage]:
 
 def by_command() -> dict[str, Stage]:
     """``lungseg`` subcommand -> its stage, in registry order."""
-    return {stage.subcommand: stage for stage in STAGES}
+    return {stage.subcommand: stage for stage in STAGES if stage.shell}
 
 
 def resolve(target: str) -> Any:

@@ -272,3 +272,30 @@ def run_split(
         table.groupby(["subset", table["n_nodules"] > 0]).size().to_dict(),
     )
     write_csv_atomic(patients, table)
+
+
+def fold_split(split_csv: str | Path, fold: int) -> pd.DataFrame:
+    """``split_csv`` (written with ``folds`` >= 2) with fold ``fold`` as the validation subset and
+    every other fold as training: one cross-validation fold's split, in split.csv's columns."""
+    table = pd.read_csv(split_csv)
+    if "fold" not in table.columns:
+        raise ValueError(f"{split_csv}: no column fold (cross-validation needs split.folds >= 2)")
+    folds = sorted(int(f) for f in table["fold"].unique())
+    if fold not in folds:
+        raise ValueError(f"{split_csv}: no fold {fold} (folds {folds})")
+    table["subset"] = np.where(table["fold"] == fold, "val", "train")
+    return table
+
+
+def run_fold_split(*, split: str, fold: int, fold_split_csv: str) -> None:
+    """Write cross-validation fold ``fold``'s split (``fold_split_csv``) from ``split``: the
+    same trainer and evaluation then run on it as on the single split."""
+    table = fold_split(split, int(fold))
+    logger.info(
+        "fold %d: %d validation nodule(s) of %d patient(s), %d training nodule(s)",
+        fold,
+        int((table["subset"] == "val").sum()),
+        table.loc[table["subset"] == "val", "patient_id"].nunique(),
+        int((table["subset"] == "train").sum()),
+    )
+    write_csv_atomic(fold_split_csv, table)
