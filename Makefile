@@ -14,7 +14,7 @@ export LUNGSEG_TORCH
 TORCH_CHOICE := $(VENV)/.torch-choice
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: FORCE all venv system-deps run test test-fast lint pytest dag clean lock
+.PHONY: FORCE all venv nnunet bench-nnunet system-deps run test test-fast lint pytest dag clean lock
 
 all: test
 
@@ -29,6 +29,20 @@ $(STAMP): requirements.lock requirements-torch-cpu.lock requirements-torch-cuda.
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# Optional: nnU-Net v2, the peer of the crop models (lungseg bench-nnunet, docs/training.md).
+# Its pinned packages, --no-deps: the venv's torch stays. make test needs it, make run does not.
+NNUNET_STAMP := $(VENV)/.nnunet-installed
+$(NNUNET_STAMP): $(STAMP) requirements-nnunet.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -r requirements-nnunet.lock
+	touch $(NNUNET_STAMP)
+
+nnunet: $(NNUNET_STAMP)
+
+# nnU-Net trained on the crops and split of make run, scored like the crop models (CPU: ~12 min
+# for its 1-epoch trainer on 2 cores): results/nnunet/evaluation.csv and summary.csv.
+bench-nnunet: nnunet
+	$(BIN)/lungseg bench-nnunet --device cpu --threads $(CORES)
 
 # Rewritten only when LUNGSEG_TORCH differs from the last install's, so that only a change
 # reinstalls.
@@ -52,7 +66,7 @@ system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then scripts/install-slurm.sh; \
 	else echo "system-deps: not root or no apt-get; SLURM test skips unless SLURM is installed"; fi
 
-pytest: venv system-deps
+pytest: venv nnunet system-deps
 	$(BIN)/pytest
 
 test: lint pytest
@@ -68,12 +82,13 @@ dag: venv
 	$(BIN)/snakemake --rulegraph --cores 1 | dot -Tpng > docs/rulegraph.png
 
 # Freeze the current venv into the lock file (after a deliberate upgrade). torch and its CUDA
-# packages stay out: they are pinned by build in requirements-torch-*.lock.
+# packages stay out: they are pinned by build in requirements-torch-*.lock; so do nnU-Net's
+# (requirements-nnunet.lock).
 lock: venv
 	{ sed -n '1,/^# Regenerate/p' requirements.lock; \
 	  $(BIN)/python -m pip freeze --exclude-editable \
 	    | grep -viE "^($$(sed -n 's/^\([A-Za-z0-9_.-]*\)=.*/\1/p' requirements-torch-cuda.lock \
-	      | paste -sd'|'))=="; \
+	      requirements-nnunet.lock | paste -sd'|'))=="; \
 	  echo "setuptools==$$($(BIN)/python -c 'import setuptools; print(setuptools.__version__)')"; \
 	} > requirements.lock.new && mv requirements.lock.new requirements.lock
 

@@ -348,6 +348,12 @@ STAGES: tuple[Stage, ...] = (
         rule="plot_cv",
         outputs={"curves_figure": "figure", "comparison_figure": "figure"},
     ),
+    Stage(
+        "lungseg.bench.nnunet:run_bench_nnunet",
+        "nnU-Net v2 3d_fullres on the crops and split, scored as the crop models (make nnunet)",
+        command="bench-nnunet",
+        settings=_s(f"{EV}:EvaluationSettings"),
+    ),
 )
 
 
