@@ -97,7 +97,10 @@ def run_step(name: str, command: list[str], env: dict[str, str], log_dir: Path) 
     step raises ``RuntimeError`` with the end of its log."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"{name}.log"
-    logger.info("nnU-Net %s: %s (log: %s)", name, " ".join(command), log_file)
+    shown = " ".join(command[:12]) + (
+        f" ... ({len(command) - 12} more)" if len(command) > 12 else ""
+    )
+    logger.info("nnU-Net %s: %s (log: %s)", name, shown, log_file)
     start = time.perf_counter()
     with log_file.open("w") as out:
         done = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
