@@ -1,29 +1,11 @@
-"""The stage registry: every job of the workflow and every ``lungseg`` subcommand, written once.
-
-One :class:`Stage` per stage function: the Snakemake rule that runs it, its subcommand, the
-settings classes it takes and the roles of its named outputs. Everything else derives from it:
-
-- ``workflow_scripts/<rule>.py`` is the same two lines for every rule: :func:`run_script` looks up
-  the rule (``snakemake.rule``, or the script's file name from the shell) here;
-- the ``lungseg`` subcommands (:mod:`lungseg.cli`);
-- the parse-time settings checks (:func:`lungseg.config_checks.check_config` builds every class
-  of :func:`settings_classes` from the config before any job starts);
-- the code hashes (:func:`code_hash`, each rule's ``code`` param): every lungseg module the stage
-  function's module imports, directly or not.
-
-Functions and classes are named by ``"module:name"`` strings and imported on use, so reading the
-registry (the Snakefile does, for every job) imports neither torch nor pylidc.
-``tests/test_stages.py`` checks it against the rules, the scripts and the functions' signatures.
-"""
+"""The registry's table: one :class:`Stage` per stage function, in the order of the workflow
+(the order of ``lungseg --help``), and the output roles (:data:`ROLES`) it names."""
 
 from __future__ import annotations
 
-import importlib
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 #: Output roles, each with the file kind a rule's output of that role has (checked by the tests).
 ROLES: Mapping[str, str] = types.MappingProxyType(
@@ -47,8 +29,14 @@ class Stage:
     rule: str | None = None  # Snakemake rule; None: a subcommand only
     command: str | None = None  # None: the rule's name with dashes
     settings: Mapping[str, str] = field(default_factory=dict)  # parameter -> "module:Class"
-    outputs: Mapping[str, str] = field(default_factory=dict)  # named output -> role
+    # named output -> role; or "name:role name:role ..." (read into a mapping)
+    outputs: Mapping[str, str] | str = field(default_factory=dict)
     shell: bool = True  # False: a second rule of a function that already has its subcommand
+
+    def __post_init__(self) -> None:
+        if isinstance(self.outputs, str):
+            pairs = (item.split(":") for item in self.outputs.split())
+            object.__setattr__(self, "outputs", types.MappingProxyType(dict(pairs)))
 
     @property
     def subcommand(self) -> str:
@@ -249,12 +237,7 @@ STAGES: tuple[Stage, ...] = (
         "LUNA16 FROC, CPM with bootstrap interval and operating point of one detector",
         rule="evaluate_detector",
         settings=_s(f"{DET}:DetectorSettings"),
-        outputs={
-            "froc": "table",
-            "bootstrap_table": "table",
-            "summary": "table",
-            "operating_point": "record",
-        },
+        outputs="froc:table bootstrap_table:table summary:table operating_point:record",
     ),
     Stage(
         "lungseg.evaluation.detection:summarise_detectors",
@@ -313,13 +296,8 @@ STAGES: tuple[Stage, ...] = (
         "score predicted validation scans against the reference nodules, radiomics ICC",
         rule="cascade",
         settings={"buckets": f"{EV}:BucketSettings", "settings": f"{PR}:PredictSettings"},
-        outputs={
-            "cascade": "table",
-            "summary": "table",
-            "reference_features": "table",
-            "agreement": "table",
-            "agreement_classes": "table",
-        },
+        outputs="cascade:table summary:table reference_features:table agreement:table "
+        "agreement_classes:table",
     ),
     Stage(
         "lungseg.figures.cascade:run_plot_cascade",
@@ -355,46 +333,3 @@ STAGES: tuple[Stage, ...] = (
         settings=_s(f"{EV}:EvaluationSettings"),
     ),
 )
-
-
-def by_rule() -> dict[str, Stage]:
-    """Rule name -> its stage (read from :data:`STAGES` on every call)."""
-    return {stage.rule: stage for stage in STAGES if stage.rule}
-
-
-def by_command() -> dict[str, Stage]:
-    """``lungseg`` subcommand -> its stage, in registry order."""
-    return {stage.subcommand: stage for stage in STAGES if stage.shell}
-
-
-def resolve(target: str) -> Any:
-    """The object a ``"module:name"`` string names (imports its module)."""
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def settings_classes() -> list[type]:
-    """Every settings class some stage takes, once each, in registry order."""
-    targets = dict.fromkeys(t for stage in STAGES for t in stage.settings.values())
-    return [resolve(target) for target in targets]
-
-
-def code_hash(rule: str) -> str:
-    """A rule's ``code`` param: the hash of every lungseg module its stage function's module
-    imports (directly or not) and of the runner that calls it (:mod:`lungseg.core.rule`)."""
-    from lungseg.core.provenance import modules_code_hash
-
-    return modules_code_hash((by_rule()[rule].module, "lungseg.core.rule"))
-
-
-def run_script(namespace: dict[str, Any]) -> None:
-    """The body of every ``workflow_scripts/<rule>.py``: run the rule's stage function, from
-    Snakemake (``snakemake.rule``) or from the shell (the script's name)."""
-    from lungseg.core.rule import run_rule
-
-    smk = namespace.get("snakemake")
-    rule = smk.rule if smk is not None else Path(namespace["__file__"]).stem
-    stages = by_rule()
-    if rule not in stages:
-        raise SystemExit(f"{rule}: no such rule in lungseg.stages.STAGES")
-    run_rule(resolve(stages[rule].function), namespace)
