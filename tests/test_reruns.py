@@ -25,7 +25,7 @@ JOB_HEADER = re.compile(r"^(?:localrule|rule|checkpoint) (\w+):$")
 # Rules downstream of one model's training (per model) and of all models.
 MODEL_DOWNSTREAM = {"train", "evaluate", "plots", "plot_examples"}
 # The prediction stage uses the best model and detector: it follows any change of either.
-PREDICTION_RULES = {"predictor", "predict", "cascade"}
+PREDICTION_RULES = {"predictor", "predict", "cascade", "plot_cascade"}
 SUMMARY_RULES = {"evaluate_summary", "plot_comparison", "all"} | PREDICTION_RULES
 # Rules downstream of one detector's training (per detector) and of all detectors.
 DETECTOR_DOWNSTREAM = {"train_detector", "detect", "evaluate_detector", "plot_detections"}
