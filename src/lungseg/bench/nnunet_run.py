@@ -32,8 +32,14 @@ def _use_our_lookup() -> None:
     from nnunetv2.inference import predict_from_raw_data
     from nnunetv2.run import run_training
 
-    run_training.recursive_find_trainer_class_by_name = trainer_class
-    predict_from_raw_data.recursive_find_trainer_class_by_name = trainer_class
+    for module in (run_training, predict_from_raw_data):
+        # fail loudly, not silently use nnU-Net's lookup, if the pinned nnunetv2 changes
+        if not hasattr(module, "recursive_find_trainer_class_by_name"):
+            raise RuntimeError(
+                f"{module.__name__} has no recursive_find_trainer_class_by_name: nnunetv2 "
+                "changed; lungseg is tested with the version of requirements-nnunet.lock"
+            )
+        module.recursive_find_trainer_class_by_name = trainer_class
 
 
 def train(dataset: str, configuration: str, fold: int, trainer: str, device: str) -> None:

@@ -25,7 +25,17 @@ from typing import Any
 
 from lungseg.stages.table import ROLES, STAGES, Stage
 
-__all__ = ["ROLES", "STAGES", "Stage", "by_command", "by_rule", "code_hash", "resolve"]
+__all__ = [
+    "ROLES",
+    "STAGES",
+    "Stage",
+    "by_command",
+    "by_rule",
+    "code_hash",
+    "resolve",
+    "run_script",
+    "settings_classes",
+]
 
 
 def by_rule() -> dict[str, Stage]:
