@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,121 @@ def read_probabilities(out_dir: Path, cases: list[str]) -> np.ndarray:
     return np.stack(arrays)
 
 
+@dataclass(frozen=True)
+class Workspace:
+    """An exported, planned nnU-Net dataset under ``root`` and how its steps run."""
+
+    root: Path
+    dataset_id: int
+    raw: Path  # the raw dataset folder
+    cases: pd.DataFrame  # export_cases: nodule_id, subset, (fold), row, case
+    env: dict[str, str]
+    threads: int
+    device: str
+
+    @property
+    def dataset(self) -> str:
+        return dataset_folder_name(self.dataset_id)
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def model_dir(self, trainer: str) -> Path:
+        return self.root / "trained" / self.dataset / f"{trainer}__{PLANS}__{CONFIGURATION}"
+
+    def batch_size(self) -> int:
+        plans = json.loads(
+            (self.root / "preprocessed" / self.dataset / f"{PLANS}.json").read_text()
+        )
+        return int(plans["configurations"][CONFIGURATION]["batch_size"])
+
+
+def prepare(
+    crops: str, table: str, split: str, workdir: str, dataset_id: int, threads: int, device: str
+) -> tuple[Workspace, float]:
+    """Export the crops and split as nnU-Net's raw dataset and plan and preprocess it
+    (``--verify_dataset_integrity``); the workspace and the planning's seconds."""
+    root = Path(workdir)
+    env = nnunet_environment(root, threads)
+    raw = export_dataset(crops, table, split, root / "raw", dataset_id)
+    space = Workspace(root, dataset_id, raw, export_cases(table, split), env, threads, device)
+    plan = [nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id)]
+    plan += ["-c", CONFIGURATION, "--verify_dataset_integrity"]
+    plan += ["-np", str(threads), "-npfp", str(threads)]
+    seconds = run_step("plan_and_preprocess", plan, env, space.logs)
+    shutil.copyfile(
+        raw / "splits_final.json", root / "preprocessed" / space.dataset / "splits_final.json"
+    )
+    return space, seconds
+
+
+def train_and_predict(
+    space: Workspace, fold: int, trainer: str, val_cases: list[str], predictions: Path
+) -> dict[str, float]:
+    """Train nnU-Net fold ``fold`` (an index of splits_final.json) and predict ``val_cases``
+    with its final checkpoint into ``predictions`` (``<case>.npz``); seconds and iterations."""
+    child = [sys.executable, "-m", "lungseg.bench.nnunet_run", "--threads", str(space.threads)]
+    suffix = "" if fold == 0 and "fold" not in space.cases.columns else f"_fold_{fold}"
+    train = [*child, "train", str(space.dataset_id), CONFIGURATION, str(fold), trainer]
+    train_s = run_step(f"train{suffix}", [*train, space.device], space.env, space.logs)
+    model_dir = space.model_dir(trainer)
+    raw_images = space.raw / "imagesTr"
+    images = [str(raw_images / f"{case}{CHANNEL}{FILE_ENDING}") for case in val_cases]
+    shutil.rmtree(predictions, ignore_errors=True)
+    predict = [*child, "predict", str(model_dir), str(fold), str(predictions), space.device]
+    predict_s = run_step(f"predict{suffix}", [*predict, *images], space.env, space.logs)
+    debug = json.loads((model_dir / f"fold_{fold}" / "debug.json").read_text())
+    iterations = int(debug.get("num_iterations_per_epoch", 250))
+    return {"train_seconds": train_s, "predict_seconds": predict_s, "iterations": iterations}
+
+
+def score_split(
+    space: Workspace,
+    crops: str,
+    table: str,
+    split: str,
+    predictions: Path,
+    settings: EvaluationSettings,
+) -> pd.DataFrame:
+    """nnU-Net's foreground probabilities of ``split``'s val crops scored as lungseg scores its
+    own models (the columns of ``results/models/{model}/evaluation.csv``)."""
+    from lungseg.evaluation.evaluate import read_validation_crops, score_predictions
+
+    crop_rows, arrays = read_validation_crops(crops, table, split)
+    case_of = dict(zip(space.cases["nodule_id"], space.cases["case"], strict=True))
+    probabilities = read_probabilities(predictions, [case_of[n] for n in crop_rows["nodule_id"]])
+    return score_predictions(
+        probabilities,
+        arrays["mask"],
+        arrays["other"],
+        crop_rows,
+        settings.threshold,
+        settings.size_buckets_mm,
+    )
+
+
+def summary_row(space: Workspace, trainer: str, timing: dict, scores: pd.DataFrame) -> dict:
+    """One row of ``SUMMARY_COLUMNS`` (without ``wall_seconds``, ``plan_seconds``)."""
+    epochs = trainer_epochs(trainer)
+    return {
+        "model": MODEL,
+        "nnunetv2_version": nnunet_version(),
+        "trainer": trainer,
+        "epochs": epochs,
+        "iterations_per_epoch": timing["iterations"],
+        "batch_size": space.batch_size(),
+        "optimizer_steps": epochs * timing["iterations"],
+        "device": space.device,
+        "threads": space.threads,
+        "train_seconds": round(timing["train_seconds"], 1),
+        "predict_seconds": round(timing["predict_seconds"], 1),
+        "dice_mean": round(float(scores["dice"].mean()), 6),
+        "dice_median": round(float(scores["dice"].median()), 6),
+        "n_nodules": len(scores),
+    }
+
+
 def run_bench_nnunet(
     *,
     crops: str = "results/crops/crops.h5",
@@ -154,70 +270,21 @@ def run_bench_nnunet(
 ) -> pd.DataFrame:
     """Export the crops, plan, train and predict nnU-Net's ``3d_fullres`` on the val fold, score
     it like lungseg's models; writes ``evaluation`` and ``summary`` (returned)."""
-    from lungseg.evaluation.evaluate import read_validation_crops, score_predictions
     from lungseg.inference.model import choose_device
 
     start = time.perf_counter()
-    version, epochs = nnunet_version(), trainer_epochs(trainer)
+    nnunet_version()
+    trainer_epochs(trainer)  # a bad trainer name fails before the export
     device = choose_device(settings.device).type
-    root = Path(workdir)
-    env, logs = nnunet_environment(root, threads), root / "logs"
-    dataset = dataset_folder_name(dataset_id)
-    raw = export_dataset(crops, table, split, root / "raw", dataset_id)
-    cases = export_cases(table, split)
-    fold = validation_fold(cases)
-    plan = [nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id)]
-    plan += ["-c", CONFIGURATION, "--verify_dataset_integrity"]
-    plan_s = run_step(
-        "plan_and_preprocess", [*plan, "-np", str(threads), "-npfp", str(threads)], env, logs
-    )
-    shutil.copyfile(
-        raw / "splits_final.json", root / "preprocessed" / dataset / "splits_final.json"
-    )
-    child = [sys.executable, "-m", "lungseg.bench.nnunet_run", "--threads", str(threads)]
-    train = [*child, "train", str(dataset_id), CONFIGURATION, str(fold), trainer, device]
-    train_s = run_step("train", train, env, logs)
-    model_dir = root / "trained" / dataset / f"{trainer}__{PLANS}__{CONFIGURATION}"
-    val = cases.loc[cases["subset"] == "val", "case"].tolist()
-    images = [str(raw / "imagesTr" / f"{case}{CHANNEL}{FILE_ENDING}") for case in val]
-    predictions = root / "predictions"
-    shutil.rmtree(predictions, ignore_errors=True)
-    predict = [*child, "predict", str(model_dir), str(fold), str(predictions), device, *images]
-    predict_s = run_step("predict", predict, env, logs)
-    crop_rows, arrays = read_validation_crops(crops, table, split)
-    case_of = dict(zip(cases["nodule_id"], cases["case"], strict=True))
-    probabilities = read_probabilities(predictions, [case_of[n] for n in crop_rows["nodule_id"]])
-    scores = score_predictions(
-        probabilities,
-        arrays["mask"],
-        arrays["other"],
-        crop_rows,
-        settings.threshold,
-        settings.size_buckets_mm,
-    )
+    space, plan_s = prepare(crops, table, split, workdir, dataset_id, threads, device)
+    fold = validation_fold(space.cases)
+    val = space.cases.loc[space.cases["subset"] == "val", "case"].tolist()
+    predictions = space.root / "predictions"
+    timing = train_and_predict(space, fold, trainer, val, predictions)
+    scores = score_split(space, crops, table, split, predictions, settings)
     write_csv_atomic(evaluation, scores)
-    plans = json.loads((root / "preprocessed" / dataset / f"{PLANS}.json").read_text())
-    batch_size = int(plans["configurations"][CONFIGURATION]["batch_size"])
-    debug = json.loads((model_dir / f"fold_{fold}" / "debug.json").read_text())
-    iterations = int(debug.get("num_iterations_per_epoch", 250))
-    row = {
-        "model": MODEL,
-        "nnunetv2_version": version,
-        "trainer": trainer,
-        "epochs": epochs,
-        "iterations_per_epoch": iterations,
-        "batch_size": batch_size,
-        "optimizer_steps": epochs * iterations,
-        "device": device,
-        "threads": threads,
-        "plan_seconds": round(plan_s, 1),
-        "train_seconds": round(train_s, 1),
-        "predict_seconds": round(predict_s, 1),
-        "wall_seconds": round(time.perf_counter() - start, 1),
-        "dice_mean": round(float(scores["dice"].mean()), 6),
-        "dice_median": round(float(scores["dice"].median()), 6),
-        "n_nodules": len(scores),
-    }
+    row = summary_row(space, trainer, timing, scores)
+    row |= {"plan_seconds": round(plan_s, 1), "wall_seconds": round(time.perf_counter() - start, 1)}
     frame = pd.DataFrame([row], columns=SUMMARY_COLUMNS)
     write_csv_atomic(summary, frame)
     logger.info(

@@ -131,7 +131,8 @@ def comparison_table(
     settings: CrossValidationSettings,
 ) -> pd.DataFrame:
     """results/cv/comparison.csv: one row per model (the baseline too, without a difference)
-    and size bucket (``all``, then ``buckets``)."""
+    and size bucket (``all``, then ``buckets``); a model with no ``mean`` row in ``overfit``
+    gets an empty ``peak_epoch_mean`` and ``drop_mean``."""
     baseline = settings.baseline
     differences = paired_bootstrap_by_bucket(
         nodules,
@@ -141,7 +142,7 @@ def comparison_table(
         seed=settings.bootstrap_seed,
         confidence=settings.confidence,
     ).set_index(["model", "size_bucket"])
-    means = overfit[overfit["fold"] == MEAN_FOLD].set_index("model")
+    means = overfit[overfit["fold"].astype(str) == MEAN_FOLD].set_index("model")
     rows = []
     for model, part in nodules.groupby("model", sort=False):
         for bucket in [ALL, *buckets]:
@@ -163,8 +164,10 @@ def comparison_table(
                 found = differences.loc[(model, bucket)]
                 row |= {k: found[k] for k in BOOTSTRAP_COLUMNS[3:]}
                 row["significant"] = bool(row["significant"])
-            row["peak_epoch_mean"] = float(means.loc[model, "peak_epoch"])
-            row["drop_mean"] = float(means.loc[model, "drop"])
+            # a model without training curves (nnU-Net's fixed-length trainers): left empty
+            mean_of = means.loc[model] if model in means.index else {}
+            row["peak_epoch_mean"] = float(mean_of.get("peak_epoch", np.nan))
+            row["drop_mean"] = float(mean_of.get("drop", np.nan))
             rows.append(row)
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 

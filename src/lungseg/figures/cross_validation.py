@@ -32,7 +32,7 @@ PANEL_SIZE = (3.2, 2.8)  # inches per model panel
 COLUMNS = 2
 
 
-def _save(figure: Figure, path: str | Path) -> None:
+def save_figure(figure: Figure, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=figure.dpi)
     logger.info("wrote %s", path)
@@ -137,5 +137,5 @@ def run_plot_cv(
 ) -> None:
     """Rule ``plot_cv``: both figures from results/cv/curves.csv, comparison.csv and
     overfitting.csv."""
-    _save(cv_curves_figure(pd.read_csv(curves), pd.read_csv(overfitting)), curves_figure)
-    _save(cv_comparison_figure(pd.read_csv(comparison)), comparison_figure)
+    save_figure(cv_curves_figure(pd.read_csv(curves), pd.read_csv(overfitting)), curves_figure)
+    save_figure(cv_comparison_figure(pd.read_csv(comparison)), comparison_figure)

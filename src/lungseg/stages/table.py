@@ -332,4 +332,10 @@ STAGES: tuple[Stage, ...] = (
         command="bench-nnunet",
         settings=_s(f"{EV}:EvaluationSettings"),
     ),
+    Stage(
+        "lungseg.bench.nnunet_cv:run_bench_nnunet_cv",
+        "nnU-Net v2 3d_fullres on every cross-validation fold: one more row of the comparison",
+        command="bench-nnunet-cv",
+        settings={"settings": f"{EV}:EvaluationSettings", "cv": f"{EV}:CrossValidationSettings"},
+    ),
 )
