@@ -12,6 +12,17 @@ rule predictor:
         segmenter_checkpoints=[
             f"results/models/{m}/best.pt" for m in evaluated_models()
         ],
+        # predict.ensemble_folds: every evaluated model's fold models (the choice is made in the
+        # job); none by default
+        fold_checkpoints=(
+            [
+                f"results/models/{m}/fold_{k}/best.pt"
+                for m in evaluated_models()
+                for k in cv_fold_list()
+            ]
+            if config["predict"]["ensemble_folds"]
+            else []
+        ),
     output:
         detector="results/predictor/detector.pt",
         segmenter="results/predictor/segmenter.pt",

@@ -4,8 +4,8 @@ Every settings class a stage of the registry takes (:func:`lungseg.stages.settin
 built from the config (each runs its own checks across keys; one per model and per detector
 where jobs are), then the checks that span stages: each model must take the crops, each detector
 its volumes, the predictor's choice and (with cross-validation) ``cv.baseline`` must name a
-configured model. A bad config thus stops ``snakemake`` at parse time with the key named, before
-any output is deleted.
+configured model, and ``predict.ensemble_folds`` needs ``split.folds >= 2``. A bad config thus
+stops ``snakemake`` at parse time with the key named, before any output is deleted.
 """
 
 from __future__ import annotations
@@ -40,6 +40,18 @@ def check_config(config: Mapping[str, Any]) -> None:
     check_detection_config(config)
     check_predictor_choice(config)
     check_cv_baseline(config)
+    check_ensemble_folds(config)
+
+
+def check_ensemble_folds(config: Mapping[str, Any]) -> None:
+    """``predict.ensemble_folds: true`` needs the folds' models: ``split.folds >= 2``."""
+    chosen = PredictorSettings.from_config(PredictorSettings.config_subset(config))
+    folds = int((config.get("split") or {}).get("folds") or 0)
+    if chosen.ensemble_folds and folds < 2:
+        raise SettingsError(
+            f"predict.ensemble_folds: true needs the cross-validation folds' models, but "
+            f"split.folds is {folds}; set split.folds >= 2 or predict.ensemble_folds: false"
+        )
 
 
 def check_cv_baseline(config: Mapping[str, Any]) -> None:

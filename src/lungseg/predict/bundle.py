@@ -10,7 +10,11 @@ window), the ``model`` state and what turns a scan into the network's input:
   chosen on the validation FROC at ``detection.operating_fps`` false positives a scan; null when
   none was reachable), with the candidate settings it was chosen with;
 - segmenter: ``crop_size`` and ``target_spacing`` of the crops it was trained on (its
-  checkpoint's ``crop_grid``, from crops.h5).
+  checkpoint's ``crop_grid``, from crops.h5); optionally ``ensemble`` (the model states of the
+  cross-validation folds' models, ``predict.ensemble_folds``) and ``ensemble_folds`` (their
+  fold numbers): then ``lungseg predict`` averages their probabilities instead of running
+  ``model``. A bundle without them (or with an empty list) uses ``model`` alone, as every
+  bundle written before them does.
 
 Both come from the checkpoints, never from the config (which may have changed since), as
 nnU-Net keeps its plans with the model.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +38,9 @@ import torch
 
 from lungseg.core.atomic import write_text_atomic, write_through_file
 from lungseg.core.errors import InputError, SettingsError
+from lungseg.core.settings import schema_defaults
 from lungseg.inference.checkpoint import read_checkpoint
-from lungseg.nets.models import build_model
+from lungseg.nets.models import ModelSettings, build_model
 from lungseg.predict.settings import PredictorSettings
 
 logger = logging.getLogger(__name__)
@@ -97,11 +103,62 @@ def detector_bundle(checkpoint: str | Path, operating_point: dict, name: str) ->
     )
 
 
-def segmenter_bundle(checkpoint: str | Path, name: str) -> dict[str, Any]:
-    """The segmenter bundle of a crop model's best.pt with the crop grid it was trained on."""
+#: the settings every member of an ensemble shares with the single model: the network
+#: (:class:`lungseg.nets.models.ModelSettings`) and the intensity window ``predict`` applies
+NETWORK_KEYS = (*(f.name for f in fields(ModelSettings)), "hu_min", "hu_max")
+
+
+def network_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`NETWORK_KEYS` of a checkpoint's settings (left-out keys: the schema's)."""
+    merged = {**schema_defaults("training"), **settings}
+    return {key: _plain(merged[key]) for key in NETWORK_KEYS}
+
+
+def segmenter_bundle(
+    checkpoint: str | Path, name: str, fold_checkpoints: Sequence[str | Path] = ()
+) -> dict[str, Any]:
+    """The segmenter bundle of a crop model's best.pt with the crop grid it was trained on.
+
+    ``fold_checkpoints`` (the best.pt of ``results/models/<name>/fold_<k>/``): an ensemble of
+    these folds' models (``ensemble``, ``ensemble_folds``, in fold order); each must record the
+    single model's crop grid and network settings (:data:`NETWORK_KEYS`), else an
+    :class:`InputError` naming the checkpoint and the key. Empty: no ensemble keys at all."""
     state = read_checkpoint(checkpoint)
     grid = _recorded(checkpoint, state, "crop_grid", ("crop_size", "target_spacing"))
-    return _bundle(SEGMENTER, state, name, **grid)
+    members = sorted((fold_number(path), str(path)) for path in fold_checkpoints)
+    extra: dict[str, Any] = {}
+    if members:
+        network = network_settings(state["settings"])
+        states = []
+        for _, path in members:
+            fold = read_checkpoint(path)
+            require_same(path, "crop_grid", grid, _recorded(path, fold, "crop_grid", tuple(grid)))
+            require_same(path, "settings", network, network_settings(fold["settings"]))
+            states.append(fold["model"])
+        extra = {"ensemble": states, "ensemble_folds": [k for k, _ in members]}
+    return _bundle(SEGMENTER, state, name, **grid, **extra)
+
+
+def fold_number(path: str | Path) -> int:
+    """``k`` of ``.../fold_<k>/best.pt``; an :class:`InputError` naming the path otherwise."""
+    folder = Path(path).parent.name
+    number = folder.removeprefix("fold_")
+    if folder == number or not number.isdigit():
+        raise InputError(f"{path}: not a fold's checkpoint (expected .../fold_<k>/best.pt)")
+    return int(number)
+
+
+def require_same(
+    path: str | Path, what: str, expected: dict, found: dict, reference: str = "the single model"
+) -> None:
+    """Nothing when ``found`` has every key of ``expected`` with its value; else an
+    :class:`InputError` naming ``path`` and the first key where ``found`` differs."""
+    for key, value in expected.items():
+        if found.get(key) != value:
+            raise InputError(
+                f"{path}: {what}.{key} is {found.get(key)!r}, {reference}'s is {value!r}; "
+                "an ensemble's members must share the crop grid and network settings"
+            )
 
 
 def save_bundle(bundle: dict[str, Any], path: str | Path) -> None:
@@ -140,16 +197,29 @@ def _is_checkpoint(value: Any) -> bool:
     return isinstance(value, dict) and {"model", "optimizer", "history"} <= set(value)
 
 
-def bundle_model(bundle: dict[str, Any], device: torch.device | str) -> torch.nn.Module:
-    """The bundle's network in eval mode on ``device``."""
+def bundle_model(
+    bundle: dict[str, Any], device: torch.device | str, state: dict | None = None
+) -> torch.nn.Module:
+    """The bundle's network in eval mode on ``device`` (with ``state``: those weights)."""
     model = build_model(bundle["settings"])
     try:
-        model.load_state_dict(bundle["model"])
+        model.load_state_dict(bundle["model"] if state is None else state)
     except RuntimeError as error:
         raise InputError(
             f"{bundle.get('name')}: weights do not fit the network its settings describe ({error})"
         ) from error
     return model.to(device).eval()
+
+
+def bundle_models(
+    bundle: dict[str, Any], device: torch.device | str
+) -> torch.nn.Module | list[torch.nn.Module]:
+    """What ``lungseg.inference.model.predict`` runs for the bundle: its ``ensemble``'s
+    networks (a list, one per fold) when it has one, else its single network."""
+    states = bundle.get("ensemble") or []
+    if not states:
+        return bundle_model(bundle, device)
+    return [bundle_model(bundle, device, state) for state in states]
 
 
 def _choose(table, column: str, wanted: str, key: str, ranking: list[str], source: str):
@@ -187,6 +257,18 @@ def _by_parent(paths: Sequence[str]) -> dict[str, str]:
     return {Path(p).parent.name: str(p) for p in paths}
 
 
+def _fold_checkpoints(paths: Sequence[str], model: str) -> list[str]:
+    """The ``results/models/<model>/fold_<k>/best.pt`` among ``paths``; an
+    :class:`InputError` when there is none."""
+    mine = [str(p) for p in paths if Path(p).parent.parent.name == model]
+    if not mine:
+        raise InputError(
+            f"predict.ensemble_folds: no fold checkpoint of model {model!r} among the rule's "
+            "inputs (results/models/<model>/fold_<k>/best.pt; split.folds >= 2 trains them)"
+        )
+    return mine
+
+
 def write_predictor(
     *,
     detection_table: str,
@@ -198,8 +280,13 @@ def write_predictor(
     segmenter: str,
     choice: str,
     settings: PredictorSettings,
+    fold_checkpoints: list[str] | None = None,
 ) -> None:
-    """Bundle the chosen detector and crop model for ``lungseg predict``; record the choice."""
+    """Bundle the chosen detector and crop model for ``lungseg predict``; record the choice.
+
+    With ``predict.ensemble_folds`` the segmenter also carries the chosen model's fold models
+    (among ``fold_checkpoints``) as its ensemble; ``choice`` then records their folds
+    (``segmenter_ensemble_folds``; absent: the single model, as before the setting existed)."""
     detector_name, detector_why = choose_detector(
         pd.read_csv(detection_table), settings.detector_name
     )
@@ -210,7 +297,10 @@ def write_predictor(
     with open(point_file) as f:
         point = json.load(f)
     det = detector_bundle(_by_parent(detector_checkpoints)[detector_name], point, detector_name)
-    seg = segmenter_bundle(_by_parent(segmenter_checkpoints)[segmenter_name], segmenter_name)
+    folds = (
+        _fold_checkpoints(fold_checkpoints or [], segmenter_name) if settings.ensemble_folds else []
+    )
+    seg = segmenter_bundle(_by_parent(segmenter_checkpoints)[segmenter_name], segmenter_name, folds)
     save_bundle(det, detector)
     save_bundle(seg, segmenter)
     threshold = det["operating_point"]["threshold"]
@@ -219,6 +309,7 @@ def write_predictor(
         "detector_reason": detector_why,
         "segmenter": segmenter_name,
         "segmenter_reason": segmenter_why,
+        **({"segmenter_ensemble_folds": seg["ensemble_folds"]} if folds else {}),
         "operating_point": det["operating_point"],
         "note": "threshold null: no candidate is kept (the FROC never reached the target)"
         if threshold is None or not np.isfinite(float(threshold))
@@ -226,9 +317,10 @@ def write_predictor(
     }
     write_text_atomic(choice, json.dumps(record, indent=2) + "\n")
     logger.info(
-        "predictor: detector %s (%s), segmenter %s (%s)",
+        "predictor: detector %s (%s), segmenter %s (%s)%s",
         detector_name,
         detector_why,
         segmenter_name,
         segmenter_why,
+        f", ensemble of folds {seg['ensemble_folds']}" if folds else "",
     )

@@ -33,7 +33,13 @@ from lungseg.core.errors import InputError, OutputError
 from lungseg.inference.model import choose_device
 from lungseg.ingest.convert import series_paths
 from lungseg.ingest.pixels import read_series
-from lungseg.predict.bundle import DETECTOR, SEGMENTER, bundle_model, read_bundle
+from lungseg.predict.bundle import (
+    DETECTOR,
+    SEGMENTER,
+    bundle_model,
+    bundle_models,
+    read_bundle,
+)
 from lungseg.predict.find import detect_candidates, operating_threshold
 from lungseg.predict.measure import measure_nodules
 from lungseg.predict.outdir import (
@@ -64,7 +70,7 @@ class Predictor:
     detector: dict
     segmenter: dict
     detector_model: torch.nn.Module
-    segmenter_model: torch.nn.Module
+    segmenter_model: torch.nn.Module | list[torch.nn.Module]  # a list: an ensemble
     settings: PredictSettings
     radiomics_params: Path
 
@@ -77,7 +83,7 @@ def load_predictor(detector: str, segmenter: str, settings: PredictSettings) -> 
     params = PredictSettings.radiomics_params_file(settings.radiomics_params)
     device = choose_device(settings.device)
     return Predictor(
-        det, seg, bundle_model(det, device), bundle_model(seg, device), settings, params
+        det, seg, bundle_model(det, device), bundle_models(seg, device), settings, params
     )
 
 
@@ -133,6 +139,11 @@ def _summary(scan: Scan, predictor: Predictor, nodules: pd.DataFrame, steps: Ste
         "detector": predictor.detector["name"],
         "operating_threshold": operating_threshold(predictor.detector),
         "segmenter": predictor.segmenter["name"],
+        **(  # only for an ensemble: the summary of a single model's run is as before
+            {"segmenter_ensemble_folds": predictor.segmenter["ensemble_folds"]}
+            if predictor.segmenter.get("ensemble")
+            else {}
+        ),
         "mask_threshold": predictor.settings.mask_threshold,
         "min_diameter_mm": predictor.settings.min_diameter_mm,
         "radiomics_params": str(predictor.radiomics_params),

@@ -80,10 +80,11 @@ def segment_candidates(
     image: np.ndarray,
     spacing: Sequence[float],
     candidates: pd.DataFrame,
-    model: torch.nn.Module,
+    model: torch.nn.Module | Sequence[torch.nn.Module],
     bundle: dict,
 ) -> list[Piece]:
-    """The crop model's probability around every candidate, on scan voxels."""
+    """The crop model's probability around every candidate, on scan voxels (``model`` a
+    sequence: the ensemble's mean probability, :func:`lungseg.inference.model.predict`)."""
     pieces = []
     for row in candidates.itertuples():
         centre = (float(row.center_z), float(row.center_y), float(row.center_x))

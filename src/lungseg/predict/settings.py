@@ -22,6 +22,7 @@ class PredictorSettings(StageSettings):
 
     detector_name: str
     segmenter_name: str
+    ensemble_folds: bool  # the chosen model's cross-validation fold models, averaged
 
 
 @dataclass(frozen=True)
