@@ -333,6 +333,13 @@ STAGES: tuple[Stage, ...] = (
         settings=_s(f"{EV}:EvaluationSettings"),
     ),
     Stage(
+        "lungseg.bench.ensemble:run_bench_ensemble",
+        "held-out crops segmented by each fold model alone and by their ensemble (mean "
+        "probability), scored as the crop models, with a bootstrap interval of the gain",
+        command="bench-ensemble",
+        settings={"settings": f"{EV}:EvaluationSettings", "cv": f"{EV}:CrossValidationSettings"},
+    ),
+    Stage(
         "lungseg.bench.nnunet_cv:run_bench_nnunet_cv",
         "nnU-Net v2 3d_fullres on every cross-validation fold: one more row of the comparison",
         command="bench-nnunet-cv",
