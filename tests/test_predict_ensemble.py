@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from workflow_helpers import copy_workflow, dry_run_jobs, snakemake, update_config
 
 from lungseg.config_checks import check_ensemble_folds
 from lungseg.core.errors import InputError, SettingsError
@@ -256,3 +257,19 @@ def test_ensembling_the_folds_needs_folds():
             check_ensemble_folds(config)
     config["split"]["folds"] = 2
     check_ensemble_folds(config)
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_the_predictor_rule_asks_for_the_fold_models_only_when_ensembling(tmp_path, ensemble):
+    """The fold models of every model are the predictor's input with predict.ensemble_folds
+    (which one is chosen is known only in the job); by default the rule is as before."""
+    updates = {"split": {"folds": 2}, "predict": {"ensemble_folds": ensemble}}
+    workdir = copy_workflow(tmp_path, updates)
+    jobs = dry_run_jobs(workdir, "results/predictor/segmenter.pt")
+    models = len(yaml.safe_load((REPO / "config.yaml").read_text())["models"])
+    assert jobs["predictor"] == 1
+    assert jobs["train_fold"] == (2 * models if ensemble else 0)
+    update_config(workdir, {"split": {"folds": 0}})
+    failed = snakemake(workdir, "-n", "--cores", "1", check=False)
+    assert (failed.returncode != 0) == ensemble
+    assert ("predict.ensemble_folds: true" in failed.stdout) == ensemble
