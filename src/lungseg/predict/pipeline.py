@@ -139,7 +139,8 @@ def _summary(scan: Scan, predictor: Predictor, nodules: pd.DataFrame, steps: Ste
         "detector": predictor.detector["name"],
         "operating_threshold": operating_threshold(predictor.detector),
         "segmenter": predictor.segmenter["name"],
-        **(  # only for an ensemble: the summary of a single model's run is as before
+        # only for an ensemble: the summary of a single model's run is as before
+        **(
             {"segmenter_ensemble_folds": predictor.segmenter["ensemble_folds"]}
             if predictor.segmenter.get("ensemble")
             else {}
