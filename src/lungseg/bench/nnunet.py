@@ -78,7 +78,8 @@ def nnunet_version() -> str:
 
 def nnunet_environment(workdir: Path, threads: int) -> dict[str, str]:
     """The environment of nnU-Net's steps: its three folders under ``workdir``, ``threads``
-    CPU threads, data augmentation in ``threads - 1`` worker processes (0: in the main one)."""
+    CPU threads, data augmentation in ``threads - 1`` worker processes, at least 1 (nnU-Net's
+    planner sets torch's threads to that number, and 0 fails there)."""
     folders = {
         "nnUNet_raw": "raw",
         "nnUNet_preprocessed": "preprocessed",
@@ -86,7 +87,7 @@ def nnunet_environment(workdir: Path, threads: int) -> dict[str, str]:
     }
     env = {**os.environ, **{key: str(workdir.resolve() / sub) for key, sub in folders.items()}}
     env.update(
-        nnUNet_n_proc_DA=str(max(threads - 1, 0)),
+        nnUNet_n_proc_DA=str(max(threads - 1, 1)),
         OMP_NUM_THREADS=str(threads),
         MKL_NUM_THREADS=str(threads),
     )

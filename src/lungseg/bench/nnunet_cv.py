@@ -35,7 +35,7 @@ from lungseg.bench.nnunet import (
     train_and_predict,
     trainer_epochs,
 )
-from lungseg.bench.nnunet_export import nnunet_splits
+from lungseg.bench.nnunet_export import export_cases, nnunet_splits
 from lungseg.core.atomic import write_csv_atomic
 from lungseg.core.errors import DataError
 from lungseg.dataset.split import fold_split
@@ -78,6 +78,20 @@ def read_cv_tables(cv_nodules: str, cv_overfitting: str) -> tuple[pd.DataFrame, 
     return nodules, overfit
 
 
+def check_same_nodules(pooled: pd.DataFrame, cases: pd.DataFrame, cv_nodules: str, split: str):
+    """The cross-validation scored exactly the nodules that the split puts in a fold."""
+    theirs, ours = set(pooled["nodule_id"]), set(cases["nodule_id"])
+    for missing, where, other in (
+        (ours - theirs, cv_nodules, split),
+        (theirs - ours, split, cv_nodules),
+    ):
+        if missing:
+            raise DataError(
+                f"{where}: has no nodule {sorted(missing)[0]} of {other} ({len(missing)} "
+                "nodule(s) missing): the cross-validation and the split must be of the same run"
+            )
+
+
 def run_bench_nnunet_cv(
     *,
     crops: str = "results/crops/crops.h5",
@@ -100,41 +114,48 @@ def run_bench_nnunet_cv(
     start = time.perf_counter()
     version, _ = nnunet_version(), trainer_epochs(trainer)
     theirs, overfit = read_cv_tables(cv_nodules, cv_overfitting)
-    device = choose_device(settings.device).type
-    space, plan_s = prepare(crops, table, split, workdir, dataset_id, threads, device)
-    if "fold" not in space.cases.columns:
+    if "fold" not in pd.read_csv(split, nrows=0).columns:
         raise DataError(
             f"{split}: no column fold; nnU-Net's cross-validation needs split.folds >= 2"
         )
-    folds = sorted(int(f) for f in space.cases["fold"].unique())
+    cases = export_cases(table, split)
+    crop_models = [part for _, part in theirs.groupby("model", sort=False)]
+    check_same_nodules(pool_evaluations(crop_models, f"{cv_nodules}: "), cases, cv_nodules, split)
+    root = Path(workdir)
+    folds = sorted(int(f) for f in cases["fold"].unique())
     mark = fingerprint([crops, table, split], trainer, version)
-    frames, rows = [], []
-    for index, (fold, cases) in enumerate(zip(folds, nnunet_splits(space.cases), strict=True)):
-        fold_dir = space.root / f"fold_{fold}"
-        row = _done(fold_dir, mark)
-        if row is None:
+    rows = {fold: _done(root / f"fold_{fold}", mark) for fold in folds}
+    todo = [fold for fold in folds if rows[fold] is None]
+    if todo:  # nnU-Net's export and planning only when a fold is to be trained
+        device = choose_device(settings.device).type
+        space, plan_s = prepare(crops, table, split, workdir, dataset_id, threads, device)
+    for index, fold_cases in enumerate(nnunet_splits(cases)):
+        fold = folds[index]
+        fold_dir = root / f"fold_{fold}"
+        if fold in todo:
             fold_csv = fold_dir / "split.csv"
             write_csv_atomic(fold_csv, fold_split(split, fold))
             predictions = fold_dir / "predictions"
-            timing = train_and_predict(space, index, trainer, cases["val"], predictions)
+            timing = train_and_predict(space, index, trainer, fold_cases["val"], predictions)
             scores = score_split(space, crops, table, str(fold_csv), predictions, settings)
             write_csv_atomic(fold_dir / "evaluation.csv", scores)
             values = summary_row(space, trainer, timing, scores) | {"plan_seconds": plan_s}
             row = pd.DataFrame([{**values, "fold": fold, "fingerprint": mark}])
-            row = row.reindex(columns=FOLD_COLUMNS)
-            write_csv_atomic(fold_dir / "summary.csv", row)
+            rows[fold] = row.reindex(columns=FOLD_COLUMNS)
+            write_csv_atomic(fold_dir / "summary.csv", rows[fold])
         else:
             logger.info("nnU-Net fold %d: done earlier with the same inputs (%s)", fold, fold_dir)
-        rows.append(row)
-        scores = pd.read_csv(fold_dir / "evaluation.csv")
-        frames.append(scores.assign(model=MODEL, fold=fold)[["model", "fold", *EVALUATION_COLUMNS]])
-    crop_models = [part for _, part in theirs.groupby("model", sort=False)]
+    frames = [
+        pd.read_csv(root / f"fold_{fold}" / "evaluation.csv").assign(model=MODEL, fold=fold)[
+            ["model", "fold", *EVALUATION_COLUMNS]
+        ]
+        for fold in folds
+    ]
     pooled = pool_evaluations([*crop_models, *frames], "nnU-Net cross-validation: ")
     edges = settings.size_buckets_mm
     pooled["size_bucket"] = size_bucket(pooled["diameter_mm"].to_numpy(dtype=float), edges)
     comparison = comparison_table(pooled, overfit, size_bucket_labels(edges), cv)
-    root = Path(workdir)
-    summary = pd.concat(rows, ignore_index=True)
+    summary = pd.concat(list(rows.values()), ignore_index=True)
     summary["wall_seconds"] = round(time.perf_counter() - start, 1)
     write_csv_atomic(root / "nodules.csv", pooled[["model", "fold", *EVALUATION_COLUMNS]])
     write_csv_atomic(root / "comparison.csv", comparison)
