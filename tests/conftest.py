@@ -20,6 +20,7 @@ copy them before modifying anything.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,3 +54,16 @@ def sample_lidc(tmp_path_factory: pytest.TempPathFactory) -> SampleData:
 @pytest.fixture(scope="session")
 def sample_lidc_root(sample_lidc: SampleData) -> Path:
     return sample_lidc.lidc_root
+
+
+@pytest.fixture(scope="session")
+def nnunetv2():
+    """nnU-Net v2, the optional install (``make nnunet``): skips without it, or fails where
+    ``CI`` is set (CI installs it)."""
+    try:
+        import nnunetv2
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("nnunetv2 is not installed; CI runs `make nnunet` first")
+        pytest.skip("nnunetv2 is not installed (make nnunet)")
+    return nnunetv2

@@ -9,7 +9,6 @@ it): without nnunetv2 these tests skip, or fail where ``CI`` is set.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import h5py
@@ -30,17 +29,6 @@ from lungseg.bench.nnunet_export import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def nnunetv2():
-    try:
-        import nnunetv2
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("nnunetv2 is not installed; CI runs `make nnunet` first")
-        pytest.skip("nnunetv2 is not installed (make nnunet)")
-    return nnunetv2
 
 
 @pytest.fixture

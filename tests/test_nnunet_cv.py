@@ -8,7 +8,6 @@ with hand-computed values, a rerun with the same inputs trains nothing, bad inpu
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import numpy as np
@@ -33,17 +32,6 @@ CV = CrossValidationSettings(
 )
 # Dice of the crop models on the six nodules (two per patient, patient k = fold k)
 DICE = {"iunet": [0.5, 0.7, 0.6, 0.8, 0.4, 0.6], "unet": [0.6, 0.8, 0.6, 0.8, 0.5, 0.7]}
-
-
-@pytest.fixture(scope="module")
-def nnunetv2():
-    try:
-        import nnunetv2
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("nnunetv2 is not installed; CI runs `make nnunet` first")
-        pytest.skip("nnunetv2 is not installed (make nnunet)")
-    return nnunetv2
 
 
 def write_cv_tables(folder, paths) -> dict[str, str]:
