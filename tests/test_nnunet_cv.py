@@ -114,6 +114,7 @@ def test_every_fold_scored_and_compared_then_resumed(nnunetv2, tmp_path, monkeyp
     assert 0.3 <= row["difference_low"] <= row["difference_high"] <= 0.5
     assert bool(row["significant"])
     assert np.isnan(row["peak_epoch_mean"]) and np.isnan(row["drop_mean"])
+    assert row["trainer"] == "nnUNetTrainer_1epoch" and row["nnunetv2_version"].count(".") == 2
     unet = comparison.set_index(["model", "size_bucket"]).loc[("unet", "all")]
     assert unet["difference_mean"] == pytest.approx(0.4 / 6) and unet["peak_epoch_mean"] == 4.0
     assert pd.read_csv(workdir / "comparison.csv").shape == comparison.shape

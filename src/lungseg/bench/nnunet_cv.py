@@ -8,7 +8,8 @@ trained on the other folds and its validation crops predicted and scored as lung
 own models (:mod:`lungseg.bench.nnunet`). The folds' scores pool with the crop models' into
 ``nodules.csv``; ``comparison.csv`` is ``results/cv/comparison.csv`` with nnU-Net as one more
 model (the same paired cluster bootstrap against ``cv.baseline``,
-:func:`lungseg.evaluation.cross_validation.comparison_table`); its ``peak_epoch_mean`` and
+:func:`lungseg.evaluation.cross_validation.comparison_table`) and two more columns,
+``nnunetv2_version`` and ``trainer``, filled on nnU-Net's rows; its ``peak_epoch_mean`` and
 ``drop_mean`` are empty (nnU-Net's fixed-length trainers keep their last epoch); ``summary.csv``
 has a row per fold (seconds, Dice) and ``comparison.png`` is the forest plot of the table.
 
@@ -23,6 +24,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lungseg.bench.nnunet import (
@@ -155,6 +157,9 @@ def run_bench_nnunet_cv(
     edges = settings.size_buckets_mm
     pooled["size_bucket"] = size_bucket(pooled["diameter_mm"].to_numpy(dtype=float), edges)
     comparison = comparison_table(pooled, overfit, size_bucket_labels(edges), cv)
+    ours = comparison["model"] == MODEL  # which nnU-Net, on nnU-Net's rows
+    comparison["nnunetv2_version"] = np.where(ours, version, "")
+    comparison["trainer"] = np.where(ours, trainer, "")
     summary = pd.concat(list(rows.values()), ignore_index=True)
     summary["wall_seconds"] = round(time.perf_counter() - start, 1)
     write_csv_atomic(root / "nodules.csv", pooled[["model", "fold", *EVALUATION_COLUMNS]])
