@@ -120,6 +120,7 @@ def test_every_fold_scored_and_compared_then_resumed(nnunetv2, tmp_path, monkeyp
     assert pd.read_csv(workdir / "comparison.csv").shape == comparison.shape
     summary = pd.read_csv(workdir / "summary.csv")
     assert summary["fold"].tolist() == [0, 1, 2] and set(summary["optimizer_steps"]) == {250}
+    assert summary["train_seconds"].tolist() == [1.0] * 3 and "wall_seconds" not in summary
     assert (workdir / "comparison.png").stat().st_size > 0
 
     run(paths, tables, workdir)  # same inputs: every fold is reused

@@ -47,7 +47,8 @@ from lungseg.evaluation.settings import CrossValidationSettings, EvaluationSetti
 
 logger = logging.getLogger(__name__)
 
-FOLD_COLUMNS = ["fold", *SUMMARY_COLUMNS, "fingerprint"]
+#: summary.csv: a row per fold, with the seconds of its own steps (planning: once, on each row)
+FOLD_COLUMNS = ["fold", *(c for c in SUMMARY_COLUMNS if c != "wall_seconds"), "fingerprint"]
 
 
 def fingerprint(paths: list[str], *words: str) -> str:
@@ -141,7 +142,9 @@ def run_bench_nnunet_cv(
             timing = train_and_predict(space, index, trainer, fold_cases["val"], predictions)
             scores = score_split(space, crops, table, str(fold_csv), predictions, settings)
             write_csv_atomic(fold_dir / "evaluation.csv", scores)
-            values = summary_row(space, trainer, timing, scores) | {"plan_seconds": plan_s}
+            values = summary_row(space, trainer, timing, scores) | {
+                "plan_seconds": round(plan_s, 1)
+            }
             row = pd.DataFrame([{**values, "fold": fold, "fingerprint": mark}])
             rows[fold] = row.reindex(columns=FOLD_COLUMNS)
             write_csv_atomic(fold_dir / "summary.csv", rows[fold])
@@ -160,16 +163,16 @@ def run_bench_nnunet_cv(
     ours = comparison["model"] == MODEL  # which nnU-Net, on nnU-Net's rows
     comparison["nnunetv2_version"] = np.where(ours, version, "")
     comparison["trainer"] = np.where(ours, trainer, "")
-    summary = pd.concat(list(rows.values()), ignore_index=True)
-    summary["wall_seconds"] = round(time.perf_counter() - start, 1)
+    summary = pd.concat(list(rows.values()), ignore_index=True)[FOLD_COLUMNS]
     write_csv_atomic(root / "nodules.csv", pooled[["model", "fold", *EVALUATION_COLUMNS]])
     write_csv_atomic(root / "comparison.csv", comparison)
     write_csv_atomic(root / "summary.csv", summary)
     save_figure(cv_comparison_figure(comparison), root / "comparison.png")
     mine = comparison[(comparison["model"] == MODEL) & (comparison["size_bucket"] == "all")]
     logger.info(
-        "nnU-Net over %d folds: Dice %.3f; difference vs %s %+.3f (%.3f .. %.3f)",
+        "nnU-Net over %d folds (%.0f s): Dice %.3f; difference vs %s %+.3f (%.3f .. %.3f)",
         len(folds),
+        time.perf_counter() - start,
         *mine[["dice_mean"]].iloc[0],
         cv.baseline,
         *mine[["difference_mean", "difference_low", "difference_high"]].iloc[0],
