@@ -32,14 +32,13 @@ import pandas as pd
 from lungseg.core.atomic import write_csv_atomic
 from lungseg.core.errors import InputError
 from lungseg.evaluation.evaluate import (
-    CROP_COLUMNS,
     EVALUATION_COLUMNS,
+    read_crop_rows,
     score_predictions,
     size_bucket_labels,
 )
 from lungseg.evaluation.settings import CrossValidationSettings, EvaluationSettings
 from lungseg.evaluation.statistics import ALL, paired_bootstrap_by_bucket
-from lungseg.io.hdf5 import REBUILD_CROPS, open_hdf5
 
 logger = logging.getLogger(__name__)
 
@@ -64,23 +63,9 @@ DIFFERENCE_COLUMNS = SUMMARY_COLUMNS[5:]
 
 def read_all_crops(crops_h5: str | Path, crops_csv: str | Path) -> tuple[pd.DataFrame, dict]:
     """Every row of crops.csv and the ``image``, ``mask``, ``other`` arrays of crops.h5."""
-    table = pd.read_csv(crops_csv)
-    missing = [c for c in [*CROP_COLUMNS, "n_readers"] if c not in table.columns]
-    if missing:
-        raise InputError(f"{crops_csv}: missing column(s) {missing}")
+    table, arrays = read_crop_rows(crops_h5, crops_csv)
     if table.empty:
         raise InputError(f"{crops_csv}: no crops to score")
-    arrays = {}
-    with open_hdf5(crops_h5, REBUILD_CROPS) as file:
-        for name in ("image", "mask", "other"):
-            if name not in file:
-                raise InputError(f"{crops_h5}: no dataset {name!r}")
-            if len(file[name]) != len(table):
-                raise InputError(
-                    f"{crops_h5}: {name!r} has {len(file[name])} crops, {crops_csv} "
-                    f"{len(table)} rows"
-                )
-            arrays[name] = file[name][()]
     return table, arrays
 
 

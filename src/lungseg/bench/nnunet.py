@@ -196,7 +196,7 @@ def train_and_predict(
     """Train nnU-Net fold ``fold`` (an index of splits_final.json) and predict ``val_cases``
     with its final checkpoint into ``predictions`` (``<case>.npz``); seconds and iterations."""
     child = [sys.executable, "-m", "lungseg.bench.nnunet_run", "--threads", str(space.threads)]
-    suffix = "" if fold == 0 and "fold" not in space.cases.columns else f"_fold_{fold}"
+    suffix = f"_fold_{fold}" if "fold" in space.cases.columns else ""  # logs: one per fold
     train = [*child, "train", str(space.dataset_id), CONFIGURATION, str(fold), trainer]
     train_s = run_step(f"train{suffix}", [*train, space.device], space.env, space.logs)
     model_dir = space.model_dir(trainer)

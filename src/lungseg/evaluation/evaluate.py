@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from lungseg.core.atomic import atomic_path, write_csv_atomic
+from lungseg.core.errors import DataError
 from lungseg.core.settings import schema_defaults
 from lungseg.evaluation.metrics import SURFACE_TOLERANCE_MM, segmentation_metrics
 from lungseg.evaluation.settings import BucketSettings, EvaluationSettings
@@ -78,29 +79,37 @@ def size_bucket(
     return [labels[i] for i in positions]
 
 
+def read_crop_rows(
+    crops_h5: str | Path, crops_csv: str | Path, rows: Sequence[int] | None = None
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Rows ``rows`` (ascending; None: all) of crops.csv and their ``image``, ``mask``,
+    ``other`` arrays of crops.h5; a :class:`DataError` naming the file that does not fit."""
+    table = pd.read_csv(crops_csv)
+    missing = [c for c in [*CROP_COLUMNS, "n_readers"] if c not in table.columns]
+    if missing:
+        raise DataError(f"{crops_csv}: missing column(s) {missing}")
+    picked = slice(None) if rows is None else rows
+    arrays = {}
+    with open_hdf5(crops_h5, REBUILD_CROPS) as file:
+        for name in ("image", "mask", "other"):
+            if name not in file:
+                raise DataError(f"{crops_h5}: no dataset {name!r}")
+            if len(file[name]) != len(table):
+                raise DataError(
+                    f"{crops_h5}: {name!r} has {len(file[name])} crops, {crops_csv} "
+                    f"{len(table)} rows"
+                )
+            arrays[name] = file[name][picked]  # rows ascending: h5py reads them directly
+    return table.iloc[picked].reset_index(drop=True), arrays
+
+
 def read_validation_crops(
     crops_h5: str | Path, crops_csv: str | Path, split_csv: str | Path
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """The validation rows of crops.csv and their ``image``, ``mask``, ``other`` arrays."""
     from lungseg.training.data import read_subset_indices  # torch import: only when evaluating
 
-    table = pd.read_csv(crops_csv)
-    missing = [c for c in [*CROP_COLUMNS, "n_readers"] if c not in table.columns]
-    if missing:
-        raise ValueError(f"{crops_csv}: missing column(s) {missing}")
-    rows = read_subset_indices(crops_csv, split_csv)["val"]
-    arrays = {}
-    with open_hdf5(crops_h5, REBUILD_CROPS) as file:
-        for name in ("image", "mask", "other"):
-            if name not in file:
-                raise ValueError(f"{crops_h5}: no dataset {name!r}")
-            if len(file[name]) != len(table):
-                raise ValueError(
-                    f"{crops_h5}: {name!r} has {len(file[name])} crops, {crops_csv} "
-                    f"{len(table)} rows"
-                )
-            arrays[name] = file[name][rows]  # rows ascending: h5py reads them directly
-    return table.iloc[rows].reset_index(drop=True), arrays
+    return read_crop_rows(crops_h5, crops_csv, read_subset_indices(crops_csv, split_csv)["val"])
 
 
 def score_predictions(
