@@ -31,6 +31,7 @@ include: "rules/benchmark.smk"
 include: "rules/evaluate.smk"
 include: "rules/plots.smk"
 include: "rules/detection.smk"
+include: "rules/rescoring.smk"
 include: "rules/predict.smk"
 
 

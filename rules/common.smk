@@ -1,5 +1,6 @@
 # Helpers and input functions shared by the rules. Logic beyond file wiring lives in src/lungseg.
 import functools
+import re
 from pathlib import Path
 
 from lungseg.bench.settings import BenchmarkSettings
@@ -163,8 +164,6 @@ def model_names():
 
 def model_wildcard_pattern():
     """Regex matching exactly the configured variant names."""
-    import re
-
     return "|".join(re.escape(name) for name in model_names())
 
 
@@ -257,8 +256,6 @@ def evaluated_models():
 
 def evaluation_model_pattern():
     """Wildcard pattern matching exactly the configured model names."""
-    import re
-
     return "|".join(re.escape(name) for name in evaluated_models())
 
 
@@ -291,16 +288,27 @@ def plot_outputs():
 
 
 # --- detection ---
-def detector_names():
-    """The detectors: keys of config["detectors"], the values of the {detector} wildcard."""
-    return list(config["detectors"])
+def detector_names(modes=None):
+    """The detectors (of ``modes``, if given): keys of config["detectors"], the values of the
+    {detector} wildcard."""
+    return [
+        name
+        for name in config["detectors"]
+        if modes is None or merged_detector_config(config, name)["mode"] in modes
+    ]
 
 
-def detector_wildcard_pattern():
-    """Regex matching exactly the configured detector names."""
-    import re
+def detector_wildcard_pattern(modes=None):
+    """Regex matching exactly the configured detector names (of ``modes``, if given)."""
+    return "|".join(re.escape(name) for name in detector_names(modes)) or "(?!)"
 
-    return "|".join(re.escape(name) for name in detector_names())
+
+def stage1_output(name):
+    """results/detection/<stage1>/<name> of a second stage ({detector} of mode rescore)."""
+    stage1 = lambda wildcards: merged_detector_config(config, wildcards.detector)[
+        "stage1"
+    ]
+    return lambda wildcards: f"results/detection/{stage1(wildcards)}/{name}"
 
 
 def detector_settings(wildcards):

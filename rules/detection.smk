@@ -64,7 +64,7 @@ rule train_detector:
     benchmark:
         "benchmarks/train_detector/{detector}.tsv"
     wildcard_constraints:
-        detector=detector_wildcard_pattern(),
+        detector=detector_wildcard_pattern(("whole", "patch")),
     conda:
         "../envs/lungseg.yaml"
     threads: detection_resource("threads")
@@ -91,7 +91,7 @@ rule detect:
     benchmark:
         "benchmarks/detect/{detector}.tsv"
     wildcard_constraints:
-        detector=detector_wildcard_pattern(),
+        detector=detector_wildcard_pattern(("whole", "patch")),
     conda:
         "../envs/lungseg.yaml"
     # the train_detector job's resources: the same network over every validation scan (on the
@@ -246,7 +246,7 @@ rule bench_detector_seeds:
     benchmark:
         "benchmarks/bench_detection/{detector}.tsv"
     wildcard_constraints:
-        detector=detector_wildcard_pattern(),
+        detector=detector_wildcard_pattern(("whole", "patch")),
     conda:
         "../envs/lungseg.yaml"
     threads: detection_resource("threads")
@@ -265,7 +265,10 @@ rule bench_detector_seeds:
 
 rule bench_detection:
     input:
-        tables=[f"results/bench_detection/{d}/seeds.csv" for d in detector_names()],
+        tables=[
+            f"results/bench_detection/{d}/seeds.csv"
+            for d in detector_names(("whole", "patch"))
+        ],
     output:
         table="results/bench_detection.csv",
         spread="results/bench_detection_spread.csv",

@@ -119,6 +119,10 @@ CROSS_KEY_CASES = [
         "detectors.unet_patch.patch_size [32, 48, 128] is larger than the detection volume",
     ),
     ({"detection": {"volumes": {"spacing": [4.0, 0.0, 4.0]}}}, "detection.volumes.spacing"),
+    (
+        {"detectors": {"unet_patch_fpr": {"stage1": "unet_pach"}}},
+        "detectors.unet_patch_fpr.stage1: 'unet_pach' is not a detector",
+    ),
     ({"detection": {"volumes": {"shape": [90, 80, 96]}}}, "detection.volumes.shape [90, 80, 96]"),
     # the prediction stage's and the benchmark's settings too, before any training
     ({"predict": {"detector_name": "unet_pach"}}, "predict.detector_name: 'unet_pach' is not in"),

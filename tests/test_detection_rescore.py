@@ -57,8 +57,8 @@ def probability_of(background, boxes, shape=(32, 32, 32)):
         (0.0, [((15, 15, 15), 0.6), ((16, 16, 16), 0.8)], 0.7, (15 + 8 / 14,) * 3, 2),
         # weights 0.6 and 0.9 along x: x = (0.6 * 15 + 0.9 * 16) / 1.5 = 15.6
         (0.0, [((15, 15, 15), 0.6), ((15, 15, 16), 0.9)], 0.75, (15, 15, 15.6), 2),
-        # beyond REACH and beyond the central box (voxels 7..24): the highest probability in the
-        # central box counts (0.4), not the one outside it (0.45 at a corner)
+        # beyond REACH, i.e. outside the central box (voxels 8..23): the highest probability in
+        # the central box counts (0.4), not the one outside it (0.45 at a corner)
         (
             0.1,
             [((slice(26, 30),) * 3, 0.9), ((10, 10, 10), 0.4), ((3, 3, 3), 0.45)],
@@ -66,6 +66,9 @@ def probability_of(background, boxes, shape=(32, 32, 32)):
             None,
             0,
         ),
+        # one voxel beyond REACH (nearest voxel 24, 8.5 off): no component, and its 0.9 is
+        # outside the central box, so the score stays below COMPONENT
+        (0.0, [((slice(24, 28),) * 3, 0.9)], 0.0, None, 0),
         # nothing reaches COMPONENT: the plain maximum
         (0.3, [], 0.3, None, 0),
     ],
@@ -78,6 +81,7 @@ def probability_of(background, boxes, shape=(32, 32, 32)):
         "diagonal-connectivity",
         "weighted-centroid",
         "outside-reach",
+        "just-beyond-reach",
         "empty",
     ],
 )

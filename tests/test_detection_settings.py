@@ -52,6 +52,23 @@ def test_merge_inherits_unset_and_null_keys(config):
         (lambda c: c.update(detectors={}), "detectors"),
         (lambda c: c["detection"].update(heatmap_sigma_mm=0.0), "detection.heatmap_sigma_mm"),
         (lambda c: c["detectors"]["unet_patch"].update(heatmap_sigma_mm=-2), "heatmap_sigma_mm"),
+        (lambda c: c["detectors"]["unet_patch_fpr"].update(stage1=None), "detection.stage1"),
+        (
+            lambda c: c["detectors"]["unet_patch_fpr"].update(stage1="unet_pach"),
+            "stage1.*unet_pach",
+        ),
+        (lambda c: c["detectors"]["unet_patch_fpr"].update(stage1="unet_patch_fpr"), "itself"),
+        (lambda c: c["detectors"]["unet_patch"].update(stage1="iunet_whole"), "only a detector"),
+        (lambda c: c["detectors"]["unet_patch_fpr"].update(loss="focal"), "detection.loss"),
+        (
+            lambda c: c["detectors"]["unet_patch_fpr"].update(rescore_crop_size=[32, 30, 32]),
+            "rescore_crop_size",
+        ),
+        (
+            lambda c: c["detectors"]["unet_patch_fpr"].update(rescore_crop_spacing=[1, 0, 1]),
+            "rescore_crop_spacing",
+        ),
+        (lambda c: c["detectors"]["unet_patch_fpr"].update(rescore_copies=-1), "rescore_copies"),
     ],
     ids=[
         "patch larger than volume",
@@ -65,6 +82,14 @@ def test_merge_inherits_unset_and_null_keys(config):
         "no detector",
         "heatmap width 0",
         "heatmap width < 0",
+        "rescore without stage1",
+        "stage1 not a detector",
+        "stage1 itself rescore",
+        "stage1 on a stage-1 detector",
+        "rescore with the focal loss",
+        "rescore crop not divisible",
+        "rescore crop spacing 0",
+        "rescore copies < 0",
     ],
 )
 def test_bad_settings_name_the_key(config, change, key):

@@ -82,14 +82,16 @@ def detect(
     candidates: str,
     settings: DetectorSettings,
     threads: int = 1,
+    subset: str = "val",
 ) -> None:
-    """Run the detector of ``best`` over every validation scan; write candidates.csv."""
+    """Run the detector of ``best`` over every scan of ``subset`` (val: candidates.csv; train:
+    the second stage's training candidates, train_candidates.csv)."""
     torch.set_num_threads(max(1, int(threads)))
     device = choose_device(settings.device)
     model, trained = load_model(best, str(device))
     table = read_scan_table(scans)
     frames = []
-    for _, row in table[table["subset"] == "val"].iterrows():
+    for _, row in table[table["subset"] == subset].iterrows():
         image, _, attrs = read_volume(row["path"])
         probability = probability_map(model, image, trained)
         found = scan_candidates(probability, attrs, settings, trained)

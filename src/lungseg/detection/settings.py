@@ -17,7 +17,9 @@ from typing import Any, ClassVar
 from lungseg.core.errors import SettingsError
 from lungseg.core.settings import StageSettings
 
-MODES = ("whole", "patch")
+MODES = ("whole", "patch", "rescore")
+#: the mask losses a second stage (mode rescore) trains its crop model with
+MASK_LOSSES = ("dice_bce", "dice", "bce")
 #: Keys of ``detection`` that are not detector settings.
 NOT_DETECTOR_KEYS = frozenset({"volumes", "resources"})
 
@@ -88,6 +90,12 @@ class DetectorSettings(StageSettings):
     bootstrap_draws: int
     bootstrap_seed: int
     operating_fps: float
+    stage1: str | None
+    rescore_crop_size: tuple[int, int, int]
+    rescore_crop_spacing: tuple[float, float, float]
+    rescore_copies: int
+    rescore_jitter_mm: float
+    rescore_stage1_weight: float
     device: str
 
     def check(self) -> None:
@@ -107,10 +115,34 @@ class DetectorSettings(StageSettings):
                 f"got {self.batch_size}"
             )
         factor = 2 ** (self.levels - 1)
+        if self.mode == "rescore":
+            self.check_rescore(factor)
+        elif self.stage1 is not None:
+            raise SettingsError(
+                f"detection.stage1: only a detector of mode rescore has a stage 1, "
+                f"got stage1 {self.stage1!r} with mode {self.mode}"
+            )
         if self.mode == "patch" and any(int(s) % factor for s in self.patch_size):
             raise SettingsError(
                 f"detection.patch_size {list(self.patch_size)} is not divisible by "
                 f"2**(levels-1) = {factor} (detection.levels = {self.levels})"
+            )
+
+    def check_rescore(self, factor: int) -> None:
+        if not self.stage1:
+            raise SettingsError(
+                "detection.stage1: mode rescore re-scores the candidates of a stage-1 detector; "
+                "name it (a key of detectors)"
+            )
+        if self.loss not in MASK_LOSSES:
+            raise SettingsError(
+                f"detection.loss: mode rescore trains a crop model on nodule masks, one of "
+                f"{list(MASK_LOSSES)}; got {self.loss}"
+            )
+        if any(int(s) % factor for s in self.rescore_crop_size):
+            raise SettingsError(
+                f"detection.rescore_crop_size {list(self.rescore_crop_size)} is not divisible "
+                f"by 2**(levels-1) = {factor} (detection.levels = {self.levels})"
             )
 
     def model_settings(self) -> dict[str, Any]:
@@ -172,4 +204,16 @@ def check_detection_config(config: Mapping[str, Any]) -> None:
     if not detectors:
         raise SettingsError("detectors: at least one detector is needed")
     for name in detectors:
-        check_fits_volume(detector_settings(config, name), volumes, name)
+        settings = detector_settings(config, name)
+        if settings.mode != "rescore":
+            check_fits_volume(settings, volumes, name)
+        elif settings.stage1 not in detectors:
+            raise SettingsError(
+                f"detectors.{name}.stage1: {settings.stage1!r} is not a detector "
+                f"(detectors: {', '.join(detectors)})"
+            )
+        elif detector_settings(config, settings.stage1).mode == "rescore":
+            raise SettingsError(
+                f"detectors.{name}.stage1: {settings.stage1!r} is itself of mode rescore; "
+                "a second stage needs a stage-1 detector (mode whole or patch)"
+            )

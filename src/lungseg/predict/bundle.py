@@ -8,7 +8,9 @@ window), the ``model`` state and what turns a scan into the network's input:
 - detector: ``volumes`` (the detection volumes' spacing, canvas and lung box settings, as its
   checkpoint recorded them at training) and the ``operating_point`` (probability threshold
   chosen on the validation FROC at ``detection.operating_fps`` false positives a scan; null when
-  none was reachable), with the candidate settings it was chosen with;
+  none was reachable), with the candidate settings it was chosen with; a second stage (mode
+  rescore) is its stage-1 detector's bundle with ``stage1`` (that detector's name) and
+  ``rescorer`` (the crop model's ``settings``, ``model``, ``crop_size``, ``target_spacing``);
 - segmenter: ``crop_size`` and ``target_spacing`` of the crops it was trained on (its
   checkpoint's ``crop_grid``, from crops.h5); optionally ``ensemble`` (the model states of the
   cross-validation folds' models, ``predict.ensemble_folds``) and ``ensemble_folds`` (their
@@ -88,19 +90,40 @@ def _recorded(checkpoint: str | Path, state: dict, what: str, keys: Sequence[str
     return {key: _plain(found[key]) for key in keys}
 
 
-def detector_bundle(checkpoint: str | Path, operating_point: dict, name: str) -> dict[str, Any]:
+def detector_bundle(
+    checkpoint: str | Path,
+    operating_point: dict,
+    name: str,
+    checkpoints: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """The detector bundle of a trained detector's best.pt and its operating_point.json; the
-    volume geometry is the one it was trained on (its checkpoint's settings)."""
+    volume geometry is the one it was trained on (its checkpoint's settings).
+
+    A second stage (mode rescore) is bundled as its stage-1 detector (``checkpoints``: name ->
+    best.pt of every detector) with this detector's name and operating point, and
+    ``rescorer``: the crop model's ``settings``, ``model`` and ``crop_grid``."""
     state = read_checkpoint(checkpoint)
-    volumes = _recorded(checkpoint, state["settings"], "volumes", VOLUME_KEYS)
     keys = ("threshold", "fps_per_scan_target", "fps_per_scan", "sensitivity")
-    return _bundle(
-        DETECTOR,
-        state,
-        name,
-        volumes=volumes,
-        operating_point={key: operating_point.get(key) for key in keys},
-    )
+    point = {key: operating_point.get(key) for key in keys}
+    if state["settings"].get("mode") == "rescore":
+        stage1 = str(state["settings"]["stage1"])
+        if stage1 not in (checkpoints or {}):
+            raise InputError(f"{checkpoint}: its stage-1 detector {stage1!r} has no best.pt here")
+        grid = _recorded(checkpoint, state, "crop_grid", ("crop_size", "target_spacing"))
+        first = detector_bundle(checkpoints[stage1], {}, name)
+        rescorer = {
+            "name": name,
+            "settings": _plain(dict(state["settings"])),
+            "model": state["model"],
+        }
+        return {
+            **first,
+            "operating_point": point,
+            "stage1": stage1,
+            "rescorer": {**rescorer, **grid},
+        }
+    volumes = _recorded(checkpoint, state["settings"], "volumes", VOLUME_KEYS)
+    return _bundle(DETECTOR, state, name, volumes=volumes, operating_point=point)
 
 
 #: the settings every member of an ensemble shares with the single model: the network
@@ -296,7 +319,8 @@ def write_predictor(
     point_file = _by_parent(operating_points)[detector_name]
     with open(point_file) as f:
         point = json.load(f)
-    det = detector_bundle(_by_parent(detector_checkpoints)[detector_name], point, detector_name)
+    checkpoints = _by_parent(detector_checkpoints)
+    det = detector_bundle(checkpoints[detector_name], point, detector_name, checkpoints)
     folds = (
         _fold_checkpoints(fold_checkpoints or [], segmenter_name) if settings.ensemble_folds else []
     )

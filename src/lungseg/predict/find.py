@@ -5,8 +5,9 @@ on (:func:`lungseg.detection.volumes.make_detection_volume` with the bundle's
 ``detection.volumes`` settings: resampling, lung box, canvas), then one pass of the network (or
 MONAI's sliding windows, as trained). Candidates are the probability map's peaks or components,
 as the detector was trained (:func:`lungseg.detection.candidates.candidates_of`, the
-validation's settings); those at or above the operating-point threshold are kept, their centres
-mapped back to scan voxels.
+validation's settings), their centres mapped back to scan voxels; a second stage (a bundle with a
+``rescorer``) re-scores and re-centres them; those at or above the operating-point threshold are
+kept.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import torch
 
 from lungseg.detection.candidates import candidates_of
 from lungseg.detection.inference import probability_map
+from lungseg.detection.rescore import rescore_scan
 from lungseg.detection.settings import VolumeSettings
 from lungseg.detection.volumes import make_detection_volume, to_source_voxels
+from lungseg.inference.model import predict
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +40,17 @@ def operating_threshold(bundle: dict) -> float:
 
 
 def detect_candidates(
-    image: np.ndarray, spacing, model: torch.nn.Module, bundle: dict
+    image: np.ndarray,
+    spacing,
+    model: torch.nn.Module,
+    bundle: dict,
+    rescorer: torch.nn.Module | None = None,
 ) -> pd.DataFrame:
-    """Kept candidates of one scan: centre in scan voxels (z, y, x), probability, diameter."""
+    """Kept candidates of one scan: centre in scan voxels (z, y, x), probability, diameter.
+
+    A bundle with a ``rescorer`` (a second stage; ``rescorer`` its network): every stage-1
+    candidate is re-scored and re-centred (:func:`lungseg.detection.rescore.rescore_scan`)
+    before the operating point applies, as in the validation."""
     volumes = VolumeSettings.from_config(bundle["volumes"])
     hu, _target, geometry = make_detection_volume(image, None, spacing, None, volumes)
     if geometry["clipped"]:
@@ -51,23 +62,44 @@ def detect_candidates(
     settings = bundle["settings"]
     probability = probability_map(model, hu, settings)
     found = candidates_of(probability, settings, volumes.spacing)
-    threshold = operating_threshold(bundle)
-    kept = found[found["probability"] >= threshold].reset_index(drop=True)
-    logger.info(
-        "detector: %d candidate(s), %d at or above the operating point %.3f (max probability %.3f)",
-        len(found),
-        len(kept),
-        threshold,
-        float(probability.max()),
-    )
-    centres = to_source_voxels(kept[["center_z", "center_y", "center_x"]].to_numpy(), geometry)
-    return pd.DataFrame(
+    centres = to_source_voxels(found[["center_z", "center_y", "center_x"]].to_numpy(), geometry)
+    found = pd.DataFrame(
         {
-            "center_z": centres[:, 0] if len(kept) else [],
-            "center_y": centres[:, 1] if len(kept) else [],
-            "center_x": centres[:, 2] if len(kept) else [],
-            "probability": kept["probability"].to_numpy(),
-            "diameter_mm": kept["diameter_mm"].to_numpy(),
+            "center_z": centres[:, 0] if len(found) else [],
+            "center_y": centres[:, 1] if len(found) else [],
+            "center_x": centres[:, 2] if len(found) else [],
+            "probability": found["probability"].to_numpy(),
+            "diameter_mm": found["diameter_mm"].to_numpy(),
         },
         columns=COLUMNS,
     )
+    if "rescorer" in bundle:
+        found = second_stage(image, spacing, found, rescorer, bundle["rescorer"])
+    threshold = operating_threshold(bundle)
+    kept = found[found["probability"] >= threshold].reset_index(drop=True)
+    logger.info(
+        "detector: %d candidate(s), %d at or above the operating point %.3f",
+        len(found),
+        len(kept),
+        threshold,
+    )
+    return kept
+
+
+def second_stage(
+    image: np.ndarray, spacing, found: pd.DataFrame, model: torch.nn.Module | None, rescorer: dict
+) -> pd.DataFrame:
+    """Stage 1's candidates re-scored by the bundle's second stage (at most max_candidates)."""
+    if model is None:
+        raise ValueError(f"{rescorer.get('name')}: a second-stage bundle needs its crop model")
+    settings = rescorer["settings"]
+    out = rescore_scan(
+        image,
+        spacing,
+        found,
+        lambda crops: predict(model, crops, settings, batch_size=16),
+        rescorer["crop_size"],
+        rescorer["target_spacing"],
+        float(settings["rescore_stage1_weight"]),
+    )
+    return out.head(int(settings["max_candidates"]))[COLUMNS]

@@ -73,6 +73,7 @@ class Predictor:
     segmenter_model: torch.nn.Module | list[torch.nn.Module]  # a list: an ensemble
     settings: PredictSettings
     radiomics_params: Path
+    rescorer_model: torch.nn.Module | None = None  # a second-stage detector's crop model
 
 
 def load_predictor(detector: str, segmenter: str, settings: PredictSettings) -> Predictor:
@@ -82,8 +83,9 @@ def load_predictor(detector: str, segmenter: str, settings: PredictSettings) -> 
     # the user's own file, else lungseg's packaged one (a wheel's too), else an InputError
     params = PredictSettings.radiomics_params_file(settings.radiomics_params)
     device = choose_device(settings.device)
+    rescorer = bundle_model(det["rescorer"], device) if "rescorer" in det else None
     return Predictor(
-        det, seg, bundle_model(det, device), bundle_models(seg, device), settings, params
+        det, seg, bundle_model(det, device), bundle_models(seg, device), settings, params, rescorer
     )
 
 
@@ -91,7 +93,11 @@ def predict_scan(scan: Scan, predictor: Predictor, folder: Path, steps: StepTime
     """Detect, segment, measure and export one read scan into the (empty) ``folder``."""
     with steps("detect"):
         candidates = detect_candidates(
-            scan.image, scan.spacing, predictor.detector_model, predictor.detector
+            scan.image,
+            scan.spacing,
+            predictor.detector_model,
+            predictor.detector,
+            predictor.rescorer_model,
         )
     with steps("segment"):
         pieces = segment_candidates(
