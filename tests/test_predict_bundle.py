@@ -16,7 +16,14 @@ from lungseg.core.errors import InputError
 from lungseg.core.settings import schema_defaults
 from lungseg.inference.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from lungseg.nets.models import build_model
-from lungseg.predict.bundle import DETECTOR, SEGMENTER, read_bundle, write_predictor
+from lungseg.predict.bundle import (
+    DETECTOR,
+    SEGMENTER,
+    bundle_model,
+    read_bundle,
+    write_predictor,
+)
+from lungseg.predict.find import detect_candidates
 from lungseg.predict.settings import PredictorSettings
 from lungseg.training.data import crop_grid
 
@@ -110,3 +117,77 @@ def test_a_checkpoint_without_its_preprocessing_is_refused(trained, what):
     save_checkpoint(state, path)
     with pytest.raises(InputError, match=rf"{path}: the checkpoint does not record its {what}"):
         bundle(folder, segmenter, detector, point)
+
+
+@pytest.fixture
+def second_stage(trained):
+    """A second stage (mode rescore) over detector ``det``, trained on 16^3 crops at 2 mm, with
+    a higher CPM than ``det`` (so ``best`` picks it) and its own operating point."""
+    folder, segmenter, detector, _ = trained
+    crops_h5(folder / "samples.h5", [16, 16, 16], [2.0, 2.0, 2.0])
+    fpr = folder / "detection" / "fpr" / "best.pt"
+    fpr.parent.mkdir(parents=True)
+    settings = schema_defaults("training") | TINY | {"mode": "rescore", "stage1": "det"}
+    settings |= {"rescore_stage1_weight": 0.5, "max_candidates": 100}
+    checkpoint(fpr, settings, crop_grid=crop_grid(folder / "samples.h5"))
+    point = fpr.parent / "operating_point.json"
+    point.write_text(json.dumps({"threshold": 0.2, "fps_per_scan_target": 1.0}))
+    pd.DataFrame(
+        {"detector": ["det", "fpr"], "cpm": [0.5, 0.7], "sensitivity_8": [0.7, 0.8]}
+    ).to_csv(folder / "detection.csv", index=False)
+    return folder, segmenter, detector, fpr
+
+
+def write_second_stage_predictor(folder, segmenter, checkpoints):
+    write_predictor(
+        detection_table=str(folder / "detection.csv"),
+        evaluation_table=str(folder / "evaluation.csv"),
+        detector_checkpoints=[str(c) for c in checkpoints],
+        operating_points=[str(c.parent / "operating_point.json") for c in checkpoints],
+        segmenter_checkpoints=[str(segmenter)],
+        detector=str(folder / "out" / "detector.pt"),
+        segmenter=str(folder / "out" / "segmenter.pt"),
+        choice=str(folder / "out" / "choice.json"),
+        settings=PredictorSettings.from_config({}),
+    )
+
+
+def test_a_second_stage_bundles_its_stage1_and_its_crop_model(second_stage):
+    folder, segmenter, detector, fpr = second_stage
+    write_second_stage_predictor(folder, segmenter, [detector, fpr])
+    det = read_bundle(folder / "out" / "detector.pt", DETECTOR)
+    stage1 = torch.load(detector, weights_only=True)
+    # stage 1's network and volumes, the second stage's name and operating point
+    assert (det["name"], det["stage1"], det["volumes"]) == ("fpr", "det", TRAINED_VOLUMES)
+    assert det["settings"]["mode"] == "whole"
+    assert all(torch.equal(det["model"][k], v) for k, v in stage1["model"].items())
+    assert det["operating_point"]["threshold"] == 0.2
+    rescorer = det["rescorer"]
+    assert (rescorer["crop_size"], rescorer["target_spacing"]) == ([16, 16, 16], [2.0, 2.0, 2.0])
+    assert rescorer["settings"]["mode"] == "rescore"
+    assert json.loads((folder / "out" / "choice.json").read_text())["detector"] == "fpr"
+
+
+def test_a_second_stage_without_its_stage1_checkpoint_is_refused(second_stage):
+    folder, segmenter, _, fpr = second_stage
+    with pytest.raises(InputError, match=r"stage-1 detector 'det' has no best.pt"):
+        write_second_stage_predictor(folder, segmenter, [fpr])
+
+
+def test_detect_candidates_runs_both_stages(second_stage):
+    """lungseg predict's detect step with a second-stage bundle: stage 1's candidates,
+    re-scored, at or above the second stage's threshold; without its network: an error."""
+    folder, segmenter, detector, fpr = second_stage
+    write_second_stage_predictor(folder, segmenter, [detector, fpr])
+    det = read_bundle(folder / "out" / "detector.pt", DETECTOR)
+    det["operating_point"]["threshold"] = 0.0  # keep every re-scored candidate
+    rng = np.random.default_rng(0)
+    image = rng.integers(-1000, 200, (40, 64, 64)).astype(np.int16)
+    found = detect_candidates(image, (2.5, 2.0, 2.0), bundle_model(det, "cpu"), det,
+                              bundle_model(det["rescorer"], "cpu"))  # fmt: skip
+    assert list(found.columns) == ["center_z", "center_y", "center_x", "probability", "diameter_mm"]
+    assert 0 < len(found) <= 100
+    assert found["probability"].is_monotonic_decreasing
+    assert found["probability"].between(0, 1).all()
+    with pytest.raises(ValueError, match="fpr: a second-stage bundle needs its crop model"):
+        detect_candidates(image, (2.5, 2.0, 2.0), bundle_model(det, "cpu"), det)

@@ -29,6 +29,8 @@ PREDICTION_RULES = {"predictor", "predict", "cascade", "plot_cascade"}
 SUMMARY_RULES = {"evaluate_summary", "plot_comparison", "all"} | PREDICTION_RULES
 # Rules downstream of one detector's training (per detector) and of all detectors.
 DETECTOR_DOWNSTREAM = {"train_detector", "detect", "evaluate_detector", "plot_detections"}
+# A second stage (mode rescore): its rules, and stage 1's run over the training scans.
+SECOND_STAGE = {"detect_training_scans", "rescorer_samples", "train_rescorer", "rescore"}
 DETECTION_SUMMARY_RULES = {"detection_summary", "plot_froc", "all"} | PREDICTION_RULES
 
 
@@ -86,14 +88,28 @@ def test_changing_one_model_reruns_only_that_model_and_its_plots(run):
 
 
 def test_changing_one_detector_reruns_only_that_detector(run):
+    """unet_patch's chain and the second stage over its candidates; iunet_whole untouched."""
     update = {"detectors": {"unet_patch": {"lr": 0.02}}}
     jobs = planned_jobs(run, *with_config(run, "one_detector", update))
     assert ("train_detector", {"detector": "unet_patch"}) in jobs
-    assert rules_of(jobs) <= DETECTOR_DOWNSTREAM | DETECTION_SUMMARY_RULES, jobs
-    assert rules_of(jobs) >= DETECTOR_DOWNSTREAM
+    assert rules_of(jobs) <= DETECTOR_DOWNSTREAM | SECOND_STAGE | DETECTION_SUMMARY_RULES, jobs
+    assert rules_of(jobs) >= DETECTOR_DOWNSTREAM | SECOND_STAGE
     for rule, wildcards in jobs:
-        if rule in DETECTOR_DOWNSTREAM:
-            assert wildcards == {"detector": "unet_patch"}, (rule, wildcards)
+        if rule in DETECTOR_DOWNSTREAM | SECOND_STAGE:
+            assert wildcards["detector"] in {"unet_patch", "unet_patch_fpr"}, (rule, wildcards)
+    assert ("train_rescorer", {"detector": "unet_patch_fpr"}) in jobs
+
+
+def test_changing_a_second_stage_reruns_only_it(run):
+    """A rescore setting retrains the second stage, never its stage-1 detector."""
+    update = {"detectors": {"unet_patch_fpr": {"rescore_copies": 1}}}
+    jobs = planned_jobs(run, *with_config(run, "second_stage", update))
+    own = {"rescorer_samples", "train_rescorer", "rescore", "evaluate_detector", "plot_detections"}
+    assert rules_of(jobs) <= own | DETECTION_SUMMARY_RULES, jobs
+    assert rules_of(jobs) >= own
+    for rule, wildcards in jobs:
+        if rule in own:
+            assert wildcards == {"detector": "unet_patch_fpr"}, (rule, wildcards)
 
 
 def test_changing_crop_size_reruns_crops_and_training_but_no_conversion(run):
