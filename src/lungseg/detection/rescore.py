@@ -19,9 +19,9 @@ The candidate's final probability is that score times stage 1's probability to t
 far down stage 1's list that merely look nodule-like then stay below the confident ones.
 
 Training crops (:func:`scan_samples`) of each scan: every cohort nodule at its centroid and at
-``positive_copies`` centres jittered uniformly by up to ``jitter_mm`` per axis, and the scan's
-``negatives_per_scan`` highest stage-1 candidates (hard negatives; a candidate on a nodule is a
-positive crop with its nodule off centre). Target = the cohort nodules' voxels of the crop;
+``positive_copies`` centres jittered uniformly by up to ``jitter_mm`` per axis, and the given
+stage-1 candidates (the ``rescore_negatives`` highest of a training scan; hard negatives, and a
+candidate on a nodule is a positive crop with its nodule off centre). Target = the cohort nodules' voxels of the crop;
 candidates on other annotated findings only (LUNA16's irrelevant findings) are left out.
 """
 

@@ -93,6 +93,7 @@ class DetectorSettings(StageSettings):
     stage1: str | None
     rescore_crop_size: tuple[int, int, int]
     rescore_crop_spacing: tuple[float, float, float]
+    rescore_negatives: int
     rescore_copies: int
     rescore_jitter_mm: float
     rescore_stage1_weight: float
