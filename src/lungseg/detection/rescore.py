@@ -21,8 +21,9 @@ far down stage 1's list that merely look nodule-like then stay below the confide
 Training crops (:func:`scan_samples`) of each scan: every cohort nodule at its centroid and at
 ``positive_copies`` centres jittered uniformly by up to ``jitter_mm`` per axis, and the given
 stage-1 candidates (the ``rescore_negatives`` highest of a training scan; hard negatives, and a
-candidate on a nodule is a positive crop with its nodule off centre). Target = the cohort nodules' voxels of the crop;
-candidates on other annotated findings only (LUNA16's irrelevant findings) are left out.
+candidate on a nodule is a positive crop with its nodule off centre). Target = the cohort
+nodules' voxels of the crop; candidates on other annotated findings only (LUNA16's irrelevant
+findings) are left out.
 """
 
 from __future__ import annotations

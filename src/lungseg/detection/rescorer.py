@@ -1,8 +1,8 @@
 """The second stage's jobs (detectors of mode ``rescore``; the method: :mod:`.rescore`).
 
 - ``rescorer_samples``: training crops around the cohort nodules and stage 1's highest
-  ``rescore_negatives`` candidates of each training scan (``samples.h5`` in crops.h5's layout: ``image``, ``mask``; ``samples.csv``
-  with ``nodule_id`` = sample id and ``subset``), and validation crops (the validation scans'
+  ``rescore_negatives`` candidates of each training scan (``samples.h5`` in crops.h5's layout:
+  ``image``, ``mask``; ``samples.csv`` with ``nodule_id`` = sample id and ``subset``), and validation crops (the validation scans'
   cohort nodules and stage-1 candidates, no jittered copies) that pick ``best.pt``, as the crop
   models' validation nodules pick theirs;
 - ``train_rescorer``: lungseg's crop :class:`~lungseg.training.Trainer` on those crops
