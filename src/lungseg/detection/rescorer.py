@@ -2,9 +2,9 @@
 
 - ``rescorer_samples``: training crops around the cohort nodules and stage 1's highest
   ``rescore_negatives`` candidates of each training scan (``samples.h5`` in crops.h5's layout:
-  ``image``, ``mask``; ``samples.csv`` with ``nodule_id`` = sample id and ``subset``), and validation crops (the validation scans'
-  cohort nodules and stage-1 candidates, no jittered copies) that pick ``best.pt``, as the crop
-  models' validation nodules pick theirs;
+  ``image``, ``mask``; ``samples.csv`` with ``nodule_id`` = sample id and ``subset``), and
+  validation crops (the validation scans' cohort nodules and stage-1 candidates, no jittered
+  copies) that pick ``best.pt``, as the crop models' validation nodules pick theirs;
 - ``train_rescorer``: lungseg's crop :class:`~lungseg.training.Trainer` on those crops
   (``metrics.csv``, ``best.pt``, ``last.pt``, exact resume); best.pt records the crop grid;
 - ``rescore``: stage 1's validation candidates re-scored and re-centred (candidates.csv).
