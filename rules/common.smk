@@ -303,12 +303,10 @@ def detector_wildcard_pattern(modes=None):
     return "|".join(re.escape(name) for name in detector_names(modes)) or "(?!)"
 
 
-def stage1_output(name):
-    """results/detection/<stage1>/<name> of a second stage ({detector} of mode rescore)."""
-    stage1 = lambda wildcards: merged_detector_config(config, wildcards.detector)[
-        "stage1"
-    ]
-    return lambda wildcards: f"results/detection/{stage1(wildcards)}/{name}"
+def stage1_output(name, root="results/detection"):
+    """<root>/<stage1>/<name> of a second stage ({detector} of mode rescore)."""
+    stage1 = lambda w: merged_detector_config(config, w.detector)["stage1"]
+    return lambda wildcards: f"{root}/{stage1(wildcards)}/{name}"
 
 
 def detector_settings(wildcards):

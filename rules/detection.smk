@@ -265,10 +265,7 @@ rule bench_detector_seeds:
 
 rule bench_detection:
     input:
-        tables=[
-            f"results/bench_detection/{d}/seeds.csv"
-            for d in detector_names(("whole", "patch"))
-        ],
+        tables=[f"results/bench_detection/{d}/seeds.csv" for d in detector_names()],
     output:
         table="results/bench_detection.csv",
         spread="results/bench_detection_spread.csv",

@@ -115,3 +115,36 @@ rule rescore:
         settings=detector_settings,
     script:
         "../workflow_scripts/rescore.py"
+
+
+# Robustness (target bench_detection): the second stage once per seed, each over its stage-1
+# detector's run of the same seed (lungseg.bench.detection.bench_rescorer).
+rule bench_rescorer_seeds:
+    input:
+        stage1_table=stage1_output("seeds.csv", "results/bench_detection"),
+        scans="results/detection_volumes/scans.csv",
+        volumes=detection_volume_files,
+        source_volumes=volume_files,
+        nodules="results/nodules.csv",
+    output:
+        table="results/bench_detection/{detector}/seeds.csv",
+    log:
+        "logs/bench_detection/{detector}.log",
+    benchmark:
+        "benchmarks/bench_detection/{detector}.tsv"
+    wildcard_constraints:
+        detector=detector_wildcard_pattern(("rescore",)),
+    conda:
+        "../envs/lungseg.yaml"
+    threads: detection_resource("threads")
+    resources:
+        mem_mb=detection_resource("mem_mb"),
+        runtime=lambda wildcards: detection_resource("runtime") * len(bench_seeds()),
+        gpu=detection_resource("gpu"),
+    params:
+        code=stage_code("bench_rescorer_seeds"),
+        detector="{detector}",
+        seeds=bench_seeds(),
+        settings=detector_settings,
+    script:
+        "../workflow_scripts/bench_rescorer_seeds.py"

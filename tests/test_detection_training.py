@@ -272,3 +272,47 @@ def test_bench_detection_trains_each_seed_and_reports_the_spread(data, tmp_path)
     assert (row["seeds"], row["cpm_mean"], row["cpm_min"], row["cpm_max"]) == (2, 0.4, 0.2, 0.6)
     assert row["cpm_sd"] == pytest.approx(np.std([0.2, 0.6], ddof=1))
     assert len(pd.read_csv(tmp_path / "all.csv")) == 4
+
+
+def test_bench_rescorer_runs_the_second_stage_over_each_stage1_seed(data, tmp_path):
+    """The whole second stage on real volumes, once per seed over stage 1's run of that seed:
+    training crops, the crop model (its seed), re-scored candidates and their LUNA16 row."""
+    from lungseg.bench.detection import SEED_COLUMNS, bench_detection, bench_rescorer
+
+    root, volumes = data
+    stage1 = tmp_path / "iunet_whole" / "seeds.csv"
+    common = {"scans": str(root / "scans.csv"), "volumes": volumes,
+              "nodules": str(root / "nodules.csv"), "seeds": [1, 2]}  # fmt: skip
+    first_settings = DetectorSettings.from_config({**TINY, "epochs": 1})
+    bench_detection(table=str(stage1), detector="iunet_whole", settings=first_settings, **common)
+    second = {**TINY, "mode": "rescore", "stage1": "iunet_whole", "arch": "unet",
+              "loss": "dice_bce", "epochs": 1, "batch_size": 4, "rescore_negatives": 5,
+              "rescore_crop_size": [16, 16, 16],
+              "rescore_crop_spacing": [2.0, 2.0, 2.0]}  # fmt: skip
+    table = tmp_path / "fpr" / "seeds.csv"
+    bench_rescorer(stage1_table=str(stage1), table=str(table), detector="fpr",
+                   source_volumes=[str(p) for p in sorted((root / "volumes").rglob("*.h5"))],
+                   settings=DetectorSettings.from_config(second), **common)  # fmt: skip
+    seeds = pd.read_csv(table)
+    assert list(seeds.columns) == SEED_COLUMNS and seeds["seed"].tolist() == [1, 2]
+    assert (seeds["detector"] == "fpr").all() and seeds["cpm"].between(0, 1).all()
+    for seed in (1, 2):
+        out, first = tmp_path / "fpr" / f"seed{seed}", tmp_path / "iunet_whole" / f"seed{seed}"
+        best = read_checkpoint(out / "best.pt")
+        assert best["settings"]["seed"] == seed and best["settings"]["mode"] == "rescore"
+        assert best["crop_grid"] == {"crop_size": [16, 16, 16], "target_spacing": [2.0] * 3}
+        crops = pd.read_csv(out / "samples.csv")
+        # two training scans: one cohort nodule each plus 3 jittered copies, at most 5 stage-1
+        # candidates each; validation: the one cohort nodule and stage 1's candidates
+        train = crops[crops["subset"] == "train"]
+        assert (train["kind"] == "nodule").sum() == 2 and (train["kind"] == "jittered").sum() == 6
+        assert (train["kind"] == "candidate").sum() <= 10
+        assert (crops[crops["subset"] == "val"]["kind"] == "nodule").sum() == 1
+        found, before = pd.read_csv(out / "candidates.csv"), pd.read_csv(first / "candidates.csv")
+        assert list(found.columns) == COLUMNS and len(found) == len(before)
+        assert set(found["seriesuid"]) <= set(before["seriesuid"])
+        assert (
+            found.groupby("seriesuid")["probability"]
+            .apply(lambda p: p.is_monotonic_decreasing)
+            .all()
+        )

@@ -9,6 +9,9 @@ results/detection.csv columns, the seed, training seconds). :func:`summarise_see
 every detector's rows into results/bench_detection.csv and the spread per detector (mean, SD,
 min, max CPM) into results/bench_detection_spread.csv. Seeds change initialisation, patch
 sampling and augmentation, so on a fixed split and data the spread is the training's own.
+
+A second stage (mode rescore; rule ``bench_rescorer_seeds``, :func:`bench_rescorer`) runs once
+per seed over its stage-1 detector's run of the same seed, so its spread holds both stages'.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import pandas as pd
 
 from lungseg.core.atomic import write_csv_atomic
 from lungseg.detection.predict import detect
+from lungseg.detection.rescorer import rescore, train_rescorer, write_rescorer_samples
 from lungseg.detection.settings import DetectorSettings
 from lungseg.detection.train import train_detector
 from lungseg.evaluation.detection import SUMMARY_COLUMNS, evaluate_detector
+from lungseg.inference.checkpoint import read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -64,22 +69,96 @@ def bench_detection(
             settings=own,
             threads=threads,
         )
-        evaluate_detector(
-            candidates=str(out / "candidates.csv"),
+        rows.append(_score(out, scans, nodules, detector, own, seed))
+    write_csv_atomic(table, pd.DataFrame(rows, columns=SEED_COLUMNS))
+
+
+def stage1_settings(best: str | Path) -> DetectorSettings:
+    """The settings a stage-1 detector was trained with (its best.pt), to run it as trained."""
+    trained = read_checkpoint(best)["settings"]
+    known = {field.name for field in dataclasses.fields(DetectorSettings)}
+    return DetectorSettings.from_config({k: v for k, v in trained.items() if k in known})
+
+
+def bench_rescorer(
+    *,
+    stage1_table: str,
+    scans: str,
+    volumes: list[str],
+    source_volumes: list[str],
+    nodules: str,
+    table: str,
+    detector: str,
+    seeds: list[int],
+    settings: DetectorSettings,
+    threads: int = 1,
+) -> None:
+    """A second stage once per seed, each over its stage-1 detector of the same seed (the
+    ``seed{seed}/`` folders beside ``stage1_table``, that detector's seeds.csv): stage 1 over
+    the training scans, the crops, the crop model, re-scoring and scoring, as the workflow's
+    rules do; write ``table`` (seeds.csv)."""
+    rows = []
+    for seed in [int(s) for s in seeds]:
+        out, first = Path(table).parent / f"seed{seed}", Path(stage1_table).parent / f"seed{seed}"
+        own = dataclasses.replace(settings, seed=seed)
+        logger.info("%s, seed %d over %s -> %s", detector, seed, first, out)
+        detect(
+            scans=scans,
+            volumes=volumes,
+            best=str(first / "best.pt"),
+            candidates=str(out / "train_candidates.csv"),
+            settings=stage1_settings(first / "best.pt"),
+            threads=threads,
+            subset="train",
+        )
+        write_rescorer_samples(
+            train_candidates=str(out / "train_candidates.csv"),
+            val_candidates=str(first / "candidates.csv"),
             scans=scans,
             nodules=nodules,
-            metrics=str(out / "metrics.csv"),
-            froc=str(out / "froc.csv"),
-            bootstrap_table=str(out / "froc_bootstrap.csv"),
-            summary=str(out / "summary.csv"),
-            operating_point=str(out / "operating_point.json"),
-            detector=detector,
+            volumes=source_volumes,
+            samples=str(out / "samples.h5"),
+            table=str(out / "samples.csv"),
             settings=own,
         )
-        row = pd.read_csv(out / "summary.csv").iloc[0].to_dict()
-        seconds = float(pd.read_csv(out / "metrics.csv")["seconds"].sum())
-        rows.append({"seed": seed, **row, "train_seconds": seconds})
+        train_rescorer(
+            samples=str(out / "samples.h5"),
+            table=str(out / "samples.csv"),
+            metrics=str(out / "metrics.csv"),
+            best=str(out / "best.pt"),
+            settings=own,
+            threads=threads,
+        )
+        rescore(
+            candidates=str(first / "candidates.csv"),
+            scans=scans,
+            volumes=source_volumes,
+            best=str(out / "best.pt"),
+            rescored=str(out / "candidates.csv"),
+            settings=own,
+            threads=threads,
+        )
+        rows.append(_score(out, scans, nodules, detector, own, seed))
     write_csv_atomic(table, pd.DataFrame(rows, columns=SEED_COLUMNS))
+
+
+def _score(out: Path, scans: str, nodules: str, detector: str, settings, seed: int) -> dict:
+    """One seed's row: ``evaluate_detector`` in ``out``, and the training seconds."""
+    evaluate_detector(
+        candidates=str(out / "candidates.csv"),
+        scans=scans,
+        nodules=nodules,
+        metrics=str(out / "metrics.csv"),
+        froc=str(out / "froc.csv"),
+        bootstrap_table=str(out / "froc_bootstrap.csv"),
+        summary=str(out / "summary.csv"),
+        operating_point=str(out / "operating_point.json"),
+        detector=detector,
+        settings=settings,
+    )
+    row = pd.read_csv(out / "summary.csv").iloc[0].to_dict()
+    seconds = float(pd.read_csv(out / "metrics.csv")["seconds"].sum())
+    return {"seed": seed, **row, "train_seconds": seconds}
 
 
 def summarise_seeds(*, tables: list[str], table: str, spread: str) -> None:

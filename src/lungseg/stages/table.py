@@ -283,6 +283,14 @@ STAGES: tuple[Stage, ...] = (
         outputs={"table": "table"},
     ),
     Stage(
+        "lungseg.bench.detection:bench_rescorer",
+        "a second stage once per seed over its stage 1 of the same seed: seeds.csv",
+        rule="bench_rescorer_seeds",
+        command="bench-rescorer",
+        settings=_s(f"{DET}:DetectorSettings"),
+        outputs={"table": "table"},
+    ),
+    Stage(
         "lungseg.bench.detection:summarise_seeds",
         "results/bench_detection.csv and its spread from every detector's seeds.csv",
         rule="bench_detection",
