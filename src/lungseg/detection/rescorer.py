@@ -3,8 +3,8 @@
 - ``rescorer_samples``: training crops around the cohort nodules and stage 1's highest
   ``rescore_negatives`` candidates of each training scan (``samples.h5`` in crops.h5's layout:
   ``image``, ``mask``; ``samples.csv`` with ``nodule_id`` = sample id and ``subset``), and
-  validation crops (the validation scans' cohort nodules and stage-1 candidates, no jittered
-  copies) that pick ``best.pt``, as the crop models' validation nodules pick theirs;
+  validation crops (the validation scans' cohort nodules and as many stage-1 candidates, no
+  jittered copies) that pick ``best.pt``, as the crop models' validation nodules pick theirs;
 - ``train_rescorer``: lungseg's crop :class:`~lungseg.training.Trainer` on those crops
   (``metrics.csv``, ``best.pt``, ``last.pt``, exact resume); best.pt records the crop grid;
 - ``rescore``: stage 1's validation candidates re-scored and re-centred (candidates.csv).
@@ -76,9 +76,8 @@ def write_rescorer_samples(
         own = findings[findings["series_uid"].astype(str) == series]
         cohort = own[own["in_cohort"].astype(bool)]
         found = _candidates(train_candidates if subset == "train" else val_candidates, series)
-        if subset == "train":
-            found = found.sort_values("probability", ascending=False, kind="stable")
-            found = found.head(settings.rescore_negatives)
+        found = found.sort_values("probability", ascending=False, kind="stable")
+        found = found.head(settings.rescore_negatives)
         crops, targets, described = scan_samples(
             image,
             class_map(labels, cohort["label"].astype(int).tolist()),
