@@ -62,56 +62,58 @@ def write_rescorer_samples(
     table: str,
     settings: DetectorSettings,
 ) -> None:
-    """The second stage's training and validation crops (module docstring)."""
+    """The second stage's training and validation crops (module docstring), written scan by
+    scan: memory holds one scan and its crops, whatever the number of scans."""
     scan_table = read_scan_table(scans)
     findings = pd.read_csv(nodules)
     locate = volume_locator(volumes)
     rng = np.random.default_rng(settings.seed)
     size = [int(s) for s in settings.rescore_crop_size]
     spacing = [float(s) for s in settings.rescore_crop_spacing]
-    images, masks, rows = [], [], []
-    for scan in scan_table[scan_table["subset"].isin(("train", "val"))].itertuples():
-        series, subset = str(scan.series_uid), str(scan.subset)
-        image, labels, attrs = read_volume(locate(str(scan.patient_id), series))
-        own = findings[findings["series_uid"].astype(str) == series]
-        cohort = own[own["in_cohort"].astype(bool)]
-        found = _candidates(train_candidates if subset == "train" else val_candidates, series)
-        found = found.sort_values("probability", ascending=False, kind="stable")
-        found = found.head(settings.rescore_negatives)
-        crops, targets, described = scan_samples(
-            image,
-            class_map(labels, cohort["label"].astype(int).tolist()),
-            attrs["spacing"],
-            cohort[CENTROIDS].to_numpy(dtype=float),
-            found[CENTRES].to_numpy(dtype=float),
-            size=size,
-            target_spacing=spacing,
-            positive_copies=settings.rescore_copies if subset == "train" else 0,
-            jitter_mm=settings.rescore_jitter_mm,
-            rng=rng,
-        )
-        for k, row in enumerate(described):
-            row.update(
-                nodule_id=f"{series}:{k}", patient_id=scan.patient_id, series_uid=series,
-                subset=subset,
-            )  # fmt: skip
-        images += crops
-        masks += targets
-        rows += described
-    frame = pd.DataFrame(rows)
-    for subset in ("train", "val"):
-        if not (frame.get("subset", pd.Series(dtype=str)) == subset).any():
-            raise InputError(f"{scans}: no {subset} scan gave a crop; the second stage needs both")
-    shape = (len(rows), *size)
+    rows: list[dict] = []
     with atomic_path(samples) as tmp, h5py.File(tmp, "w") as file:
-        options = compression_options("blosc-lz4")
-        chunks = (1, *size)
-        file.create_dataset(
-            "image", shape, np.int16, data=np.stack(images), chunks=chunks, **options
-        )
-        file.create_dataset("mask", shape, np.uint8, data=np.stack(masks), chunks=chunks, **options)
+        options = {"chunks": (1, *size), "maxshape": (None, *size)}
+        options |= compression_options("blosc-lz4")
+        datasets = [file.create_dataset(name, (0, *size), dtype, **options)
+                    for name, dtype in (("image", np.int16), ("mask", np.uint8))]  # fmt: skip
         file.attrs["size"] = size
         file.attrs["target_spacing"] = str(spacing)
+        for scan in scan_table[scan_table["subset"].isin(("train", "val"))].itertuples():
+            series, subset = str(scan.series_uid), str(scan.subset)
+            image, labels, attrs = read_volume(locate(str(scan.patient_id), series))
+            own = findings[findings["series_uid"].astype(str) == series]
+            cohort = own[own["in_cohort"].astype(bool)]
+            found = _candidates(train_candidates if subset == "train" else val_candidates, series)
+            found = found.sort_values("probability", ascending=False, kind="stable")
+            found = found.head(settings.rescore_negatives)
+            crops, targets, described = scan_samples(
+                image,
+                class_map(labels, cohort["label"].astype(int).tolist()),
+                attrs["spacing"],
+                cohort[CENTROIDS].to_numpy(dtype=float),
+                found[CENTRES].to_numpy(dtype=float),
+                size=size,
+                target_spacing=spacing,
+                positive_copies=settings.rescore_copies if subset == "train" else 0,
+                jitter_mm=settings.rescore_jitter_mm,
+                rng=rng,
+            )
+            for k, row in enumerate(described):
+                row.update(
+                    nodule_id=f"{series}:{k}", patient_id=scan.patient_id, series_uid=series,
+                    subset=subset,
+                )  # fmt: skip
+            if crops:
+                for dataset, values in zip(datasets, (crops, targets), strict=True):
+                    dataset.resize(len(rows) + len(crops), axis=0)
+                    dataset[len(rows) :] = np.stack(values)
+            rows += described
+        frame = pd.DataFrame(rows)
+        for subset in ("train", "val"):
+            if not (frame.get("subset", pd.Series(dtype=str)) == subset).any():
+                raise InputError(
+                    f"{scans}: no {subset} scan gave a crop; the second stage needs both"
+                )
     columns = ["nodule_id", "patient_id", "series_uid", "subset", "kind", *CENTRES, "mask_voxels"]
     write_csv_atomic(table, frame[columns])
     counts = frame.groupby(["subset", "kind"]).size().to_dict()
