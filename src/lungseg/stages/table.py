@@ -329,6 +329,12 @@ STAGES: tuple[Stage, ...] = (
         settings=_s(f"{PR}:PredictSettings"),
     ),
     Stage(
+        "lungseg.bench.unseen:bench_unseen",
+        "lungseg predict on scans of patients in no config, scored as the cascade",
+        command="bench-unseen",
+        settings={"buckets": f"{EV}:BucketSettings", "settings": f"{PR}:PredictSettings"},
+    ),
+    Stage(
         "lungseg.evaluation.cascade_run:run_cascade",
         "score predicted validation scans against the reference nodules, radiomics ICC",
         rule="cascade",
