@@ -16,6 +16,8 @@ rule detection_volume:
     wildcard_constraints:
         patient_id=r"[^/]+",
         series_uid=r"[0-9.]+",
+    # the detection chain is make run's longest path: scheduled before the crop models
+    priority: 1
     conda:
         "../envs/lungseg.yaml"
     threads: 1
@@ -40,6 +42,8 @@ rule detection_scans:
         "logs/detection_scans.log",
     benchmark:
         "benchmarks/detection_scans.tsv"
+    # the detection chain is make run's longest path: scheduled before the crop models
+    priority: 1
     conda:
         "../envs/lungseg.yaml"
     threads: 1
@@ -65,6 +69,8 @@ rule train_detector:
         "benchmarks/train_detector/{detector}.tsv"
     wildcard_constraints:
         detector=detector_wildcard_pattern(("whole", "patch")),
+    # the detection chain is make run's longest path: scheduled before the crop models
+    priority: 1
     conda:
         "../envs/lungseg.yaml"
     threads: detection_resource("threads")

@@ -17,6 +17,8 @@ rule detect_training_scans:
         "benchmarks/detect_training_scans/{detector}.tsv"
     wildcard_constraints:
         detector=detector_wildcard_pattern(("whole", "patch")),
+    # the detection chain is make run's longest path: scheduled before the crop models
+    priority: 1
     conda:
         "../envs/lungseg.yaml"
     threads: detection_resource("threads")
@@ -48,6 +50,8 @@ rule rescorer_samples:
         "benchmarks/rescorer_samples/{detector}.tsv"
     wildcard_constraints:
         detector=detector_wildcard_pattern(("rescore",)),
+    # the detection chain is make run's longest path: scheduled before the crop models
+    priority: 1
     conda:
         "../envs/lungseg.yaml"
     threads: 1
@@ -75,6 +79,8 @@ rule train_rescorer:
         "benchmarks/train_rescorer/{detector}.tsv"
     wildcard_constraints:
         detector=detector_wildcard_pattern(("rescore",)),
+    # the detection chain is make run's longest path: scheduled before the crop models
+    priority: 1
     conda:
         "../envs/lungseg.yaml"
     threads: detection_resource("threads")
@@ -103,6 +109,8 @@ rule rescore:
         "benchmarks/rescore/{detector}.tsv"
     wildcard_constraints:
         detector=detector_wildcard_pattern(("rescore",)),
+    # the detection chain is make run's longest path: scheduled before the crop models
+    priority: 1
     conda:
         "../envs/lungseg.yaml"
     threads: detection_resource("threads")
