@@ -32,6 +32,7 @@ from scipy import ndimage
 
 from lungseg.core.atomic import atomic_path, write_csv_atomic
 from lungseg.core.errors import InputError
+from lungseg.dataset.boxes import overlap
 from lungseg.dataset.settings import CropSettings
 from lungseg.dataset.split import training_nodules
 from lungseg.io import hdf5 as volume_files
@@ -143,17 +144,8 @@ def read_padded_box(
     box_shape = tuple(h - low for low, h in zip(lo, hi, strict=True))
     image = np.full(box_shape, AIR_HU, dtype=np.int16)
     mask = np.zeros(box_shape, dtype=np.uint16)
-    inside_lo = [max(0, low) for low in lo]
-    inside_hi = [min(n, h) for n, h in zip(shape, hi, strict=True)]
-    if any(a >= b for a, b in zip(inside_lo, inside_hi, strict=True)):
-        return image, mask
-    region = tuple(slice(a, b) for a, b in zip(inside_lo, inside_hi, strict=True))
-    part_image, part_mask, _ = read_volume(volume_path, region=region)
-    target = tuple(
-        slice(a - low, b - low) for a, b, low in zip(inside_lo, inside_hi, lo, strict=True)
-    )
-    image[target] = part_image
-    mask[target] = part_mask
+    if (parts := overlap(shape, lo, hi)) is not None:
+        image[parts[1]], mask[parts[1]], _ = read_volume(volume_path, region=parts[0])
     return image, mask
 
 

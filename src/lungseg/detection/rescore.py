@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from lungseg.dataset.boxes import padded_box
 from lungseg.dataset.crops import AIR_HU, CropGeometry, crop_geometry, cut_crop, source_box
 
 #: label of the cohort nodules and of the other annotated findings in a scan's class map
@@ -44,20 +45,6 @@ COHORT, OTHER = 1, 2
 REACH = 0.25
 #: a crop voxel belongs to the candidate's component at this crop-model probability
 COMPONENT = 0.5
-
-
-def padded_box(array: np.ndarray, lo: Sequence[int], hi: Sequence[int], fill) -> np.ndarray:
-    """``array[lo:hi]`` per axis, ``fill`` where the box leaves the array."""
-    box = np.full(tuple(h - low for low, h in zip(lo, hi, strict=True)), fill, array.dtype)
-    inside_lo = [max(0, low) for low in lo]
-    inside_hi = [min(n, h) for n, h in zip(array.shape, hi, strict=True)]
-    if all(a < b for a, b in zip(inside_lo, inside_hi, strict=True)):
-        src = tuple(slice(a, b) for a, b in zip(inside_lo, inside_hi, strict=True))
-        dst = tuple(
-            slice(a - low, b - low) for a, b, low in zip(inside_lo, inside_hi, lo, strict=True)
-        )
-        box[dst] = array[src]
-    return box
 
 
 def class_map(mask: np.ndarray, cohort_labels: Sequence[int]) -> np.ndarray:

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
+from lungseg.dataset.boxes import padded_box
 from lungseg.dataset.crops import AIR_HU, crop_geometry, cut_crop, source_box
 from lungseg.inference.model import predict
 
@@ -34,20 +35,6 @@ class Piece:
     lo: tuple[int, int, int]
     probability: np.ndarray
     centre: tuple[float, float, float]
-
-
-def padded_box(image: np.ndarray, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
-    """``image[lo:hi]`` per axis, air where the box leaves the scan."""
-    box = np.full(tuple(h - low for low, h in zip(lo, hi, strict=True)), AIR_HU, np.int16)
-    inside_lo = [max(0, low) for low in lo]
-    inside_hi = [min(n, h) for n, h in zip(image.shape, hi, strict=True)]
-    if all(a < b for a, b in zip(inside_lo, inside_hi, strict=True)):
-        src = tuple(slice(a, b) for a, b in zip(inside_lo, inside_hi, strict=True))
-        dst = tuple(
-            slice(a - low, b - low) for a, b, low in zip(inside_lo, inside_hi, lo, strict=True)
-        )
-        box[dst] = image[src]
-    return box
 
 
 def paste_region(geometry, shape: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -96,7 +83,7 @@ def segment_candidates(
             logger.info("candidate at %s (scan voxels) lies outside the scan: dropped", centre)
             continue
         lo, hi = source_box(geometry)
-        box = padded_box(image, lo, hi)
+        box = padded_box(image, lo, hi, AIR_HU)
         # the image only: an empty mask, any interpolation (nearest is the cheaper)
         crop, _, _ = cut_crop(box, np.zeros(box.shape, np.uint8), geometry, lo, 1, "nearest")
         probability = predict(model, crop[None], bundle["settings"], batch_size=1)[0]
