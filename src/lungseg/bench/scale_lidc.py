@@ -48,6 +48,16 @@ LIDC_SCANS = 1018
 #: stages config/lidc.yaml leaves as the sample measures them
 UNCHANGED = ("index", "annotations", "convert", "nodules", "cohort", "split")
 UNCHANGED += ("detection_scans", "cascade")
+
+
+def stage1_detectors(config: dict) -> list[str]:
+    """The detectors that train on and run over whole scans; second stages (mode rescore) are
+    not projected (docs/cluster.md)."""
+    from lungseg.detection.settings import detector_settings
+
+    return [n for n in config["detectors"] if detector_settings(config, n).mode != "rescore"]
+
+
 #: rows of the projection, in workflow order (``train``, ``train_detector``: GPU jobs)
 ORDER = ("index", "annotations", "convert", "nodules", "cohort", "crops", "split", "train")
 ORDER += ("detection_volume", "detection_scans", "train_detector", "detect", "predict")
@@ -131,7 +141,7 @@ def network_costs(sample: dict, lidc: dict, repeats: int = 2) -> pd.DataFrame:
     x = torch.rand((1, 1, *shape))
     rows = []
     try:
-        for name in lidc["detectors"]:
+        for name in stage1_detectors(lidc):
             row = {"detector": name}
             for label, config in (("sample", sample), ("lidc", lidc)):
                 settings = detector_settings(config, name)
@@ -241,7 +251,7 @@ def lidc_projection(
     rows = []
     for stage in ORDER:
         if stage in GPU_STAGES:
-            names = lidc["models"] if stage == "train" else lidc["detectors"]
+            names = lidc["models"] if stage == "train" else stage1_detectors(lidc)
             rows.append(_row(stage, len(names), math.nan, math.nan, math.nan, GPU_STAGES[stage]))
             continue
         if stage not in fit.index or stage not in last.index:
@@ -296,7 +306,7 @@ def _detector_scale(sample, lidc, detectors, networks) -> dict[str, tuple[float,
     )
     canvas = float(np.prod(shape) / np.prod(mine_shape))
     out = {}
-    for name in lidc["detectors"]:
+    for name in stage1_detectors(lidc):
         if name not in seconds.index or name not in ratio.index:
             continue
         factor, how = canvas * ratio[name], f"voxels {canvas:.1f} x network {ratio[name]:.2f}"
