@@ -4,7 +4,9 @@
 munged (unless one already answers), slurmctld and slurmd, waits for the node to be idle and
 yields a :class:`Cluster`. On exit, even after a failure, an interrupt or SIGTERM, it cancels
 the cluster's jobs, stops every daemon it started by the PID it recorded, and removes the
-``/etc/slurm/slurm.conf`` link it made. Nothing here is specific to lungseg.
+``/etc/slurm/slurm.conf`` link it made. A link and daemons left by a session that was killed
+(SIGKILL runs no ``finally``) are cleared first (``clear_stale_cluster``). Nothing here is
+specific to lungseg.
 
 Facts this relies on (Debian 12, Slurm 22.05 from apt, root, no systemd):
 - node CPUs and RealMemory must be exactly what ``slurmd -C`` prints, or the node drains;
@@ -37,6 +39,8 @@ MUNGE_PID_FILE = Path("/run/munge/munged.pid")
 # One cluster at a time on this machine: the config link and the munge socket are global.
 LOCK_FILE = Path("/tmp/lungseg-slurm-cluster.lock")
 PARTITION = "lungseg"
+# First line of every config written here: how a stale one is told from a real cluster's.
+MARKER = "# Written by tests/slurm_cluster.py for one test session."
 REQUIRED_TOOLS = ("slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo", "munged")
 
 
@@ -150,7 +154,7 @@ def write_config(workdir: Path, min_job_age: int) -> Path:
         (workdir / sub).mkdir(parents=True, exist_ok=True)
     conf = workdir / "slurm.conf"
     conf.write_text(
-        f"""# Written by tests/slurm_cluster.py for one test session.
+        f"""{MARKER}
 ClusterName=lungsegtest
 SlurmctldHost={host}(127.0.0.1)
 SlurmUser=root
@@ -244,10 +248,36 @@ def stop_pid(pid: int, timeout: float = 10) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def written_here(conf: Path) -> bool:
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        return conf.read_text().startswith(MARKER)
+    return False
+
+
+def clear_stale_cluster(link: Path = DEFAULT_CONF) -> None:
+    """Remove what a killed test session left: its config link and the daemons it started.
+
+    Only called with LOCK_FILE held, so no live session owns a cluster. A link to a missing
+    file, or to a config this module wrote, is stale; a daemon is stopped only if its command
+    line names that config, so a reused PID is never killed. A real config is left alone.
+    """
+    if not link.is_symlink():
+        return
+    target = link.resolve()
+    if target.exists() and not written_here(target):
+        return
+    for name in ("slurmd.pid", "slurmctld.pid"):
+        with contextlib.suppress(FileNotFoundError, ValueError, OSError):
+            pid = int((target.parent / name).read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if os.fsencode(target) in cmdline:
+                stop_pid(pid)
+    link.unlink()
+
+
 def link_default_conf(conf: Path) -> None:
     """/etc/slurm/slurm.conf -> conf, refusing to replace a real cluster's config."""
-    if DEFAULT_CONF.is_symlink() and not DEFAULT_CONF.exists():
-        DEFAULT_CONF.unlink()  # left behind by a test session that was killed
+    clear_stale_cluster()
     if DEFAULT_CONF.exists() or DEFAULT_CONF.is_symlink():
         raise ClusterUnavailable(f"{DEFAULT_CONF} exists: this machine has its own SLURM config")
     DEFAULT_CONF.parent.mkdir(parents=True, exist_ok=True)
