@@ -266,13 +266,21 @@ def clear_stale_cluster(link: Path = DEFAULT_CONF) -> None:
     target = link.resolve()
     if target.exists() and not written_here(target):
         return
+    # The daemons were started with `-f` and the path the link holds, not necessarily resolved.
+    names = {os.fsencode(target), os.fsencode(os.readlink(link))}
     for name in ("slurmd.pid", "slurmctld.pid"):
-        with contextlib.suppress(FileNotFoundError, ValueError, OSError):
+        with contextlib.suppress(FileNotFoundError, ValueError):
             pid = int((target.parent / name).read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if os.fsencode(target) in cmdline:
+            if names & set(command_line(pid)):
                 stop_pid(pid)
     link.unlink()
+
+
+def command_line(pid: int) -> list[bytes]:
+    """The arguments of a running process; [] once it is gone."""
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return []
 
 
 def link_default_conf(conf: Path) -> None:

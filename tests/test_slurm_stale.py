@@ -7,6 +7,7 @@ not mistake that for a real cluster's config. Uses a link in tmp_path, so no roo
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -18,7 +19,18 @@ import slurm_cluster
 
 def sleeper(*args: str) -> subprocess.Popen:
     """A stand-in daemon whose command line holds `args` (as slurmctld's holds `-f conf`)."""
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *args])
+    argv = [sys.executable, "-c", "import time; time.sleep(120)", *args]
+    process = subprocess.Popen(argv)
+    # Popen can return before /proc shows the new command line (seen after the SLURM workflow
+    # test, with a large parent): a real daemon has long been running when it is cleared.
+    slurm_cluster.wait_until(
+        lambda: (
+            slurm_cluster.command_line(process.pid)[: len(argv)] == list(map(os.fsencode, argv))
+        ),
+        15,
+        f"pid {process.pid} never showed its command line",
+    )
+    return process
 
 
 def gone(process: subprocess.Popen, timeout: float = 15) -> bool:
@@ -64,7 +76,9 @@ def test_clear_stale_cluster(tmp_path, case):
         assert link.is_symlink() is not removed
         # Only a daemon of a stale config of ours is stopped.
         stopped = removed and names_conf
-        assert gone(daemon, timeout=15 if stopped else 1) is stopped
+        assert gone(daemon, timeout=15 if stopped else 1) is stopped, (
+            f"pid {daemon.pid}: {slurm_cluster.command_line(daemon.pid)}, link to {conf}"
+        )
     finally:
         daemon.kill()
         daemon.wait()
