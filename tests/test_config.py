@@ -167,3 +167,16 @@ def test_stage_targets_schedule_their_stage_and_are_documented(tmp_path, target,
     assert result.returncode == 0, (result.stdout + result.stderr)[-2000:]
     assert re.search(rf"^{scheduled_rule}\s+\d+", result.stdout, flags=re.MULTILINE), result.stdout
     assert f"`{target}`" in (REPO / "README.md").read_text(), f"README does not name `{target}`"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config").glob("*.yaml")))
+def test_every_shipped_config_file_passes_the_checks_over_config_yaml(name):
+    """Each config/*.yaml, merged over config.yaml as --configfile merges it, is a valid config."""
+    from snakemake.utils import update_config
+
+    from lungseg.config_checks import check_config
+
+    merged = yaml.safe_load((REPO / "config.yaml").read_text())
+    update_config(merged, yaml.safe_load((REPO / "config" / name).read_text()))
+    check_config(merged)
+    jsonschema.validate(merged, SCHEMA)
