@@ -98,6 +98,8 @@ rule detect:
         "benchmarks/detect/{detector}.tsv"
     wildcard_constraints:
         detector=detector_wildcard_pattern(("whole", "patch")),
+    # the detection chain, then prediction: make run's longest path, scheduled first
+    priority: 1
     conda:
         "../envs/lungseg.yaml"
     # the train_detector job's resources: the same network over every validation scan (on the
@@ -135,6 +137,8 @@ rule evaluate_detector:
         "logs/evaluate_detector/{detector}.log",
     wildcard_constraints:
         detector=detector_wildcard_pattern(),
+    # the detection chain, then prediction: make run's longest path, scheduled first
+    priority: 1
     conda:
         "../envs/lungseg.yaml"
     threads: 1
@@ -162,6 +166,8 @@ rule detection_summary:
         ),
     log:
         "logs/detection_summary.log",
+    # the detection chain, then prediction: make run's longest path, scheduled first
+    priority: 1
     conda:
         "../envs/lungseg.yaml"
     threads: 1

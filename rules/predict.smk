@@ -29,6 +29,8 @@ rule predictor:
         choice="results/predictor/choice.json",
     log:
         "logs/predictor.log",
+    # the detection chain, then prediction: make run's longest path, scheduled first
+    priority: 1
     conda:
         "../envs/lungseg.yaml"
     threads: 1
@@ -58,6 +60,8 @@ rule predict:
         "benchmarks/predict/{series_uid}.tsv"
     wildcard_constraints:
         series_uid=r"[0-9.]+",
+    # the detection chain, then prediction: make run's longest path, scheduled first
+    priority: 1
     conda:
         "../envs/lungseg.yaml"
     threads: predict_resource("threads")
@@ -99,6 +103,8 @@ rule cascade:
         "logs/cascade.log",
     benchmark:
         "benchmarks/cascade.tsv"
+    # the detection chain, then prediction: make run's longest path, scheduled first
+    priority: 1
     conda:
         "../envs/lungseg.yaml"
     threads: 1

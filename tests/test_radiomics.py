@@ -7,12 +7,15 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
+from scipy import ndimage
 
+import lungseg.predict.radiomics as radiomics_module
 from lungseg.core.errors import InputError, SettingsError
 from lungseg.evaluation.agreement import feature_class
-from lungseg.predict.radiomics import extract_features, feature_names, load_params
+from lungseg.predict.radiomics import crop_box, extract_features, feature_names, load_params
 from lungseg.predict.settings import PredictSettings
 
 PARAMS = Path(__file__).resolve().parents[1] / "src/lungseg/data/radiomics/params.yaml"
@@ -153,3 +156,96 @@ def test_the_params_key_is_the_users_file_else_the_packaged_one(tmp_path, monkey
         with pytest.raises(InputError, match=r"^predict\.radiomics_params: .*not found") as error:
             resolve(missing)
         assert str(missing) in str(error.value) and "\n" not in str(error.value)
+
+
+ONE_MM = {"setting": {"resampledPixelSpacing": [1, 1, 1], "padDistance": 5}}
+NATIVE = {"setting": {}}
+
+
+@pytest.mark.parametrize(
+    ("box", "shape", "spacing", "settings", "expected"),
+    [
+        # LIDC-IDRI-0571's first nodule: 2.5 x 0.5625 mm. Reach = ceil((5 + 1) / ratio) + 16:
+        # z ratio 2.5 -> 19, start 30 (30 x 2.5 = 75, a node of the 1 mm grid); y, x ratio
+        # 0.5625 -> 27, starts 96 and 160 (multiples of 16: 9/16 mm)
+        pytest.param(
+            ((49, 53), (123, 137), (196, 211)),
+            (121, 512, 512),
+            (2.5, 0.5625, 0.5625),
+            ONE_MM,
+            ((30, 72), (96, 164), (160, 238)),
+            id="lidc-0571",
+        ),
+        # 0.742188 mm (a rounded decimal): no whole grid node before the start, so from 0
+        pytest.param(
+            ((60, 64), (200, 210), (300, 310)),
+            (128, 512, 512),
+            (2.5, 0.742188, 0.742188),
+            ONE_MM,
+            ((40, 83), (0, 235), (0, 335)),
+            id="no-grid-node",
+        ),
+        # near the scan's ends: clipped to it
+        pytest.param(
+            ((2, 5), (1, 9), (500, 511)),
+            (100, 512, 512),
+            (1.0, 1.0, 1.0),
+            ONE_MM,
+            ((0, 27), (0, 31), (478, 512)),
+            id="edges",
+        ),
+        # no resampling: ratio 1, reach 6 + 16 (z 40..50 -> 18..72)
+        pytest.param(
+            ((40, 50), (100, 120), (100, 120)),
+            (100, 512, 512),
+            (2.5, 0.7, 0.7),
+            NATIVE,
+            ((18, 72), (78, 142), (78, 142)),
+            id="native-spacing",
+        ),
+        # a label one slice thick keeps the slice spacing in z (pyradiomics): ratio 1 there
+        pytest.param(
+            ((50, 51), (100, 110), (100, 110)),
+            (100, 512, 512),
+            (2.5, 1.0, 1.0),
+            ONE_MM,
+            ((28, 73), (78, 132), (78, 132)),
+            id="one-slice",
+        ),
+    ],
+)
+def test_crop_box(box, shape, spacing, settings, expected):
+    got = crop_box(tuple(slice(*b) for b in box), shape, spacing, settings)
+    assert tuple((s.start, s.stop) for s in got) == expected
+
+
+# Spacings whose 1 mm grid never falls halfway between two scan voxels. Where it does (2.5,
+# 1.5, 0.7 mm, ...), pyradiomics' nearest-neighbour mask resampling meets exact ties, which float
+# rounding breaks either way, on the whole scan as on the crop (docs/predict.md).
+NO_TIES = [
+    pytest.param((1.0, 1.0, 1.0), np.eye(3), id="isotropic-axial"),
+    pytest.param((2.0, 0.8, 0.6), np.eye(3), id="two-mm-axial"),
+    pytest.param((2.0, 0.6, 0.8), _rotation(30, 20), id="two-mm-oblique"),
+]
+
+
+@pytest.mark.parametrize(("spacing", "direction"), NO_TIES)
+def test_features_on_the_crop_equal_those_on_the_whole_scan(spacing, direction, monkeypatch):
+    """A noisy scan with the spheres 60 mm from every side: the crop is far smaller than it."""
+    image, labels = spheres(spacing)
+    pad = [(round(60 / s),) * 2 for s in spacing]
+    size = [n + 2 * p[0] for n, p in zip(image.shape, pad, strict=True)]
+    noise = np.random.default_rng(0).normal(0, 30, size)
+    image = (np.pad(image, pad, constant_values=LUNG) + noise).astype(np.int16)
+    labels = np.pad(labels, pad)
+    where = (image, labels, spacing, (-80.0, 33.0, -120.0), direction.ravel(), [2, 1], PARAMS)
+    cropped = extract_features(*where)
+    kept = crop_box(ndimage.find_objects(labels)[0], labels.shape, spacing, load_params(PARAMS))
+    assert np.prod([s.stop - s.start for s in kept]) < labels.size / 4
+    monkeypatch.setattr(radiomics_module, "crop_box", lambda box, shape, *_: whole(shape))
+    on_whole = extract_features(*where)
+    pd.testing.assert_frame_equal(cropped, on_whole, rtol=1e-9)
+
+
+def whole(shape):
+    return tuple(slice(0, n) for n in shape)

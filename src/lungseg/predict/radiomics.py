@@ -22,6 +22,7 @@ import radiomics
 import SimpleITK as sitk
 import yaml
 from radiomics.featureextractor import RadiomicsFeatureExtractor
+from scipy import ndimage
 
 from lungseg.core.errors import InputError, SettingsError
 from lungseg.predict.geometry import lps_geometry
@@ -35,6 +36,9 @@ logging.getLogger("radiomics.glcm").addFilter(lambda record: "Sum Average" not i
 
 #: lungseg extracts features of the original image only (pyradiomics' image type "Original")
 IMAGE_TYPE = "original"
+#: source voxels kept past the box pyradiomics resamples: the B-spline prefilter's boundary
+#: effect decays as 0.268**n, so 16 voxels leave the resampled values as on the whole scan
+BSPLINE_MARGIN = 16
 Params = str | os.PathLike[str] | Mapping[str, Any]
 
 
@@ -91,6 +95,39 @@ def sitk_image(
     return image
 
 
+def crop_box(
+    box: tuple[slice, ...],
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    settings: Mapping[str, Any],
+) -> tuple[slice, ...]:
+    """The part of the scan pyradiomics reads for a label whose voxels lie in ``box`` (z, y, x).
+
+    pyradiomics resamples only a padded box around the label, but SimpleITK's B-spline
+    interpolator first filters the whole input image: ~0.7 s a nodule on a 512 x 512 x 133 scan,
+    ~2 s with the mask, for a nodule of a few thousand voxels. Cut to this box first, the result
+    is the same: the resampling grid stays aligned to the scan's first voxel (the crop starts on
+    a grid node: ``start * source / resampled spacing`` is whole, else at 0), and the crop
+    reaches ``BSPLINE_MARGIN`` source voxels past the padded box.
+    """
+    setting = settings.get("setting") or {}
+    resampled = setting.get("resampledPixelSpacing")  # x, y, z
+    pad = float(setting.get("padDistance", 5))
+    cut = []
+    for axis, (part, size) in enumerate(zip(box, shape, strict=True)):
+        start, stop = int(part.start), int(part.stop)
+        target = float(resampled[2 - axis]) if resampled else 0.0
+        # pyradiomics keeps the source spacing where it is asked to (0) and where the label is
+        # one voxel thick
+        ratio = float(spacing[axis]) / target if target and stop - start > 1 else 1.0
+        reach = math.ceil((pad + 1) / ratio) + BSPLINE_MARGIN
+        low, high = max(0, start - reach), min(int(size), stop + reach)
+        while low > 0 and abs(low * ratio - round(low * ratio)) > 1e-6:
+            low -= 1
+        cut.append(slice(low, high))
+    return tuple(cut)
+
+
 def extract_features(
     image_hu_zyx: np.ndarray,
     label_map_zyx: np.ndarray,
@@ -112,12 +149,24 @@ def extract_features(
     settings = load_params(params)
     names = feature_names(settings)
     extractor = RadiomicsFeatureExtractor(settings)
-    geometry = (spacing, origin, direction)
-    image = sitk_image(image_hu_zyx.astype(np.float32), *geometry)  # no rounding on resampling
-    mask = sitk_image(label_map_zyx.astype(np.uint16, copy=False), *geometry)
+    label_map = label_map_zyx.astype(np.uint16, copy=False)
+    boxes = ndimage.find_objects(label_map, max_label=max(int(v) for v in labels))
     rows = []
     for label in labels:
         row: dict[str, Any] = {"label": int(label)}
+        box = boxes[int(label) - 1] if int(label) > 0 else None
+        if box is None:  # absent: pyradiomics says so on the whole map
+            box = tuple(slice(0, n) for n in label_map.shape)
+        box = crop_box(box, label_map.shape, spacing, settings)
+        crop_origin = np.asarray(origin, dtype=float) + sum(
+            np.asarray(direction, dtype=float).reshape(3, 3)[a] * float(spacing[a]) * box[a].start
+            for a in range(3)
+            if box[a].start
+        )
+        geometry = (spacing, crop_origin, direction)
+        # float32: no rounding of the resampled HU
+        image = sitk_image(image_hu_zyx[box].astype(np.float32), *geometry)
+        mask = sitk_image(label_map[box], *geometry)
         try:
             result = extractor.execute(image, mask, label=int(label))
         except (ValueError, RuntimeError) as error:
