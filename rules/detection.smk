@@ -16,7 +16,7 @@ rule detection_volume:
     wildcard_constraints:
         patient_id=r"[^/]+",
         series_uid=r"[0-9.]+",
-    # the detection chain is make run's longest path: scheduled before the crop models
+    # the detection chain, then prediction: make run's longest path, scheduled first
     priority: 1
     conda:
         "../envs/lungseg.yaml"
@@ -42,7 +42,7 @@ rule detection_scans:
         "logs/detection_scans.log",
     benchmark:
         "benchmarks/detection_scans.tsv"
-    # the detection chain is make run's longest path: scheduled before the crop models
+    # the detection chain, then prediction: make run's longest path, scheduled first
     priority: 1
     conda:
         "../envs/lungseg.yaml"
@@ -69,7 +69,7 @@ rule train_detector:
         "benchmarks/train_detector/{detector}.tsv"
     wildcard_constraints:
         detector=detector_wildcard_pattern(("whole", "patch")),
-    # the detection chain is make run's longest path: scheduled before the crop models
+    # the detection chain, then prediction: make run's longest path, scheduled first
     priority: 1
     conda:
         "../envs/lungseg.yaml"

@@ -17,7 +17,7 @@ rule detect_training_scans:
         "benchmarks/detect_training_scans/{detector}.tsv"
     wildcard_constraints:
         detector=detector_wildcard_pattern(("whole", "patch")),
-    # the detection chain is make run's longest path: scheduled before the crop models
+    # the detection chain, then prediction: make run's longest path, scheduled first
     priority: 1
     conda:
         "../envs/lungseg.yaml"
@@ -50,7 +50,7 @@ rule rescorer_samples:
         "benchmarks/rescorer_samples/{detector}.tsv"
     wildcard_constraints:
         detector=detector_wildcard_pattern(("rescore",)),
-    # the detection chain is make run's longest path: scheduled before the crop models
+    # the detection chain, then prediction: make run's longest path, scheduled first
     priority: 1
     conda:
         "../envs/lungseg.yaml"
@@ -79,7 +79,7 @@ rule train_rescorer:
         "benchmarks/train_rescorer/{detector}.tsv"
     wildcard_constraints:
         detector=detector_wildcard_pattern(("rescore",)),
-    # the detection chain is make run's longest path: scheduled before the crop models
+    # the detection chain, then prediction: make run's longest path, scheduled first
     priority: 1
     conda:
         "../envs/lungseg.yaml"
@@ -109,7 +109,7 @@ rule rescore:
         "benchmarks/rescore/{detector}.tsv"
     wildcard_constraints:
         detector=detector_wildcard_pattern(("rescore",)),
-    # the detection chain is make run's longest path: scheduled before the crop models
+    # the detection chain, then prediction: make run's longest path, scheduled first
     priority: 1
     conda:
         "../envs/lungseg.yaml"

@@ -26,6 +26,7 @@ from scipy import ndimage
 
 from lungseg.core.errors import InputError, SettingsError
 from lungseg.predict.geometry import lps_geometry
+from lungseg.predict.measure import voxel_to_patient
 
 log = logging.getLogger(__name__)
 # pyradiomics logs every step of every extraction at INFO; only its warnings are worth reading.
@@ -158,12 +159,10 @@ def extract_features(
         if box is None:  # absent: pyradiomics says so on the whole map
             box = tuple(slice(0, n) for n in label_map.shape)
         box = crop_box(box, label_map.shape, spacing, settings)
-        crop_origin = np.asarray(origin, dtype=float) + sum(
-            np.asarray(direction, dtype=float).reshape(3, 3)[a] * float(spacing[a]) * box[a].start
-            for a in range(3)
-            if box[a].start
+        first = voxel_to_patient(
+            np.array([[part.start for part in box]]), spacing, origin, direction
         )
-        geometry = (spacing, crop_origin, direction)
+        geometry = (spacing, first[0, ::-1], direction)  # the crop's origin, z y x
         # float32: no rounding of the resampled HU
         image = sitk_image(image_hu_zyx[box].astype(np.float32), *geometry)
         mask = sitk_image(label_map[box], *geometry)
