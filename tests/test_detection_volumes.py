@@ -9,7 +9,15 @@ import pytest
 from detection_helpers import ORIGIN, SPACING, chest_volume
 
 from lungseg.detection.settings import VolumeSettings
-from lungseg.detection.volumes import IGNORE, NODULE, detection_volume, to_source_voxels, to_world
+from lungseg.detection.volumes import (
+    IGNORE,
+    NODULE,
+    canvas_shape,
+    detection_volume,
+    make_detection_volume,
+    to_source_voxels,
+    to_world,
+)
 from lungseg.io.hdf5 import read_volume
 
 SERIES = "1.2.3.4.5.6.7.8"
@@ -99,3 +107,42 @@ def test_box_larger_than_canvas_is_cut_centrally_and_logged(tmp_path, scan, capl
         hu, _, attrs = run(tmp_path, scan, shape=[8, 8, 8])
     assert hu.shape == (8, 8, 8) and attrs["clipped"]
     assert "cut centrally" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("box", "shape", "fit_multiple", "expected"),
+    [
+        ((0, 20, 0, 10, 5, 15), (24, 24, 32), 0, [24, 24, 32]),  # fits: the canvas
+        ((0, 30, 0, 10, 5, 15), (24, 24, 32), 0, [24, 24, 32]),  # too long, no fit: cut
+        ((0, 30, 0, 10, 5, 15), (24, 24, 32), 4, [32, 24, 32]),  # 30 -> next multiple of 4
+        ((0, 32, 0, 10, 5, 15), (24, 24, 32), 4, [32, 24, 32]),  # 32 is one already
+        ((3, 36, 1, 26, 0, 40), (24, 24, 32), 8, [40, 32, 40]),  # every axis grows
+        ((0, 24, 0, 24, 0, 32), (24, 24, 32), 8, [24, 24, 32]),  # equal: no growth
+        ((0, 10, 0, 10, 0, 10), (6, 6, 6), 1, [10, 10, 10]),  # patch mode: any size
+    ],
+)
+def test_canvas_shape(box, shape, fit_multiple, expected):
+    assert canvas_shape(box, shape, fit_multiple) == expected
+
+
+def test_a_box_larger_than_canvas_grows_it_when_asked(tmp_path, scan):
+    """lungseg predict's volumes: the whole lung box on a canvas divisible by fit_multiple, the
+    geometry consistent with the canvas actually used."""
+    image, _, attrs = read_volume(scan[0])
+    small = settings(shape=[8, 8, 8])
+    hu, target, geometry = make_detection_volume(image, None, attrs["spacing"], None, small, 4)
+    z0, z1, y0, y1, x0, x1 = geometry["box_in_canvas"]
+    assert not geometry["clipped"] and hu.shape == target.shape
+    assert all(s % 4 == 0 and s >= 8 for s in hu.shape) and hu.shape != (8, 8, 8)
+    for a, (lo, hi) in enumerate(((z0, z1), (y0, y1), (x0, x1))):
+        assert 0 <= lo < hi <= hu.shape[a]  # the whole box is on the canvas
+        assert hu.shape[a] == 8 or hu.shape[a] - (hi - lo) < 4  # the smallest such canvas
+    # the same canvas voxels as the fixed canvas where the fixed one holds the box
+    fixed, _, fixed_geometry = make_detection_volume(
+        image, None, attrs["spacing"], None, settings(), 4
+    )
+    reference, _, _ = make_detection_volume(image, None, attrs["spacing"], None, settings())
+    assert np.array_equal(fixed, reference) and not fixed_geometry["clipped"]
+    # the nodule lies in the grown canvas at its centroid
+    nodule = np.rint((np.array([20.0, 46.0, 28.0]) - geometry["offset"]) / geometry["step"])
+    assert hu[tuple(nodule.astype(int))] > -300

@@ -5,16 +5,19 @@ by the trainer), a detector's detection-volume geometry."""
 from __future__ import annotations
 
 import json
+import logging
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from detection_helpers import chest_volume
 
 from lungseg.core.errors import InputError
 from lungseg.core.settings import schema_defaults
 from lungseg.inference.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from lungseg.io.hdf5 import read_volume
 from lungseg.nets.models import build_model
 from lungseg.predict.bundle import (
     DETECTOR,
@@ -191,3 +194,23 @@ def test_detect_candidates_runs_both_stages(second_stage):
     assert found["probability"].between(0, 1).all()
     with pytest.raises(ValueError, match="fpr: a second-stage bundle needs its crop model"):
         detect_candidates(image, (2.5, 2.0, 2.0), bundle_model(det, "cpu"), det)
+
+
+def test_lungs_larger_than_the_canvas_are_searched_whole(trained, tmp_path, caplog):
+    """A user's lungs that exceed the detector's training canvas: the canvas grows (divisible by
+    2**(levels-1)), so candidates can lie anywhere in the lungs, not only in a central cut."""
+    det, _ = bundle(*trained)
+    det["operating_point"]["threshold"] = 0.0  # keep every candidate
+    det["volumes"] = {**TRAINED_VOLUMES, "shape": [8, 8, 8]}  # 24 mm: far smaller than the lungs
+    path, _ = chest_volume(tmp_path / "v", "LIDC-IDRI-9003", "1.2.3", [])
+    image, _, attrs = read_volume(path)
+    with caplog.at_level(logging.INFO, logger="lungseg.predict.find"):
+        found = detect_candidates(image, attrs["spacing"], bundle_model(det, "cpu"), det)
+    assert "searched on a canvas of [" in caplog.text
+    assert len(found) > 1
+    # a centrally cut 8-voxel canvas at 3 mm spans 24 mm: 9.6 slices of 2.5 mm, 24 rows of 1 mm
+    span = (
+        found[["center_z", "center_y", "center_x"]].max()
+        - found[["center_z", "center_y", "center_x"]].min()
+    )
+    assert span["center_z"] > 9.6 or span["center_y"] > 24 or span["center_x"] > 24

@@ -114,16 +114,32 @@ def _canvas(volume: np.ndarray, start: Sequence[int], shape: Sequence[int], fill
     return out
 
 
+def canvas_shape(box: Sequence[int], shape: Sequence[int], fit_multiple: int = 0) -> list[int]:
+    """The canvas of a lung ``box`` (z0, z1, y0, y1, x0, x1): ``shape``; with ``fit_multiple``
+    k > 0, an axis the box exceeds grows to the smallest multiple of k that holds it."""
+    out = [int(s) for s in shape]
+    if fit_multiple > 0:
+        for a in range(3):
+            extent = int(box[2 * a + 1]) - int(box[2 * a])
+            if extent > out[a]:
+                out[a] = -(-extent // fit_multiple) * fit_multiple
+    return out
+
+
 def make_detection_volume(
     image: np.ndarray,
     mask: np.ndarray | None,
     source_spacing: Sequence[float],
     nodules: pd.DataFrame | None,
     settings: VolumeSettings,
+    fit_multiple: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(HU int16 canvas, uint8 target, geometry) of one scan; ``nodules``: its nodules.csv rows.
 
     ``mask`` and ``nodules`` None: an unannotated scan (``lungseg predict``), an empty target.
+    ``fit_multiple`` > 0 (``lungseg predict``): a lung box larger than the canvas grows the
+    canvas (:func:`canvas_shape`) instead of being cut, so that no part of the lungs goes
+    unsearched; the workflow's volumes keep the fixed canvas (0).
     """
     step, offset, grid_shape = resample_grid(image.shape, source_spacing, settings.spacing)
     smoothed = image.astype(np.float32)
@@ -134,7 +150,7 @@ def make_detection_volume(
     del smoothed
     margin = [int(np.ceil(settings.margin_mm / s)) for s in settings.spacing]
     box, found = lung_box(coarse, settings.body_threshold_hu, margin)
-    shape = [int(s) for s in settings.shape]
+    shape = canvas_shape(box, settings.shape, fit_multiple)
     start = [int(round((box[2 * a] + box[2 * a + 1]) / 2 - shape[a] / 2)) for a in range(3)]
     clipped = any(box[2 * a + 1] - box[2 * a] > shape[a] for a in range(3))
     hu = np.clip(np.rint(_canvas(coarse, start, shape, float(settings.pad_hu))), -32768, 32767)

@@ -2,12 +2,12 @@
 
 The scan goes through the same transformation as the detection volumes the detector was trained
 on (:func:`lungseg.detection.volumes.make_detection_volume` with the bundle's
-``detection.volumes`` settings: resampling, lung box, canvas), then one pass of the network (or
-MONAI's sliding windows, as trained). Candidates are the probability map's peaks or components,
-as the detector was trained (:func:`lungseg.detection.candidates.candidates_of`, the
-validation's settings), their centres mapped back to scan voxels; a second stage (a bundle with a
-``rescorer``) re-scores and re-centres them; those at or above the operating-point threshold are
-kept.
+``detection.volumes`` settings: resampling, lung box, canvas, grown where the lungs exceed it),
+then one pass of the network (or MONAI's sliding windows, as trained). Candidates are the
+probability map's peaks or components, as the detector was trained
+(:func:`lungseg.detection.candidates.candidates_of`, the validation's settings), their centres
+mapped back to scan voxels; a second stage (a bundle with a ``rescorer``) re-scores and
+re-centres them; those at or above the operating-point threshold are kept.
 """
 
 from __future__ import annotations
@@ -52,14 +52,18 @@ def detect_candidates(
     candidate is re-scored and re-centred (:func:`lungseg.detection.rescore.rescore_scan`)
     before the operating point applies, as in the validation."""
     volumes = VolumeSettings.from_config(bundle["volumes"])
-    hu, _target, geometry = make_detection_volume(image, None, spacing, None, volumes)
-    if geometry["clipped"]:
-        logger.warning(
-            "lung box larger than the detector's canvas %s at %s mm: cut centrally",
+    settings = bundle["settings"]
+    # a user's lungs may exceed the training canvas: grow it (the network is fully
+    # convolutional, sizes divisible by 2**(levels-1)) rather than leave the edges unsearched
+    fit = 2 ** (int(settings["levels"]) - 1)
+    hu, _target, geometry = make_detection_volume(image, None, spacing, None, volumes, fit)
+    if list(hu.shape) != [int(s) for s in volumes.shape]:
+        logger.info(
+            "lung box larger than the detector's canvas %s at %s mm: searched on a canvas of %s",
             list(volumes.shape),
             list(volumes.spacing),
+            list(hu.shape),
         )
-    settings = bundle["settings"]
     probability = probability_map(model, hu, settings)
     found = candidates_of(probability, settings, volumes.spacing)
     centres = to_source_voxels(found[["center_z", "center_y", "center_x"]].to_numpy(), geometry)
