@@ -1,5 +1,5 @@
-"""Milliseconds a slice of one 3-D convolution at 512 x 512 x depth (docs/decisions.md, "Time
-at whole-CT sizes"): forward, input gradient and weight gradient through lungseg's path
+"""Milliseconds a slice of one 3-D convolution at 512 x 512 x depth (docs/decisions_memory_2.md,
+"Time at whole-CT sizes"): forward, input gradient and weight gradient through lungseg's path
 (depth slabs where oneDNN would fall back to its reference reorders) and as one whole oneDNN
 call, and a 1x1x1 head (C -> 1) as PyTorch's conv3d and as lungseg's matrix product.
 
