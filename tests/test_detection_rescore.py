@@ -16,10 +16,12 @@ from lungseg.detection.rescore import (
     COHORT,
     OTHER,
     class_map,
+    compactness,
     crop_score,
     padded_box,
     rescore_scan,
     scan_samples,
+    shape_weight,
     to_scan_voxels,
 )
 
@@ -293,3 +295,52 @@ def test_to_scan_voxels(target, crop_voxel, expected):
     geometry = crop_geometry((10.0, 20.0, 30.0), (8, 16, 16), (2.5, 0.5, 1.0), target)
     found = to_scan_voxels(geometry, np.asarray(crop_voxel, dtype=float))
     assert found.tolist() == pytest.approx(list(expected))
+
+
+def voxels(shape, *where):
+    """A boolean array of ``shape``, True at the index tuples ``where``."""
+    out = np.zeros(shape, dtype=bool)
+    for index in where:
+        out[index] = True
+    return out
+
+
+@pytest.mark.parametrize(
+    ("component", "spacing", "expected"),
+    [
+        # each voxel adds spacing**2 / 12 per axis; a line of n voxels: n**2 / 12 along it
+        (voxels((4, 4, 4), (1, 2, 3)), (1.0, 1.0, 1.0), 1.0),  # one voxel
+        (voxels((5, 5, 5), (slice(1, 4),) * 3), (1.0, 1.0, 1.0), 1.0),  # a 3^3 cube
+        (voxels((3, 3, 8), (1, 1, slice(1, 6))), (1.0, 1.0, 1.0), 0.2),  # 5 in a row: 1/5
+        (voxels((4, 4, 9), (slice(1, 3), slice(1, 3), slice(0, 8))), (1.0, 1.0, 1.0), 0.25),
+        # 5 in a row along z at 0.2 mm: 1 mm long, as thick as wide: a cube's moments
+        (voxels((7, 3, 3), (slice(1, 6), 1, 1)), (0.2, 1.0, 1.0), 1.0),
+        # 4 on the y-x diagonal: moments 1.25 + 1/12 on y and x, 1.25 between them, 1/12 on z
+        (voxels((1, 4, 4), *[(0, i, i) for i in range(4)]), (1.0, 1.0, 1.0), math.sqrt(1 / 31)),
+        (np.zeros((4, 4, 4), dtype=bool), (1.0, 1.0, 1.0), 0.0),  # nothing
+    ],
+    ids=["voxel", "cube", "line5", "bar2x2x8", "anisotropic", "diagonal", "empty"],
+)
+def test_compactness(component, spacing, expected):
+    assert compactness(component, spacing) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("shape_weight", "expected"), [(0.0, 1.0), (1.0, 4 / 7), (2.0, 16 / 49)], ids=["s0", "s1", "s2"]
+)
+def test_rescore_scan_shape_weight(cube_scan, shape_weight, expected):
+    """The cube's component is 7 x 4 x 4 crop voxels of 1 mm (test_rescore_scan): moments
+    49/12, 16/12, 16/12, compactness 4/7; the candidate in air has no component and stays 0."""
+    candidates = frame([("air", *IN_AIR, 0.9, 7.0), ("cube", *ON_CUBE, 0.25, 3.0)])
+    out = rescore_scan(cube_scan, SCAN_SPACING, candidates, bright, SIZE, TARGET, 0.0, shape_weight)
+    assert out["seriesuid"].tolist() == ["cube", "air"]
+    assert out["probability"].tolist() == pytest.approx([expected, 0.0])
+
+
+@pytest.mark.parametrize(
+    ("trained", "expected"),
+    [({}, 0.0), ({"rescore_shape_weight": None}, 0.0), ({"rescore_shape_weight": 1.5}, 1.5)],
+    ids=["before-the-key", "null", "set"],
+)
+def test_shape_weight_of_a_trained_second_stage(trained, expected):
+    assert shape_weight(trained) == expected

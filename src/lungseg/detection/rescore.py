@@ -16,7 +16,10 @@ probability and centre (:func:`crop_score`):
 
 The candidate's final probability is that score times stage 1's probability to the power
 ``rescore_stage1_weight`` (0.5: a geometric-mean-like blend; 0: the crop model alone): crops
-far down stage 1's list that merely look nodule-like then stay below the confident ones.
+far down stage 1's list that merely look nodule-like then stay below the confident ones. With
+``rescore_shape_weight`` s > 0 it is also multiplied by the component's :func:`compactness` to
+the power s: the crop model segments a piece of many vessels crossing a crop, and such a piece
+is elongated where a nodule is round.
 
 Training crops (:func:`scan_samples`) of each scan: every cohort nodule at its centroid and at
 ``positive_copies`` centres jittered uniformly by up to ``jitter_mm`` per axis, and the given
@@ -127,9 +130,28 @@ def scan_samples(
     return images, masks, rows
 
 
+def compactness(component: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
+    """``sqrt(smallest / largest)`` second moment of a component (a boolean array) taken as the
+    union of its voxel boxes (each adds ``spacing**2 / 12`` per axis): 1 for a ball or a single
+    voxel, ``1/n`` for a straight line of ``n`` voxels; a vessel crossing a crop is near 0.
+    Empty: 0."""
+    points = np.argwhere(component) * np.asarray(spacing, dtype=float)
+    if len(points) == 0:
+        return 0.0
+    moments = np.cov(points.T, bias=True).reshape(3, 3) + np.diag(np.square(spacing)) / 12.0
+    eigen = np.linalg.eigvalsh(moments)
+    return float(math.sqrt(max(eigen[0], 0.0) / eigen[-1]))
+
+
 def crop_score(probability: np.ndarray) -> tuple[float, np.ndarray | None, int]:
     """``(score, centre or None, voxels)`` of one candidate's crop probability (module
     docstring); ``centre`` in crop voxels (z, y, x), ``voxels`` of the component (0: none)."""
+    score, centre, component = crop_component(probability)
+    return score, centre, int(component.sum()) if component is not None else 0
+
+
+def crop_component(probability: np.ndarray) -> tuple[float, np.ndarray | None, np.ndarray | None]:
+    """As :func:`crop_score`, with the component itself (boolean, crop shape) or None."""
     shape = np.asarray(probability.shape)
     middle = (shape - 1) / 2.0
     labels, n = ndimage.label(probability >= COMPONENT, structure=np.ones((3, 3, 3), bool))
@@ -143,8 +165,14 @@ def crop_score(probability: np.ndarray) -> tuple[float, np.ndarray | None, int]:
             component = labels == labels[tuple(nearest)]
             weights = probability[component].astype(np.float64)
             centre = (np.argwhere(component) * weights[:, None]).sum(axis=0) / weights.sum()
-            return float(weights.mean()), centre, int(component.sum())
-    return float(probability[_central(probability.shape)].max()), None, 0
+            return float(weights.mean()), centre, component
+    return float(probability[_central(probability.shape)].max()), None, None
+
+
+def shape_weight(trained: dict) -> float:
+    """A trained second stage's ``rescore_shape_weight``; 0 for one trained before the key
+    existed (it was validated and its operating point chosen without the shape term)."""
+    return float(trained.get("rescore_shape_weight") or 0.0)
 
 
 def to_scan_voxels(geometry: CropGeometry, crop_voxel: np.ndarray) -> np.ndarray:
@@ -162,11 +190,13 @@ def rescore_scan(
     size: Sequence[int],
     target_spacing: Sequence[float],
     stage1_weight: float,
+    shape_weight: float = 0.0,
 ) -> pd.DataFrame:
     """``candidates`` (``center_z, center_y, center_x`` in scan voxels, ``probability``,
     ``diameter_mm``) with centre and diameter from the second stage and probability
-    ``r * p ** stage1_weight`` (``r`` the crop score, ``p`` stage 1's probability), highest
-    first. ``probabilities_of``: HU crops ``(N, D, H, W)`` -> probabilities."""
+    ``r * c ** shape_weight * p ** stage1_weight`` (``r`` the crop score, ``c`` its component's
+    :func:`compactness`, 1 without a component; ``p`` stage 1's probability), highest first.
+    ``probabilities_of``: HU crops ``(N, D, H, W)`` -> probabilities."""
     out = candidates.copy().reset_index(drop=True)
     if out.empty:
         return out
@@ -179,10 +209,13 @@ def rescore_scan(
     probability = probabilities_of(np.stack(crops))
     voxel_mm3 = float(np.prod(target_spacing))
     for i, (crop_probability, geometry) in enumerate(zip(probability, geometries, strict=True)):
-        score, centre, voxels = crop_score(crop_probability)
+        score, centre, component = crop_component(crop_probability)
+        if shape_weight and component is not None:
+            score *= compactness(component, target_spacing) ** shape_weight
         out.loc[i, "probability"] = score * float(out.loc[i, "probability"]) ** stage1_weight
-        if centre is not None:
+        if component is not None:
             out.loc[i, ["center_z", "center_y", "center_x"]] = to_scan_voxels(geometry, centre)
+            voxels = int(component.sum())
             out.loc[i, "diameter_mm"] = (6.0 * voxels * voxel_mm3 / math.pi) ** (1.0 / 3.0)
     return out.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
 
@@ -193,10 +226,13 @@ __all__ = [
     "OTHER",
     "REACH",
     "class_map",
+    "compactness",
     "crop_at",
+    "crop_component",
     "crop_score",
     "padded_box",
     "rescore_scan",
     "scan_samples",
+    "shape_weight",
     "to_scan_voxels",
 ]

@@ -97,6 +97,7 @@ class DetectorSettings(StageSettings):
     rescore_copies: int
     rescore_jitter_mm: float
     rescore_stage1_weight: float
+    rescore_shape_weight: float
     device: str
 
     def check(self) -> None:
