@@ -17,7 +17,7 @@ from lungseg.detection.rescore import (
     OTHER,
     class_map,
     compactness,
-    crop_score,
+    crop_component,
     padded_box,
     rescore_scan,
     scan_samples,
@@ -87,8 +87,9 @@ def probability_of(background, boxes, shape=(32, 32, 32)):
         "empty",
     ],
 )
-def test_crop_score(background, boxes, score, centre, voxels):
-    found_score, found_centre, found_voxels = crop_score(probability_of(background, boxes))
+def test_crop_component(background, boxes, score, centre, voxels):
+    found_score, found_centre, component = crop_component(probability_of(background, boxes))
+    found_voxels = 0 if component is None else int(component.sum())
     assert found_score == pytest.approx(score, rel=1e-6)
     assert found_voxels == voxels
     if centre is None:

@@ -6,7 +6,7 @@ its centres are off by up to a voxel (4 mm). The second stage looks at each cand
 the crop models' resolution: a crop of ``crop_size`` voxels at ``crop_spacing`` mm (cubic
 B-spline, as :mod:`lungseg.dataset.crops`) centred on the candidate goes through a small U-Net
 trained to segment the cohort nodules in such crops. Its answer replaces the candidate's
-probability and centre (:func:`crop_score`):
+probability and centre (:func:`crop_component`):
 
 - the component of probability >= 0.5 that holds the crop centre, or the nearest one whose
   nearest voxel lies within ``REACH`` of the centre: probability = its mean probability (>= 0.5),
@@ -81,7 +81,7 @@ def crop_at(
 
 
 def _central(size: Sequence[int]) -> tuple[slice, ...]:
-    """The crop voxels within ``REACH`` of the centre along every axis (as :func:`crop_score`)."""
+    """The crop voxels within ``REACH`` of the centre along every axis (:func:`crop_component`)."""
     return tuple(
         slice(math.ceil((n - 1) / 2 - REACH * n), math.floor((n - 1) / 2 + REACH * n) + 1)
         for n in size
@@ -143,15 +143,9 @@ def compactness(component: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0
     return float(math.sqrt(max(eigen[0], 0.0) / eigen[-1]))
 
 
-def crop_score(probability: np.ndarray) -> tuple[float, np.ndarray | None, int]:
-    """``(score, centre or None, voxels)`` of one candidate's crop probability (module
-    docstring); ``centre`` in crop voxels (z, y, x), ``voxels`` of the component (0: none)."""
-    score, centre, component = crop_component(probability)
-    return score, centre, int(component.sum()) if component is not None else 0
-
-
 def crop_component(probability: np.ndarray) -> tuple[float, np.ndarray | None, np.ndarray | None]:
-    """As :func:`crop_score`, with the component itself (boolean, crop shape) or None."""
+    """``(score, centre, component)`` of one candidate's crop probability (module docstring):
+    ``centre`` in crop voxels (z, y, x) and ``component`` (boolean, crop shape), or both None."""
     shape = np.asarray(probability.shape)
     middle = (shape - 1) / 2.0
     labels, n = ndimage.label(probability >= COMPONENT, structure=np.ones((3, 3, 3), bool))
@@ -229,7 +223,6 @@ __all__ = [
     "compactness",
     "crop_at",
     "crop_component",
-    "crop_score",
     "padded_box",
     "rescore_scan",
     "scan_samples",

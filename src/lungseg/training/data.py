@@ -1,7 +1,8 @@
 """Training data: the crops of one split subset, intensity normalisation and light augmentation.
 
-The crops (a few MB even for all of LIDC at 32^3..64^3) are read into memory once; batches are
-drawn by a seeded ``torch.Generator`` so that shuffling and augmentation are reproducible and
+The crops are read into memory once, as float32 (image and mask: 8 bytes a voxel, 2 MB a 64^3
+crop; ~1200 LIDC nodules at 64^3 ~2.5 GB, config/lidc.yaml sizes the train jobs for it); batches
+are drawn by a seeded ``torch.Generator`` so that shuffling and augmentation are reproducible and
 their state can be checkpointed (see :mod:`lungseg.training.trainer`).
 """
 
