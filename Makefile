@@ -30,7 +30,7 @@ $(STAMP): requirements.lock requirements-torch-cpu.lock requirements-torch-cuda.
 
 venv: $(STAMP)
 
-# Optional: nnU-Net v2, the peer of the crop models (lungseg bench-nnunet, docs/training.md).
+# Optional: nnU-Net v2, the peer of the crop models (lungseg bench-nnunet, docs/nnunet.md).
 # Its pinned packages, --no-deps: the venv's torch stays. make test needs it, make run does not.
 NNUNET_STAMP := $(VENV)/.nnunet-installed
 $(NNUNET_STAMP): $(STAMP) requirements-nnunet.lock

@@ -1,7 +1,7 @@
 """nnU-Net over the cross-validation folds (lungseg.bench.nnunet_cv): nnU-Net's real export and
 planning of a 3-fold crops set; its training and prediction replaced by a stand-in that writes
 each validation case's true mask as nnU-Net's probabilities (the real ones take ~10 min a fold
-on CPU: docs/training.md measures them). What is checked is everything around them: each fold
+on CPU: docs/nnunet.md measures them). What is checked is everything around them: each fold
 trains on the right cases, the scores pool with the crop models' into one more comparison row
 with hand-computed values, a rerun with the same inputs trains nothing, bad inputs are named.
 """
