@@ -13,8 +13,11 @@ import pytest
 import yaml
 from workflow_helpers import copy_workflow, snakemake  # noqa: E402
 
+from lungseg.core.settings import load_schema
+
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = yaml.safe_load((REPO / "src" / "lungseg" / "data" / "config.schema.yaml").read_text())
+# the schema with its section files (src/lungseg/data/schema/) inlined
+SCHEMA = load_schema()
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 
 

@@ -188,7 +188,8 @@ def test_editing_the_package_reruns_its_stage_and_what_depends_on_it(
     shutil.copytree(REPO / "src" / "lungseg", package, ignore=shutil.ignore_patterns("data"))
     # the package data stays where the run found it (the radiomics parameters are an input)
     (package / "data").symlink_to(REPO / "src" / "lungseg" / "data")
-    # the copy finds the schema beside the repository's package, not beside itself
+    # the copy finds the schema (and its section files, schema/) beside the repository's
+    # package, not beside itself
     schema = REPO / "src" / "lungseg" / "data" / "config.schema.yaml"
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "src"), "LUNGSEG_SCHEMA": str(schema)}
     assert planned_jobs(run, env=env) == []

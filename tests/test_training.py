@@ -26,6 +26,7 @@ import yaml
 from training_helpers import SETTINGS, run_training, write_crops
 from workflow_helpers import copy_workflow, write_config
 
+from lungseg.core.settings import load_schema
 from lungseg.inference.checkpoint import read_checkpoint
 from lungseg.inference.metrics import dice
 from lungseg.inference.model import load_model, predict
@@ -215,8 +216,7 @@ def test_lidc_override_file_is_valid_and_fits_the_model():
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     update_config(config, yaml.safe_load((REPO / "config" / "lidc.yaml").read_text()))
-    schema = REPO / "src" / "lungseg" / "data" / "config.schema.yaml"
-    jsonschema.validate(config, yaml.safe_load(schema.read_text()))
+    jsonschema.validate(config, load_schema())  # its section files inlined
     factor = 2 ** (config["training"]["levels"] - 1)
     assert all(size % factor == 0 for size in config["crops"]["size"])
     assert config["training"]["resources"]["gpu"] == 1

@@ -27,7 +27,9 @@ from dicom_writer import write_series
 from scan_helpers import tiny_bundles
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGED = ("lungseg/data/config.schema.yaml", "lungseg/data/radiomics/params.yaml")
+DATA = REPO / "src" / "lungseg" / "data"
+# every data file: the config schema, its sections (schema/*.yaml), the radiomics parameters
+PACKAGED = tuple(sorted(p.relative_to(REPO / "src").as_posix() for p in DATA.rglob("*.yaml")))
 # In the new process: where lungseg and its data files come from, then the installed console
 # script itself (runpy), with the command line of sys.argv.
 DRIVER = """
@@ -88,6 +90,7 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
 def test_the_wheel_holds_the_package_data(installed):
     wheel, site = installed
     names = set(zipfile.ZipFile(wheel).namelist())
+    assert "lungseg/data/schema/detection.yaml" in PACKAGED  # the section files are data too
     assert set(PACKAGED) <= names
     assert "lungseg/cli.py" in names and not any(n.startswith("src/") for n in names)
     for name in PACKAGED:  # the versioned files, byte for byte

@@ -1,6 +1,7 @@
 """Typed settings built from the validated config, one frozen dataclass per job kind.
 
-Defaults live in the schema (``src/lungseg/data/config.schema.yaml``) only:
+Defaults live in the schema (``src/lungseg/data/config.schema.yaml``, whose sections are in
+``src/lungseg/data/schema/``) only:
 :meth:`StageSettings.from_config` fills them in and checks every value against the schema
 (unknown keys and wrong types are errors that name the key); the fields are config keys under
 the config's names. The ``lungseg`` command line derives its options from the same dataclasses
@@ -31,11 +32,75 @@ SCHEMA_PATH = Path(
 )
 
 
+#: Keys of a whole referenced file that inlining drops: a file names its dialect (Snakemake's
+#: resolver reads each file alone) and its ``$defs`` hold only what ``$ref``\ s point at.
+_FILE_ONLY_KEYS = ("$schema", "$defs")
+
+
+def read_schema(path: Path) -> dict:
+    """The schema file ``path`` with every ``$ref`` replaced by what it points at, recursively.
+
+    A ``$ref`` is ``file.yaml``, ``file.yaml#/json/pointer`` (the file relative to the file that
+    holds the ``$ref``) or ``#/json/pointer`` (the same file). Keys beside a ``$ref`` (a
+    section's ``default``, which Snakemake sees only there) are kept beside the inlined content;
+    one that the target also has is an error, as inlining would have to pick one.
+    """
+    files: dict[Path, Any] = {}
+
+    def document(file: Path, referrer: Path | None) -> Any:
+        if file not in files:
+            by = f", referred to by {referrer}" if referrer else ""
+            try:
+                files[file] = yaml.safe_load(file.read_text())
+            except OSError as exc:
+                raise SettingsError(f"cannot read schema file {file}{by}: {exc}") from exc
+            except yaml.YAMLError as exc:
+                raise SettingsError(f"schema file {file}{by} is no YAML: {exc}") from exc
+        return files[file]
+
+    def resolve(ref: str, file: Path, seen: tuple[str, ...]) -> Any:
+        name, _, pointer = ref.partition("#")
+        target = (file.parent / name) if name else file
+        if pointer and not pointer.startswith("/"):
+            raise SettingsError(f"{file}: $ref {ref!r}: only JSON pointer fragments (#/...)")
+        key = f"{target}#{pointer}"
+        if key in seen:  # a $ref cycle would recurse without end
+            raise SettingsError(f"{file}: $ref {ref!r} refers back to {key}")
+        node = document(target, file)
+        for token in pointer.split("/")[1:]:
+            token = token.replace("~1", "/").replace("~0", "~")
+            try:
+                node = node[int(token) if isinstance(node, list) else token]
+            except (KeyError, IndexError, ValueError, TypeError):
+                raise SettingsError(f"{file}: $ref {ref!r}: no {pointer} in {target}") from None
+        node = inline(node, target, (*seen, key))
+        if not pointer and isinstance(node, dict):
+            node = {k: v for k, v in node.items() if k not in _FILE_ONLY_KEYS}
+        return node
+
+    def inline(node: Any, file: Path, seen: tuple[str, ...]) -> Any:
+        if isinstance(node, list):
+            return [inline(v, file, seen) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: inline(v, file, seen) for k, v in node.items() if k != "$ref"}
+        if "$ref" not in node:
+            return out
+        target = resolve(node["$ref"], file, seen)
+        if not isinstance(target, dict):
+            raise SettingsError(f"{file}: $ref {node['$ref']!r} points at no schema object")
+        if clash := sorted(set(target) & set(out)):
+            raise SettingsError(f"{file}: $ref {node['$ref']!r}: its target also has {clash}")
+        return {**target, **out}
+
+    return inline(document(path, None), path, (f"{path}#",))
+
+
 @functools.cache
 def load_schema() -> dict:
-    """The config schema (read once)."""
-    with open(SCHEMA_PATH) as f:
-        return yaml.safe_load(f)
+    """The config schema with its section files inlined (read once): the dict that validates a
+    config, and whose defaults fill it, exactly as Snakemake's ``validate`` sees it."""
+    return read_schema(SCHEMA_PATH)
 
 
 def section_schema(section: str) -> dict:
