@@ -21,8 +21,8 @@ from lungseg.detection.rescore import (
     padded_box,
     rescore_scan,
     scan_samples,
-    shape_weight,
     to_scan_voxels,
+    trained_shape_weight,
 )
 
 CUBE = slice(12, 20)  # 8 voxels about the middle 15.5 of a 32-voxel axis
@@ -344,4 +344,4 @@ def test_rescore_scan_shape_weight(cube_scan, shape_weight, expected):
     ids=["before-the-key", "null", "set"],
 )
 def test_shape_weight_of_a_trained_second_stage(trained, expected):
-    assert shape_weight(trained) == expected
+    assert trained_shape_weight(trained) == expected

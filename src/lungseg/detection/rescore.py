@@ -163,7 +163,7 @@ def crop_component(probability: np.ndarray) -> tuple[float, np.ndarray | None, n
     return float(probability[_central(probability.shape)].max()), None, None
 
 
-def shape_weight(trained: dict) -> float:
+def trained_shape_weight(trained: dict) -> float:
     """A trained second stage's ``rescore_shape_weight``; 0 for one trained before the key
     existed (it was validated and its operating point chosen without the shape term)."""
     return float(trained.get("rescore_shape_weight") or 0.0)
@@ -226,6 +226,6 @@ __all__ = [
     "padded_box",
     "rescore_scan",
     "scan_samples",
-    "shape_weight",
+    "trained_shape_weight",
     "to_scan_voxels",
 ]

@@ -28,7 +28,7 @@ from lungseg.core.errors import InputError
 from lungseg.core.settings import schema_defaults
 from lungseg.dataset.crops import volume_locator
 from lungseg.detection.predict import COLUMNS
-from lungseg.detection.rescore import class_map, rescore_scan, scan_samples, shape_weight
+from lungseg.detection.rescore import class_map, rescore_scan, scan_samples, trained_shape_weight
 from lungseg.detection.scans import read_scan_table, volume_geometry
 from lungseg.detection.settings import DetectorSettings
 from lungseg.detection.volumes import to_world
@@ -171,7 +171,7 @@ def rescore(
             grid["crop_size"],
             grid["target_spacing"],
             float(trained["rescore_stage1_weight"]),
-            shape_weight(trained),
+            trained_shape_weight(trained),
         ).head(int(trained["max_candidates"]))
         world = to_world(out[CENTRES].to_numpy(dtype=float), volume_geometry(scan.path))
         out["coordX"], out["coordY"], out["coordZ"] = world[:, 0], world[:, 1], world[:, 2]

@@ -21,7 +21,7 @@ import torch
 
 from lungseg.detection.candidates import candidates_of
 from lungseg.detection.inference import probability_map
-from lungseg.detection.rescore import rescore_scan, shape_weight
+from lungseg.detection.rescore import rescore_scan, trained_shape_weight
 from lungseg.detection.settings import VolumeSettings
 from lungseg.detection.volumes import make_detection_volume, to_source_voxels
 from lungseg.inference.model import predict
@@ -105,6 +105,6 @@ def second_stage(
         rescorer["crop_size"],
         rescorer["target_spacing"],
         float(settings["rescore_stage1_weight"]),
-        shape_weight(settings),
+        trained_shape_weight(settings),
     )
     return out.head(int(settings["max_candidates"]))[COLUMNS]
