@@ -89,6 +89,8 @@ rule detect:
     input:
         scans="results/detection_volumes/scans.csv",
         volumes=detection_volume_files,
+        # searched instead of the detection volumes by a detector with test_spacing
+        source_volumes=volume_files,
         best="results/detection/{detector}/best.pt",
     output:
         candidates="results/detection/{detector}/candidates.csv",
@@ -250,6 +252,7 @@ rule bench_detector_seeds:
     input:
         scans="results/detection_volumes/scans.csv",
         volumes=detection_volume_files,
+        source_volumes=volume_files,
         nodules="results/nodules.csv",
     output:
         table="results/bench_detection/{detector}/seeds.csv",

@@ -8,6 +8,8 @@ rule detect_training_scans:
     input:
         scans="results/detection_volumes/scans.csv",
         volumes=detection_volume_files,
+        # searched instead of the detection volumes by a detector with test_spacing
+        source_volumes=volume_files,
         best="results/detection/{detector}/best.pt",
     output:
         candidates="results/detection/{detector}/train_candidates.csv",

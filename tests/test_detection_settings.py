@@ -69,6 +69,8 @@ def test_merge_inherits_unset_and_null_keys(config):
             "rescore_crop_spacing",
         ),
         (lambda c: c["detectors"]["unet_patch_fpr"].update(rescore_copies=-1), "rescore_copies"),
+        (lambda c: c["detection"].update(test_spacing=[2.5, 0.0, 2.5]), "test_spacing"),
+        (lambda c: c["detectors"]["unet_patch"].update(test_spacing=[2.5, 2.5]), "test_spacing"),
     ],
     ids=[
         "patch larger than volume",
@@ -90,6 +92,8 @@ def test_merge_inherits_unset_and_null_keys(config):
         "rescore crop not divisible",
         "rescore crop spacing 0",
         "rescore copies < 0",
+        "test spacing 0",
+        "test spacing of 2 axes",
     ],
 )
 def test_bad_settings_name_the_key(config, change, key):

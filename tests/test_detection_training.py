@@ -281,23 +281,29 @@ def test_bench_rescorer_runs_the_second_stage_over_each_stage1_seed(data, tmp_pa
 
     root, volumes = data
     stage1 = tmp_path / "iunet_whole" / "seeds.csv"
+    sources = [str(p) for p in sorted((root / "volumes").rglob("*.h5"))]
     common = {"scans": str(root / "scans.csv"), "volumes": volumes,
               "nodules": str(root / "nodules.csv"), "seeds": [1, 2]}  # fmt: skip
-    first_settings = DetectorSettings.from_config({**TINY, "epochs": 1})
-    bench_detection(table=str(stage1), detector="iunet_whole", settings=first_settings, **common)
+    # stage 1 with test-time zoom: both its validation and its training scans searched at 2.5 mm
+    first_settings = DetectorSettings.from_config(
+        {**TINY, "epochs": 1, "test_spacing": [2.5, 2.0, 2.0]}
+    )
+    bench_detection(table=str(stage1), detector="iunet_whole", settings=first_settings,
+                    source_volumes=sources, **common)  # fmt: skip
     second = {**TINY, "mode": "rescore", "stage1": "iunet_whole", "arch": "unet",
               "loss": "dice_bce", "epochs": 1, "batch_size": 4, "rescore_negatives": 5,
               "rescore_crop_size": [16, 16, 16],
               "rescore_crop_spacing": [2.0, 2.0, 2.0]}  # fmt: skip
     table = tmp_path / "fpr" / "seeds.csv"
     bench_rescorer(stage1_table=str(stage1), table=str(table), detector="fpr",
-                   source_volumes=[str(p) for p in sorted((root / "volumes").rglob("*.h5"))],
+                   source_volumes=sources,
                    settings=DetectorSettings.from_config(second), **common)  # fmt: skip
     seeds = pd.read_csv(table)
     assert list(seeds.columns) == SEED_COLUMNS and seeds["seed"].tolist() == [1, 2]
     assert (seeds["detector"] == "fpr").all() and seeds["cpm"].between(0, 1).all()
     for seed in (1, 2):
         out, first = tmp_path / "fpr" / f"seed{seed}", tmp_path / "iunet_whole" / f"seed{seed}"
+        assert read_checkpoint(first / "best.pt")["settings"]["test_spacing"] == [2.5, 2.0, 2.0]
         best = read_checkpoint(out / "best.pt")
         assert best["settings"]["seed"] == seed and best["settings"]["mode"] == "rescore"
         assert best["crop_grid"] == {"crop_size": [16, 16, 16], "target_spacing": [2.0] * 3}

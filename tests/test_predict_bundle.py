@@ -206,7 +206,7 @@ def test_lungs_larger_than_the_canvas_are_searched_whole(trained, tmp_path, capl
     image, _, attrs = read_volume(path)
     with caplog.at_level(logging.INFO, logger="lungseg.predict.find"):
         found = detect_candidates(image, attrs["spacing"], bundle_model(det, "cpu"), det)
-    assert "searched on a canvas of [" in caplog.text
+    assert "on a canvas of [" in caplog.text and "to hold the lungs" in caplog.text
     assert len(found) > 1
     # a centrally cut 8-voxel canvas at 3 mm spans 24 mm: 9.6 slices of 2.5 mm, 24 rows of 1 mm
     span = (
@@ -214,3 +214,24 @@ def test_lungs_larger_than_the_canvas_are_searched_whole(trained, tmp_path, capl
         - found[["center_z", "center_y", "center_x"]].min()
     )
     assert span["center_z"] > 9.6 or span["center_y"] > 24 or span["center_x"] > 24
+
+
+def test_a_detector_with_test_spacing_searches_the_scan_at_it(trained, tmp_path, caplog):
+    """The bundle's detector settings carry test_spacing (best.pt's): lungseg predict searches
+    at it, as detect did on the validation scans, and the candidates' diameters are in mm."""
+    det, _ = bundle(*trained)
+    det["operating_point"]["threshold"] = 0.0
+    path, _ = chest_volume(tmp_path / "v", "LIDC-IDRI-9004", "1.2.3", [((20, 46, 28), 12.0, True)])
+    image, _, attrs = read_volume(path)
+    found = {}
+    for test_spacing in (None, [1.5, 1.5, 1.5]):
+        det["settings"]["test_spacing"] = test_spacing
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="lungseg.predict.find"):
+            found[str(test_spacing)] = detect_candidates(
+                image, attrs["spacing"], bundle_model(det, "cpu"), det
+            )
+    assert "searched at [1.5, 1.5, 1.5] mm" in caplog.text
+    assert len(found["None"]) > 0 and len(found["[1.5, 1.5, 1.5]"]) > 0
+    # 2x the voxels along each axis of the 3 mm canvas: different peaks, not a copy
+    assert not found["None"].equals(found["[1.5, 1.5, 1.5]"])

@@ -45,9 +45,11 @@ def bench_detection(
     detector: str,
     seeds: list[int],
     settings: DetectorSettings,
+    source_volumes: list[str] | None = None,
     threads: int = 1,
 ) -> None:
-    """Train, detect and score ``detector`` once per seed; write ``table`` (seeds.csv)."""
+    """Train, detect and score ``detector`` once per seed; write ``table`` (seeds.csv).
+    ``source_volumes``: the scans' results/volumes files (a detector with ``test_spacing``)."""
     rows = []
     for seed in [int(s) for s in seeds]:
         out = Path(table).parent / f"seed{seed}"
@@ -67,6 +69,7 @@ def bench_detection(
             best=str(out / "best.pt"),
             candidates=str(out / "candidates.csv"),
             settings=own,
+            source_volumes=source_volumes,
             threads=threads,
         )
         rows.append(_score(out, scans, nodules, detector, own, seed))
@@ -108,6 +111,7 @@ def bench_rescorer(
             best=str(first / "best.pt"),
             candidates=str(out / "train_candidates.csv"),
             settings=stage1_settings(first / "best.pt"),
+            source_volumes=source_volumes,
             threads=threads,
             subset="train",
         )

@@ -10,14 +10,18 @@ scan, at most ``max_candidates`` a scan, scans in scan-table order.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 from lungseg.core.atomic import write_csv_atomic
+from lungseg.core.errors import InputError
+from lungseg.dataset.crops import volume_locator
 from lungseg.detection.candidates import candidates_of
-from lungseg.detection.inference import probability_map
+from lungseg.detection.inference import probability_map, search_volume
 from lungseg.detection.scans import read_scan_table
 from lungseg.detection.settings import DetectorSettings
 from lungseg.detection.volumes import to_source_voxels, to_world
@@ -74,6 +78,26 @@ def scan_candidates(
     )
 
 
+def searched_scan(
+    detection_volume: str | Path, locate: Callable[[str, str], Path] | None, trained: dict
+) -> tuple[np.ndarray, dict]:
+    """(HU canvas, attrs) a trained detector searches: its detection volume as trained on, or,
+    with ``test_spacing``, the scan's ``results/volumes`` file (``locate``) at that spacing
+    (:func:`lungseg.detection.inference.search_volume`), with the attrs :func:`scan_candidates`
+    reads."""
+    image, _, attrs = read_volume(detection_volume)
+    if trained.get("test_spacing") is None:
+        return image, attrs
+    if locate is None:
+        raise InputError(
+            f"{detection_volume}: detector has test_spacing {trained['test_spacing']}, "
+            "which needs the scans' results/volumes files (source_volumes)"
+        )
+    source_image, _, source = read_volume(locate(attrs["patient_id"], attrs["series_uid"]))
+    hu, geometry, volumes = search_volume(source_image, source["spacing"], trained)
+    return hu, {**attrs, **geometry, "spacing": tuple(volumes.spacing)}
+
+
 def detect(
     *,
     scans: str,
@@ -81,18 +105,21 @@ def detect(
     best: str,
     candidates: str,
     settings: DetectorSettings,
+    source_volumes: list[str] | None = None,
     threads: int = 1,
     subset: str = "val",
 ) -> None:
     """Run the detector of ``best`` over every scan of ``subset`` (val: candidates.csv; train:
-    the second stage's training candidates, train_candidates.csv)."""
+    the second stage's training candidates, train_candidates.csv). ``source_volumes``: the
+    scans' results/volumes files, which a detector with ``test_spacing`` searches."""
     torch.set_num_threads(max(1, int(threads)))
     device = choose_device(settings.device)
     model, trained = load_model(best, str(device))
     table = read_scan_table(scans)
+    locate = volume_locator(source_volumes) if source_volumes is not None else None
     frames = []
     for _, row in table[table["subset"] == subset].iterrows():
-        image, _, attrs = read_volume(row["path"])
+        image, attrs = searched_scan(row["path"], locate, trained)
         probability = probability_map(model, image, trained)
         found = scan_candidates(probability, attrs, settings, trained)
         logger.info(

@@ -87,6 +87,7 @@ class DetectorSettings(StageSettings):
     heatmap_sigma_mm: float
     candidate_method: str
     test_flips: bool
+    test_spacing: tuple[float, float, float] | None
     bootstrap_draws: int
     bootstrap_seed: int
     operating_fps: float
@@ -115,6 +116,13 @@ class DetectorSettings(StageSettings):
             raise SettingsError(
                 f"detection.batch_size: mode whole trains one whole volume a step (batch 1), "
                 f"got {self.batch_size}"
+            )
+        if self.test_spacing is not None and (
+            len(self.test_spacing) != 3 or any(not s > 0 for s in self.test_spacing)
+        ):
+            raise SettingsError(
+                f"detection.test_spacing: three spacings (mm, z y x) > 0 or null needed, "
+                f"got {list(self.test_spacing)}"
             )
         factor = 2 ** (self.levels - 1)
         if self.mode == "rescore":

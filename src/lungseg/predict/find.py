@@ -1,10 +1,10 @@
 """Step 1 of a prediction: the detector on the whole scan, candidates above its operating point.
 
-The scan goes through the same transformation as the detection volumes the detector was trained
-on (:func:`lungseg.detection.volumes.make_detection_volume` with the bundle's
-``detection.volumes`` settings: resampling, lung box, canvas, grown where the lungs exceed it),
-then one pass of the network (or MONAI's sliding windows, as trained). Candidates are the
-probability map's peaks or components, as the detector was trained
+The scan goes through the same transformation as the detector's validation scans
+(:func:`lungseg.detection.inference.search_volume`: the bundle's ``detection.volumes``
+settings, at the detector's ``test_spacing`` when it has one; resampling, lung box, canvas,
+grown where the lungs exceed it), then one pass of the network (or MONAI's sliding windows, as
+trained). Candidates are the probability map's peaks or components, as the detector was trained
 (:func:`lungseg.detection.candidates.candidates_of`, the validation's settings), their centres
 mapped back to scan voxels; a second stage (a bundle with a ``rescorer``) re-scores and
 re-centres them; those at or above the operating-point threshold are kept.
@@ -20,10 +20,9 @@ import pandas as pd
 import torch
 
 from lungseg.detection.candidates import candidates_of
-from lungseg.detection.inference import probability_map
+from lungseg.detection.inference import probability_map, search_volume
 from lungseg.detection.rescore import rescore_scan, trained_shape_weight
-from lungseg.detection.settings import VolumeSettings
-from lungseg.detection.volumes import make_detection_volume, to_source_voxels
+from lungseg.detection.volumes import to_source_voxels
 from lungseg.inference.model import predict
 
 logger = logging.getLogger(__name__)
@@ -51,18 +50,15 @@ def detect_candidates(
     A bundle with a ``rescorer`` (a second stage; ``rescorer`` its network): every stage-1
     candidate is re-scored and re-centred (:func:`lungseg.detection.rescore.rescore_scan`)
     before the operating point applies, as in the validation."""
-    volumes = VolumeSettings.from_config(bundle["volumes"])
     settings = bundle["settings"]
-    # a user's lungs may exceed the training canvas: grow it (the network is fully
-    # convolutional, sizes divisible by 2**(levels-1)) rather than leave the edges unsearched
-    fit = 2 ** (int(settings["levels"]) - 1)
-    hu, _target, geometry = make_detection_volume(image, None, spacing, None, volumes, fit)
+    trained = {**settings, "volumes": bundle["volumes"]}
+    hu, geometry, volumes = search_volume(image, spacing, trained)
     if list(hu.shape) != [int(s) for s in volumes.shape]:
         logger.info(
-            "lung box larger than the detector's canvas %s at %s mm: searched on a canvas of %s",
-            list(volumes.shape),
+            "searched at %s mm on a canvas of %s, grown from the detector's %s to hold the lungs",
             list(volumes.spacing),
             list(hu.shape),
+            list(volumes.shape),
         )
     probability = probability_map(model, hu, settings)
     found = candidates_of(probability, settings, volumes.spacing)
