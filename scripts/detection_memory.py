@@ -2,7 +2,7 @@
 
 Each variant runs in a fresh process: build the detector's network, then two training steps
 (batch 1, BCE) on one whole canvas; prints the peak RSS (CPU) or CUDA max allocated of the steps,
-the step's memory above what was resident before it, and bytes per voxel. docs/detection.md.
+the step's memory above what was resident before it, and bytes per voxel. docs/detection_iunet.md.
 
     .venv/bin/python scripts/detection_memory.py --size 88 80 96 --channels 8 --levels 3
 """

@@ -173,3 +173,13 @@ def test_test_spacing_without_the_source_volumes_names_the_file(scan, monkeypatc
     monkeypatch.setattr(predict, "load_model", lambda best_pt, device: (None, best[1]))
     with pytest.raises(InputError, match=rf"{SERIES}.h5.*test_spacing.*source_volumes"):
         run_detect(root, detection, best, None, "none.csv")
+
+
+def test_the_jobs_test_spacing_is_the_one_searched(scan, monkeypatch):
+    """`lungseg detect --test_spacing ...` over a best.pt trained without it: the job's setting
+    is searched (here: it needs the source volumes), so an experiment from the shell is real."""
+    root, _, detection = scan
+    checkpoint = trained(None)[1]
+    monkeypatch.setattr(predict, "load_model", lambda best_pt, device: (None, checkpoint))
+    with pytest.raises(InputError, match="test_spacing"):
+        run_detect(root, detection, trained([2.5, 2.0, 2.0]), None, "job.csv")

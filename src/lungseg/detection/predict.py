@@ -115,6 +115,9 @@ def detect(
     torch.set_num_threads(max(1, int(threads)))
     device = choose_device(settings.device)
     model, trained = load_model(best, str(device))
+    # the job's inference settings: in the workflow those best.pt was trained with (the same
+    # params); from the shell (`lungseg detect --test_spacing ...`) an experiment may change them
+    trained = {**trained, "test_flips": settings.test_flips, "test_spacing": settings.test_spacing}
     table = read_scan_table(scans)
     locate = volume_locator(source_volumes) if source_volumes is not None else None
     frames = []
