@@ -26,7 +26,7 @@ from lungseg.detection.scans import read_scan_table
 from lungseg.detection.settings import DetectorSettings
 from lungseg.detection.volumes import to_source_voxels, to_world
 from lungseg.inference.model import choose_device, load_model
-from lungseg.io.hdf5 import read_volume
+from lungseg.io.hdf5 import read_attrs, read_volume
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +85,10 @@ def searched_scan(
     with ``test_spacing``, the scan's ``results/volumes`` file (``locate``) at that spacing
     (:func:`lungseg.detection.inference.search_volume`), with the attrs :func:`scan_candidates`
     reads."""
-    image, _, attrs = read_volume(detection_volume)
     if trained.get("test_spacing") is None:
+        image, _, attrs = read_volume(detection_volume)
         return image, attrs
+    attrs = read_attrs(detection_volume)  # its canvas is not searched: attributes only
     if locate is None:
         raise InputError(
             f"{detection_volume}: detector has test_spacing {trained['test_spacing']}, "
