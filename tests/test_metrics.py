@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lungseg.evaluation import metrics
-from lungseg.inference.metrics import dice
+from lungseg.inference.metrics import balanced_dice, dice
 
 
 def voxels(shape, *points):
@@ -49,6 +49,34 @@ OVERLAP_CASES = [
 def test_dice_and_iou(predicted, truth, expected_dice, expected_iou):
     assert dice(np.array(predicted), np.array(truth)) == pytest.approx(expected_dice)
     assert metrics.iou(np.array(predicted), np.array(truth)) == pytest.approx(expected_iou)
+
+
+# name, per-crop Dice, crop has a target, balanced Dice
+BALANCED_CASES = [
+    # predicts nothing on 4 empty crops and 1 nodule crop: plain mean 0.8
+    ("nothing predicted, mostly empty", [1, 1, 1, 1, 0], [0, 0, 0, 0, 1], 0.5),
+    ("both groups", [0.8, 0.6, 1.0, 0.5], [1, 1, 0, 0], (0.7 + 0.75) / 2),
+    ("targets only: the mean", [0.2, 0.4], [1, 1], 0.3),
+    ("empty crops only: the mean", [1.0, 0.0], [0, 0], 0.5),
+]
+
+
+@pytest.mark.parametrize(
+    "dices, has_target, expected",
+    [case[1:] for case in BALANCED_CASES],
+    ids=[case[0] for case in BALANCED_CASES],
+)
+def test_balanced_dice(dices, has_target, expected):
+    assert balanced_dice(dices, [bool(t) for t in has_target]) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "dices, has_target, message",
+    [([], [], "no crops"), ([1.0, 0.5], [True], "shorter")],
+)
+def test_balanced_dice_bad_input(dices, has_target, message):
+    with pytest.raises(ValueError, match=message):
+        balanced_dice(dices, has_target)
 
 
 SHAPE = (5, 5, 5)

@@ -26,6 +26,7 @@ import yaml
 from training_helpers import SETTINGS, run_training, write_crops
 from workflow_helpers import copy_workflow, write_config
 
+from lungseg.core.errors import SettingsError
 from lungseg.core.settings import load_schema
 from lungseg.inference.checkpoint import read_checkpoint
 from lungseg.inference.metrics import dice
@@ -124,6 +125,31 @@ def test_resume_only_same_settings_and_data(reference, tmp_path):
     assert resumable(tmp_path / "last.pt", {**SETTINGS, "lr": 0.02}, fingerprint) is None
     assert resumable(tmp_path / "last.pt", SETTINGS, "other data") is None
     assert resumable(tmp_path / "missing.pt", SETTINGS, fingerprint) is None
+    # best.pt chosen by another metric: a fresh run, not a mix of two selections
+    assert resumable(tmp_path / "last.pt", SETTINGS, fingerprint, "val_balanced_dice") is None
+
+
+def test_balanced_selection_with_empty_crops(data, reference, tmp_path):
+    """With a target in every crop the balanced Dice is the Dice; with empty validation crops
+    (the second stage's false positives) select="val_balanced_dice" keeps its best epoch."""
+    _, metrics = reference
+    assert metrics["val_balanced_dice"].tolist() == metrics["val_dice"].tolist()
+    copied = {name: tmp_path / path.name for name, path in data.items()}
+    for name, path in data.items():
+        shutil.copy(path, copied[name])
+    with h5py.File(copied["crops.h5"], "r+") as file:
+        masks = file["mask"][()]
+        masks[::3] = 0  # val crops 0, 1, 10, 11: crop 0 empty
+        file["mask"][...] = masks
+    out_dir = tmp_path / "run"
+    run = run_training(copied, out_dir, SETTINGS, select="val_balanced_dice")
+    assert (run["val_balanced_dice"] != run["val_dice"]).any()
+    best = read_checkpoint(out_dir / "best.pt")
+    assert best["select"] == "val_balanced_dice"
+    assert best["epoch"] == int(run["val_balanced_dice"].idxmax()) + 1
+    assert best["best_val_dice"] == run["val_balanced_dice"].max()
+    with pytest.raises(SettingsError, match="select: 'val_loss' is not one of"):
+        run_training(copied, tmp_path / "bad", SETTINGS, select="val_loss")
 
 
 def test_load_model_and_predict_reproduce_val_dice(data, reference):

@@ -4,7 +4,7 @@
   ``rescore_negatives`` candidates of each training scan (``samples.h5`` in crops.h5's layout:
   ``image``, ``mask``; ``samples.csv`` with ``nodule_id`` = sample id and ``subset``), and
   validation crops (the validation scans' cohort nodules and as many stage-1 candidates, no
-  jittered copies) that pick ``best.pt``, as the crop models' validation nodules pick theirs;
+  jittered copies) that pick ``best.pt`` by their balanced Dice (:func:`train_rescorer`);
 - ``train_rescorer``: lungseg's crop :class:`~lungseg.training.Trainer` on those crops
   (``metrics.csv``, ``best.pt``, ``last.pt``, exact resume); best.pt records the crop grid;
 - ``rescore``: stage 1's validation candidates re-scored and re-centred (candidates.csv).
@@ -135,11 +135,17 @@ def train_rescorer(
     settings: DetectorSettings,
     threads: int = 1,
 ) -> None:
-    """Train the second stage's crop model; metrics.csv, best.pt (and last.pt) in one folder."""
+    """Train the second stage's crop model; metrics.csv, best.pt (and last.pt) in one folder.
+
+    best.pt is the epoch of the highest balanced validation Dice: most validation crops are
+    stage-1 false positives with an empty target, on which a model that predicts nothing scores
+    Dice 1, so the plain mean Dice picked such a model (a bench seed whose best.pt scored every
+    candidate near 0; docs/decisions_detection.md)."""
     out_dir = Path(metrics).parent
     if Path(best).parent != out_dir:
         raise InputError(f"best ({best}) and metrics ({metrics}) must share a folder")
-    train(samples, table, table, out_dir, trainer_settings(settings), threads, settings.device)
+    options = trainer_settings(settings)
+    train(samples, table, table, out_dir, options, threads, settings.device, "val_balanced_dice")
 
 
 def rescore(

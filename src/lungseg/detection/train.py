@@ -211,7 +211,7 @@ class DetectionTrainer(Trainer):
         phase = math.pi * (epoch - 1) / self.detector.epochs
         return self.detector.lr * 0.5 * (1 + math.cos(phase))
 
-    def run_subset(self, subset: str, epoch: int) -> tuple[float, float]:
+    def run_subset(self, subset: str, epoch: int) -> tuple[float, float, float]:
         training = subset == "train"
         if training:  # set from the epoch alone: a resumed run continues the same schedule
             for group in self.optimizer.param_groups:
@@ -233,7 +233,8 @@ class DetectionTrainer(Trainer):
             loss_sum += float(loss) * len(images)
             count += len(images)
             dices += scores
-        return loss_sum / count, float(np.mean(dices))
+        # a scan always holds lung besides any nodule: the balanced Dice is the Dice
+        return loss_sum / count, float(np.mean(dices)), float(np.mean(dices))
 
 
 def checkpoint_settings(settings: DetectorSettings, volumes: dict[str, Any]) -> dict[str, Any]:

@@ -3,10 +3,12 @@
 The :class:`Trainer` follows nnU-Net's trainer skeleton in few lines: ``train_step``,
 ``validation_step``, ``on_epoch_end`` (metrics row, checkpoints, summary line). After every
 epoch it rewrites ``metrics.csv`` and ``last.pt`` atomically, and ``best.pt`` when the validation
-Dice improved. ``last.pt`` holds everything the next epoch depends on (model, loss and optimiser
-state, RNG states, metrics history), so a killed run started again with the same settings and
-data resumes there and ends with exactly the metrics of an uninterrupted run (on CPU; on GPU up to
-the usual non-determinism of some CUDA kernels).
+metric ``select`` improved: the Dice, or for crop sets with empty crops (the second stage's) the
+balanced Dice (:func:`~lungseg.inference.metrics.balanced_dice`). ``last.pt`` holds everything
+the next epoch depends on (model, loss and optimiser state, RNG states, metrics history), so
+a killed run started again with the same settings and data resumes there and ends with exactly
+the metrics of an uninterrupted run (on CPU; on GPU up to the usual non-determinism of some CUDA
+kernels).
 
 Loading and applying a trained model, and the Dice that picks ``best.pt``:
 :mod:`lungseg.inference`.
@@ -32,7 +34,7 @@ from lungseg.core.atomic import write_csv_atomic
 from lungseg.core.errors import InputError, SettingsError
 from lungseg.core.settings import schema_defaults
 from lungseg.inference.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
-from lungseg.inference.metrics import dice
+from lungseg.inference.metrics import balanced_dice, dice
 from lungseg.inference.model import choose_device
 from lungseg.nets.models import ModelSettings, build_model
 from lungseg.training.data import CropSet, augment, batches, crop_grid, load_crop_sets
@@ -50,7 +52,10 @@ METRICS_COLUMNS = [
     "val_dice",
     "seconds",
     "peak_memory_mb",
+    "val_balanced_dice",
 ]
+#: the metrics that can pick best.pt
+SELECTIONS = ("val_dice", "val_balanced_dice")
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,11 @@ class Trainer:
         device: torch.device,
         data_fingerprint: str = "",
         grid: dict[str, Any] | None = None,
+        select: str = "val_dice",
     ):
+        if select not in SELECTIONS:
+            raise SettingsError(f"select: {select!r} is not one of {SELECTIONS}")
+        self.select = select
         self.settings = dict(settings)
         #: the crops' grid (training.data.crop_grid), kept in every checkpoint for the predictor
         self.grid = dict(grid or {})
@@ -140,7 +149,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(self.options.seed + 1)
         self.autocast = self.options.amp and device.type == "cuda"
         self.history: list[dict[str, float]] = []
-        self.best_val_dice = -1.0
+        self.best_val_dice = -1.0  # the best value of select (the name predates select)
         # A copy of best.pt's content travels in last.pt: Snakemake deletes best.pt (a declared
         # output) before rerunning a killed job, and a resumed run may never beat that epoch.
         self.best_state: dict[str, Any] | None = None
@@ -165,13 +174,13 @@ class Trainer:
     def validation_step(self, images: torch.Tensor, masks: torch.Tensor):
         return self.forward(images, masks)
 
-    def run_subset(self, subset: str, epoch: int) -> tuple[float, float]:
-        """One pass over a subset: mean loss (per crop) and mean Dice per crop."""
+    def run_subset(self, subset: str, epoch: int) -> tuple[float, float, float]:
+        """One pass over a subset: mean loss and Dice per crop, and the balanced Dice."""
         crops = self.data[subset]
         training = subset == "train"
         self.model.train(training)
         order = batches(len(crops), self.options.batch_size, self.generator if training else None)
-        loss_sum, dices = 0.0, []
+        loss_sum, dices, has_target = 0.0, [], []
         progress = tqdm(
             order,
             desc=f"epoch {epoch}/{self.options.epochs} {subset}",
@@ -194,8 +203,9 @@ class Trainer:
             loss, dice = step(images, masks)
             loss_sum += float(loss) * len(rows)
             dices += dice
+            has_target += [bool(m.any()) for m in masks.detach().cpu().numpy() > 0.5]
         progress.close()
-        return loss_sum / len(crops), float(np.mean(dices))
+        return loss_sum / len(crops), float(np.mean(dices)), balanced_dice(dices, has_target)
 
     # -- epochs --------------------------------------------------------------------------------
     def fit(self) -> pd.DataFrame:
@@ -204,8 +214,8 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.device)
             start = time.perf_counter()
-            train_loss, train_dice = self.run_subset("train", epoch)
-            val_loss, val_dice = self.run_subset("val", epoch)
+            train_loss, train_dice, _ = self.run_subset("train", epoch)
+            val_loss, val_dice, val_balanced_dice = self.run_subset("val", epoch)
             row = {
                 "epoch": epoch,
                 "train_loss": train_loss,
@@ -214,30 +224,26 @@ class Trainer:
                 "val_dice": val_dice,
                 "seconds": time.perf_counter() - start,
                 "peak_memory_mb": peak_memory_bytes(self.device) / 2**20,
+                "val_balanced_dice": val_balanced_dice,
             }
             self.on_epoch_end(row)
         return self.metrics()
 
     def on_epoch_end(self, row: dict[str, float]) -> None:
         self.history.append(row)
-        improved = row["val_dice"] > self.best_val_dice
+        improved = row[self.select] > self.best_val_dice
         if improved:
-            self.best_val_dice = row["val_dice"]
+            self.best_val_dice = row[self.select]
             self.best_state = copy.deepcopy(self.state())
             save_checkpoint(self.best_state, self.out_dir / "best.pt")
         save_checkpoint({**self.state(), "best": self.best_state}, self.out_dir / "last.pt")
         write_csv_atomic(self.out_dir / "metrics.csv", self.metrics())
+        chosen = "" if self.select == "val_dice" else f" {self.select} {row[self.select]:.3f}"
         logger.info(
-            "epoch %d/%d: train loss %.4f dice %.3f | val loss %.4f dice %.3f | %.1f s, "
+            "epoch %d/%d: train loss %.4f dice %.3f | val loss %.4f dice %.3f%s | %.1f s, "
             "peak %.0f MB%s",
-            row["epoch"],
-            self.options.epochs,
-            row["train_loss"],
-            row["train_dice"],
-            row["val_loss"],
-            row["val_dice"],
-            row["seconds"],
-            row["peak_memory_mb"],
+            *(row["epoch"], self.options.epochs, row["train_loss"], row["train_dice"]),
+            *(row["val_loss"], row["val_dice"], chosen, row["seconds"], row["peak_memory_mb"]),
             " | new best" if improved else "",
         )
 
@@ -254,6 +260,7 @@ class Trainer:
             "epoch": len(self.history),
             "history": self.history,
             "best_val_dice": self.best_val_dice,
+            "select": self.select,
             "model": self.model.state_dict(),
             "loss": self.loss.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -282,20 +289,23 @@ class Trainer:
             save_checkpoint(self.best_state, best_path)
 
 
-def resumable(path: Path, settings: dict[str, Any], fingerprint: str) -> dict[str, Any] | None:
-    """``last.pt`` if it belongs to an unfinished run with these settings and data, else None."""
+def resumable(
+    path: Path, settings: dict[str, Any], fingerprint: str, select: str = "val_dice"
+) -> dict[str, Any] | None:
+    """``last.pt`` if it belongs to an unfinished run with these settings, data and selection
+    metric, else None."""
     if not path.exists():
         return None
     try:
         checkpoint = read_checkpoint(path)
     except InputError:
-        logger.warning(
-            "%s is not a readable checkpoint (truncated or corrupt): starting afresh", path
-        )
+        logger.warning("%s is not a readable checkpoint (truncated or corrupt): afresh", path)
         return None
     epochs = TrainingSettings.from_dict(settings).epochs
     if checkpoint["settings"] != settings:
         logger.info("%s: other settings, training from scratch", path)
+    elif checkpoint.get("select", "val_dice") != select:
+        logger.info("%s: best.pt chosen by another metric, training from scratch", path)
     elif checkpoint["data_fingerprint"] != fingerprint:
         logger.info("%s: other crops or split, training from scratch", path)
     elif checkpoint["epoch"] >= epochs:
@@ -313,8 +323,10 @@ def train(
     settings: dict[str, Any],
     threads: int = 1,
     device: str = "auto",
+    select: str = "val_dice",
 ) -> pd.DataFrame:
-    """Train one variant; writes ``metrics.csv``, ``last.pt``, ``best.pt`` to ``out_dir``.
+    """Train one variant; writes ``metrics.csv``, ``last.pt``, ``best.pt`` (the epoch of the
+    highest ``select``, a column of metrics.csv) to ``out_dir``.
 
     Resumes from ``out_dir/last.pt`` when it is an unfinished run of the same settings and data.
     """
@@ -342,8 +354,10 @@ def train(
         crop_shape,
         json.dumps(settings, sort_keys=True),
     )
-    trainer = Trainer(settings, data, out_dir, chosen_device, fingerprint, crop_grid(crops_h5))
-    checkpoint = resumable(Path(out_dir) / "last.pt", settings, fingerprint)
+    trainer = Trainer(
+        settings, data, out_dir, chosen_device, fingerprint, crop_grid(crops_h5), select
+    )
+    checkpoint = resumable(Path(out_dir) / "last.pt", settings, fingerprint, select)
     if checkpoint is not None:
         trainer.resume_from(checkpoint)
         logger.info(
@@ -351,7 +365,7 @@ def train(
         )
     metrics = trainer.fit()
     logger.info(
-        "best val Dice %.3f (epoch %d)", metrics["val_dice"].max(), metrics["val_dice"].idxmax() + 1
+        "best %s %.3f (epoch %d)", select, metrics[select].max(), metrics[select].idxmax() + 1
     )
     return metrics
 
