@@ -299,7 +299,9 @@ def resumable(
     try:
         checkpoint = read_checkpoint(path)
     except InputError:
-        logger.warning("%s is not a readable checkpoint (truncated or corrupt): afresh", path)
+        logger.warning(
+            "%s is not a readable checkpoint (truncated or corrupt): starting afresh", path
+        )
         return None
     epochs = TrainingSettings.from_dict(settings).epochs
     if checkpoint["settings"] != settings:
