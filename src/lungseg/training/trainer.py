@@ -190,6 +190,8 @@ class Trainer:
         )
         for rows in progress:
             images, masks = crops.images[rows], crops.masks[rows]
+            # from the host copy (flips keep a crop empty or not): no device round trip
+            has_target += (masks.flatten(1) > 0.5).any(dim=1).tolist()
             if training:
                 images, masks = augment(
                     images,
@@ -203,7 +205,6 @@ class Trainer:
             loss, dice = step(images, masks)
             loss_sum += float(loss) * len(rows)
             dices += dice
-            has_target += [bool(m.any()) for m in masks.detach().cpu().numpy() > 0.5]
         progress.close()
         return loss_sum / len(crops), float(np.mean(dices)), balanced_dice(dices, has_target)
 
